@@ -1,0 +1,210 @@
+"""`agenstra-manager`: the per-host service that owns agents, their history and runtimes."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import socketio
+from jupyter_core.paths import jupyter_data_dir
+from tornado import httpserver, netutil, web
+from traitlets import Int, List, Type, Unicode, default, validate
+from traitlets.config import Application, catch_config_error
+
+from .. import __version__, protocol
+from ..config import env_config
+from .gateway import AgentsNamespace
+from .providers import EchoProvider, Provider, ShellProvider
+from .rest import api_routes
+from .runtimes import DockerRuntime, ProcessRuntime, Runtime
+from .service import AgentService
+from .store import Store
+
+READY_LINE = "agenstra-manager listening on http://{host}:{port}"
+
+
+class ManagerApp(Application):
+    name = "agenstra-manager"
+    version = __version__
+    description = (
+        "Serve agents over Socket.IO (namespace /agents) and REST (/api/) for Jupyter "
+        "controllers. Every option can also be set through the AGENSTRA_* variable it names."
+    )
+
+    host = Unicode("127.0.0.1", help="Interface to listen on.").tag(
+        config=True, env="AGENSTRA_HOST"
+    )
+    port = Int(0, help="Port to listen on (0: pick a free one).").tag(
+        config=True, env="AGENSTRA_PORT"
+    )
+    api_key = Unicode(
+        "", help="Key clients must present (generated and printed once when empty)."
+    ).tag(config=True, env="AGENSTRA_API_KEY")
+    data_dir = Unicode(help="Directory for the database and agent workspaces.").tag(
+        config=True, env="AGENSTRA_DATA_DIR"
+    )
+    db = Unicode(help="SQLAlchemy database URL (default: sqlite in DATA_DIR).").tag(
+        config=True, env="AGENSTRA_DB"
+    )
+    default_runtime = Unicode("process", help="Runtime of agents created without one.").tag(
+        config=True, env="AGENSTRA_RUNTIME"
+    )
+    history_limit = Int(
+        0, help="Messages replayed at a login without afterSeq (0: the whole history)."
+    ).tag(config=True, env="AGENSTRA_HISTORY_LIMIT")
+    max_message_bytes = Int(256 * 1024, help="Largest chat message accepted.").tag(
+        config=True, env="AGENSTRA_MAX_MESSAGE_BYTES"
+    )
+    bcrypt_rounds = Int(12, help="bcrypt cost for agent passwords (4-31).").tag(
+        config=True, env="AGENSTRA_BCRYPT_ROUNDS"
+    )
+    runtime_classes = List(
+        Type(klass=Runtime), [ProcessRuntime, DockerRuntime], help="Runtimes this manager offers."
+    ).tag(config=True)
+    provider_classes = List(
+        Type(klass=Provider), [EchoProvider, ShellProvider], help="Providers this manager offers."
+    ).tag(config=True)
+
+    aliases = {
+        "host": "ManagerApp.host",
+        "port": "ManagerApp.port",
+        "api-key": "ManagerApp.api_key",
+        "db": "ManagerApp.db",
+        "data-dir": "ManagerApp.data_dir",
+        "runtime": "ManagerApp.default_runtime",
+        "history-limit": "ManagerApp.history_limit",
+        "log-level": "Application.log_level",
+    }
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return str(Path(jupyter_data_dir()) / "agenstra" / "manager")
+
+    @default("db")
+    def _default_db(self) -> str:
+        return f"sqlite:///{Path(self.data_dir) / 'manager.sqlite'}"
+
+    @validate("bcrypt_rounds")
+    def _valid_rounds(self, proposal: dict[str, Any]) -> int:
+        if not 4 <= proposal["value"] <= 31:
+            raise ValueError("bcrypt_rounds must be between 4 and 31")
+        return proposal["value"]
+
+    @property
+    def classes(self) -> list[type]:  # type: ignore[override]
+        return [ManagerApp, *self.runtime_classes, *self.provider_classes]
+
+    @catch_config_error
+    def initialize(self, argv: list[str] | None = None) -> None:
+        self.update_config(env_config([ManagerApp, ProcessRuntime, DockerRuntime]))
+        self.parse_command_line(argv)
+        # Plug-in classes named on the command line can carry env options of their own.
+        self.update_config(env_config(self.classes))
+        self.parse_command_line(argv)
+
+    def start(self) -> None:
+        asyncio.run(self.serve())
+
+    # -- serving -------------------------------------------------------------------------
+
+    async def serve(self, ready: asyncio.Future[int] | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or until `stop()`); `ready` receives the bound port."""
+        self._stopping = asyncio.Event()
+        store = Store(self.db)
+        await store.open()
+        runtimes = self._make_runtimes()
+        if self.default_runtime not in runtimes:
+            raise SystemExit(f"Unknown runtime {self.default_runtime!r}: {sorted(runtimes)}")
+        service = AgentService(
+            store,
+            runtimes,
+            {cls.name: cls for cls in self.provider_classes},
+            self.default_runtime,
+            self.bcrypt_rounds,
+            self.log,
+            provider_parent=self,
+        )
+        key = self.api_key or self._generated_key()
+        sio = socketio.AsyncServer(
+            async_mode="tornado",
+            # Handle each socket's events one after another: chats keep their arrival order.
+            async_handlers=False,
+            max_http_buffer_size=self.max_message_bytes * 2 + 64 * 1024,
+            logger=False,
+            engineio_logger=False,
+        )
+        sio.register_namespace(
+            AgentsNamespace(service, key, self.history_limit, self.max_message_bytes, self.log)
+        )
+        await service.recover()
+        app = web.Application(
+            [
+                (f"/{protocol.MANAGER_SOCKETIO_PATH}/", socketio.get_tornado_handler(sio)),
+                *api_routes(service, key),
+            ],
+            websocket_ping_interval=20,
+        )
+        server = httpserver.HTTPServer(app, xheaders=False)
+        sockets = netutil.bind_sockets(self.port, self.host)
+        server.add_sockets(sockets)
+        port = sockets[0].getsockname()[1]
+        self._install_signal_handlers()
+        print(READY_LINE.format(host=self.host, port=port), flush=True)
+        if ready is not None:
+            ready.set_result(port)
+        try:
+            await self._stopping.wait()
+        finally:
+            self.log.info("agenstra-manager shutting down")
+            server.stop()
+            await service.shutdown()
+            if sio.eio.sockets:  # every client, so none hangs on a half-closed socket
+                await sio.eio.disconnect()
+            await sio.shutdown()
+            await server.close_all_connections()
+            await store.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.stop)
+            except (NotImplementedError, RuntimeError):
+                pass  # not the main thread (embedded in tests): stop() is called instead
+
+    def _make_runtimes(self) -> dict[str, Runtime]:
+        runtimes: dict[str, Runtime] = {}
+        for cls in self.runtime_classes:
+            runtime = cls(parent=self)
+            if isinstance(runtime, ProcessRuntime):
+                if not runtime.workspace_root:
+                    runtime.workspace_root = str(Path(self.data_dir) / "workspaces")
+                runtime.hidden_path = self.data_dir
+            runtimes[cls.name] = runtime
+        return runtimes
+
+    def _generated_key(self) -> str:
+        key = secrets.token_urlsafe(32)
+        print(f"agenstra-manager API key (generated for this run): {key}", flush=True)
+        return key
+
+
+def main(argv: list[str] | None = None) -> None:
+    app = ManagerApp.instance()
+    app.initialize(argv)
+    try:
+        app.start()
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""One agent's live side: who listens to it, its turn queue, and the turn being run.
+
+Ordering rule: every message is persisted, then announced, under the channel lock; a
+socket logging in replays history and joins the listeners under the same lock. So a
+listener sees each message exactly once and in `seq` order, whatever races.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .. import protocol
+from ..protocol import ManagerEvent
+from .providers import Provider, ProviderError, Turn, TurnResult
+from .runtimes import RuntimeFailure
+from .store import Store
+
+CANCELLED_MESSAGE = "Cancelled"
+SHUTDOWN_MESSAGE = "Cancelled: the manager is shutting down"
+
+
+class Outbox(Protocol):
+    """How the channel reaches sockets; implemented by the Socket.IO gateway."""
+
+    async def to_agent(self, agent_id: str, event: str, payload: Any) -> None: ...
+    async def to_socket(self, sid: str, event: str, payload: Any) -> None: ...
+    async def join(self, sid: str, agent_id: str) -> None: ...
+    async def leave(self, sid: str, agent_id: str) -> None: ...
+
+
+@dataclass
+class _QueuedTurn:
+    message: str
+    correlation_id: str
+    stream: bool
+
+
+def text_response(result: TurnResult) -> dict[str, Any]:
+    return {**result.extra, "type": "text", "result": result.text}
+
+
+def error_response(message: str, **extra: Any) -> dict[str, Any]:
+    return {**extra, "type": "error", "result": message}
+
+
+class AgentChannel:
+    def __init__(
+        self,
+        agent_id: str,
+        store: Store,
+        outbox: Outbox,
+        provider_factory: Callable[[], Awaitable[Provider]],
+        log: logging.Logger,
+    ) -> None:
+        self.agent_id = agent_id
+        self._store = store
+        self._outbox = outbox
+        self._provider_factory = provider_factory
+        self._provider: Provider | None = None
+        self._log = log
+        self._lock = asyncio.Lock()
+        self._queue: asyncio.Queue[_QueuedTurn | None] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._current: tuple[str, asyncio.Task[TurnResult]] | None = None
+        self._to_cancel: set[str] = set()
+        self._closing: str | None = None
+        self._stop_reason: str | None = None
+
+    # -- listeners -----------------------------------------------------------------------
+
+    async def subscribe(self, sid: str, after_seq: int | None, limit: int) -> None:
+        """Replay history to `sid` (after `after_seq`, or the last `limit`), then make it live."""
+        async with self._lock:
+            if after_seq is None:
+                last = await self._store.last_seq(self.agent_id)
+                after_seq = max(0, last - limit) if limit else 0
+            async for page in self._store.iter_messages(self.agent_id, after_seq):
+                for message in page:
+                    await self._outbox.to_socket(sid, ManagerEvent.CHAT_MESSAGE, message)
+            await self._outbox.join(sid, self.agent_id)
+
+    async def unsubscribe(self, sid: str) -> None:
+        await self._outbox.leave(sid, self.agent_id)
+
+    # -- turns ---------------------------------------------------------------------------
+
+    async def submit(self, message: str, correlation_id: str, stream: bool) -> dict[str, Any]:
+        """Persist and announce the user's message, then queue its turn."""
+        if self._closing:
+            raise ProviderError(self._closing)
+        announced = await self.announce("user", correlation_id, text=message)
+        self._queue.put_nowait(_QueuedTurn(message, correlation_id, stream))
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._work(), name=f"turns-{self.agent_id}")
+        return announced
+
+    def cancel(self, correlation_id: str | None = None) -> bool:
+        """Cancel the running turn, or the named one (running or queued)."""
+        if self._current and correlation_id in (None, self._current[0]):
+            self._current[1].cancel()
+            return True
+        if correlation_id is not None:
+            self._to_cancel.add(correlation_id)
+            return True
+        return False
+
+    async def announce(
+        self, sender: protocol.Sender, correlation_id: str, **content: Any
+    ) -> dict[str, Any]:
+        async with self._lock:
+            message = await self._store.append_message(
+                self.agent_id, sender, correlation_id, **content
+            )
+            await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_MESSAGE, message)
+            return message
+
+    async def _work(self) -> None:
+        while (queued := await self._queue.get()) is not None:
+            try:
+                response = await self._answer(queued)
+                await self.announce("agent", queued.correlation_id, response=response)
+            except Exception:
+                # The store failed: the turn stays unanswered and is closed at next start.
+                self._log.exception("Could not record the answer of agent %s", self.agent_id)
+
+    async def _answer(self, queued: _QueuedTurn) -> dict[str, Any]:
+        if self._closing:
+            return error_response(self._closing, cancelled=True)
+        if queued.correlation_id in self._to_cancel:
+            self._to_cancel.discard(queued.correlation_id)
+            return error_response(CANCELLED_MESSAGE, cancelled=True)
+        task = asyncio.create_task(self._run_provider(queued))
+        self._current = (queued.correlation_id, task)
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._current = None
+            stop_reason, self._stop_reason = self._stop_reason, None
+        if task.cancelled():
+            reason = self._closing or stop_reason or CANCELLED_MESSAGE
+            return error_response(reason, cancelled=True)
+        exc = task.exception()
+        if exc is None:
+            return text_response(task.result())
+        if isinstance(exc, (ProviderError, RuntimeFailure)):
+            return error_response(str(exc))
+        self._log.error("Turn of agent %s failed", self.agent_id, exc_info=exc)
+        return error_response(f"The agent failed ({type(exc).__name__})")
+
+    async def _run_provider(self, queued: _QueuedTurn) -> TurnResult:
+        if self._provider is None:
+            self._provider = await self._provider_factory()
+        sequence = 0
+
+        async def emit(kind: str, payload: dict[str, Any]) -> None:
+            nonlocal sequence
+            sequence += 1
+            event = protocol.chat_event(
+                self.agent_id, queued.correlation_id, kind, payload, sequence
+            )
+            await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_EVENT, event)
+
+        turn = Turn(queued.message, queued.correlation_id, queued.stream, emit)
+        return await self._provider.run_turn(turn)
+
+    # -- stop and shutdown ---------------------------------------------------------------
+
+    async def stop_provider(self, reason: str) -> None:
+        """Cancel the running turn and drop the provider; queued turns still run afterwards."""
+        if self._current:
+            self._stop_reason = reason
+            self._current[1].cancel()
+        await self._close_provider()
+
+    async def _close_provider(self) -> None:
+        provider, self._provider = self._provider, None
+        if provider is not None:
+            try:
+                await provider.close()
+            except Exception:
+                self._log.exception("Provider of agent %s did not close cleanly", self.agent_id)
+
+    async def close(self, reason: str = SHUTDOWN_MESSAGE) -> None:
+        """Cancel the running and queued turns (each still gets its final message)."""
+        self._closing = reason
+        if self._current:
+            self._current[1].cancel()
+        if self._worker is not None:
+            self._queue.put_nowait(None)
+            await self._worker
+        await self._close_provider()

@@ -1,0 +1,103 @@
+"""SQLAlchemy tables of the manager database and the records read from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, nullable=False),
+)
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("provider", String(64), nullable=False),
+    Column("runtime", String(64), nullable=False),
+    Column("image", String(256)),
+    Column("config", JSON, nullable=False, default=dict),
+    Column("description", Text, nullable=False, default=""),
+    Column("password_hash", String(128), nullable=False),
+    # Desired state: agents that were running come back up after a manager restart.
+    Column("state", String(16), nullable=False, default="stopped"),
+    # Opaque per-agent memory of its provider (e.g. a CLI's session id to resume).
+    Column("provider_state", JSON, nullable=False, default=dict),
+    Column("created_at", String(32), nullable=False),
+    Column("updated_at", String(32), nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("sender", String(8), nullable=False),
+    Column("text", Text),
+    Column("response", JSON),
+    Column("correlation_id", String(128), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Index("ix_messages_agent_seq", "agent_id", "seq", unique=True),
+)
+
+
+# Keys whose values are secrets wherever they appear in an agent's config.
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+REDACTED = "********"
+
+
+def redact(value: Any) -> Any:
+    """Copy of a config structure with secret-looking values masked."""
+    if isinstance(value, dict):
+        return {
+            key: REDACTED
+            if isinstance(key, str) and any(m in key.upper() for m in SECRET_MARKERS)
+            else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(item) for item in value]
+    return value
+
+
+@dataclass
+class AgentRecord:
+    id: str
+    name: str
+    provider: str
+    runtime: str
+    password_hash: str
+    created_at: str
+    updated_at: str
+    image: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    state: str = "stopped"
+    provider_state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Any) -> AgentRecord:
+        return cls(**dict(row._mapping))
+
+    def to_wire(self) -> dict[str, Any]:
+        """The agent as REST shows it: no password hash, secrets in config masked."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "provider": self.provider,
+            "runtime": self.runtime,
+            "image": self.image,
+            "config": redact(self.config),
+            "description": self.description,
+            "state": self.state,
+            "createdAt": self.created_at,
+            "updatedAt": self.updated_at,
+        }

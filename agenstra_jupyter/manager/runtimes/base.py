@@ -1,0 +1,146 @@
+"""The runtime interface: where an agent's commands run (a sandboxed process, a container)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from traitlets import Float, Int
+from traitlets.config import LoggingConfigurable
+
+from ..models import AgentRecord
+
+
+class RuntimeFailure(Exception):
+    """A runtime could not do what was asked; the message is safe to show to a user."""
+
+
+@dataclass
+class ExecResult:
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    truncated: bool = False
+    timed_out: bool = False
+
+
+class AgentProcess(ABC):
+    """A command running inside an agent's runtime, with streamed output.
+
+    `stdout` and `stderr` are asyncio StreamReaders whatever the runtime, so providers
+    read lines the same way from a local process and from a `docker exec`.
+    """
+
+    stdout: asyncio.StreamReader
+    stderr: asyncio.StreamReader
+
+    @abstractmethod
+    async def write(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    async def close_stdin(self) -> None: ...
+
+    @abstractmethod
+    async def wait(self) -> int:
+        """Wait for the command to end; return its exit code."""
+
+    @abstractmethod
+    async def kill(self) -> None:
+        """Stop the command and everything it started. Safe to call twice."""
+
+
+class Runtime(LoggingConfigurable):
+    """One way to run agents. Subclasses are registered with the manager's `runtime_classes`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    exec_timeout = Float(
+        600.0, help="Seconds a single command (one shell turn) may run before it is killed."
+    ).tag(config=True, env="AGENSTRA_EXEC_TIMEOUT")
+    output_limit = Int(
+        256 * 1024, help="Bytes of stdout (and of stderr) kept from a command; the rest is dropped."
+    ).tag(config=True, env="AGENSTRA_OUTPUT_LIMIT")
+
+    async def available(self) -> bool:
+        """Whether this runtime can run agents on this host right now."""
+        return True
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description}
+
+    async def shutdown(self) -> None:
+        """The manager is stopping: end what runs in this process (agents may stay up)."""
+
+    async def start(self, agent: AgentRecord) -> None:
+        """Make the agent's environment ready (idempotent)."""
+        raise NotImplementedError
+
+    async def stop(self, agent: AgentRecord) -> None:
+        """Stop everything the agent runs; keep its workspace (idempotent)."""
+        raise NotImplementedError
+
+    async def remove(self, agent: AgentRecord) -> None:
+        """Stop the agent and delete its environment and workspace (idempotent)."""
+        raise NotImplementedError
+
+    async def spawn(
+        self, agent: AgentRecord, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> AgentProcess:
+        """Start `argv` (an argument list, never a shell string) in the agent's environment."""
+        raise NotImplementedError
+
+    async def exec(
+        self,
+        agent: AgentRecord,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run a command to completion with a timeout and capped output.
+
+        Cancelling the calling task kills the command.
+        """
+        process = await self.spawn(agent, argv, env)
+        try:
+            if stdin:
+                await process.write(stdin)
+            await process.close_stdin()
+            collect = asyncio.gather(
+                _read_capped(process.stdout, self.output_limit),
+                _read_capped(process.stderr, self.output_limit),
+                process.wait(),
+            )
+            try:
+                (out, out_cut), (err, err_cut), code = await asyncio.wait_for(
+                    collect, timeout or self.exec_timeout
+                )
+            except asyncio.TimeoutError:
+                await process.kill()
+                return ExecResult(None, "", "", timed_out=True)
+            return ExecResult(code, _text(out), _text(err), truncated=out_cut or err_cut)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(process.kill())
+
+
+async def _read_capped(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:
+    """Read to EOF, keeping the first `limit` bytes; drain the rest so the child never blocks."""
+    kept = bytearray()
+    truncated = False
+    while chunk := await reader.read(65536):
+        room = limit - len(kept)
+        if room > 0:
+            kept += chunk[:room]
+        truncated = truncated or len(chunk) > room
+    return bytes(kept), truncated
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")

@@ -1,0 +1,288 @@
+"""Docker runtime: one locked-down container per agent, commands sent through `docker exec`.
+
+Containers carry the agent id as a label, so a restarted manager finds them again. The
+Docker SDK is blocking: every call runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from traitlets import Float, Int, Unicode
+
+from ..models import AgentRecord
+from .base import AgentProcess, Runtime, RuntimeFailure
+
+AGENT_LABEL = "agenstra.agent-id"
+NAME_LABEL = "agenstra.agent-name"
+WORKSPACE = "/workspace"
+
+# Runs the command as leader of a new session and reports that session's id first on
+# stderr, so the whole process group can be killed later from a second `docker exec`.
+SESSION_WRAPPER = ["setsid", "sh", "-c", 'echo "$$" >&2; exec "$@"', "sh"]
+
+
+class DockerExecProcess(AgentProcess):
+    """A `docker exec` with stdin, whose multiplexed output a thread feeds into StreamReaders."""
+
+    def __init__(self, runtime: DockerRuntime, container: Any, exec_id: str, sock: Any) -> None:
+        self._runtime = runtime
+        self._container = container
+        self._exec_id = exec_id
+        self._sock = sock
+        self._loop = asyncio.get_running_loop()
+        self.stdout = asyncio.StreamReader()
+        self.stderr = asyncio.StreamReader()
+        self._session_id: asyncio.Future[str] = self._loop.create_future()
+        self._eof = asyncio.Event()
+        self._killed = False
+        threading.Thread(target=self._pump, name=f"docker-exec-{exec_id[:12]}", daemon=True).start()
+
+    def _pump(self) -> None:
+        from docker.utils.socket import frames_iter
+
+        header = bytearray()
+        try:
+            for stream, data in frames_iter(self._sock, tty=False):
+                if stream == 2 and not self._session_id.done():
+                    header += data
+                    if b"\n" not in header:
+                        continue
+                    sid, _, data = bytes(header).partition(b"\n")
+                    self._call(self._set_session, sid.decode().strip())
+                    if not data:
+                        continue
+                reader = self.stdout if stream == 1 else self.stderr
+                self._call(reader.feed_data, data)
+        except (OSError, ValueError):
+            pass  # socket closed under us by kill()
+        finally:
+            self._call(self._finish)
+
+    def _call(self, fn: Any, *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _set_session(self, sid: str) -> None:
+        if not self._session_id.done():
+            self._session_id.set_result(sid)
+
+    def _finish(self) -> None:
+        self.stdout.feed_eof()
+        self.stderr.feed_eof()
+        if not self._session_id.done():
+            self._session_id.set_result("")
+        self._eof.set()
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self._sock._sock.sendall, data)
+
+    async def close_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._sock._sock.shutdown, socket.SHUT_WR)
+
+    async def wait(self) -> int:
+        await self._eof.wait()
+        if self._killed:
+            return -9
+        for _ in range(50):  # the exec may report "running" a moment after EOF
+            info = await asyncio.to_thread(self._runtime.client.api.exec_inspect, self._exec_id)
+            if not info["Running"]:
+                return int(info["ExitCode"])
+            await asyncio.sleep(0.05)
+        return -1
+
+    async def kill(self) -> None:
+        if self._eof.is_set() or self._killed:
+            return
+        self._killed = True
+        sid = await self._session_id if self._session_id.done() else ""
+        if sid.isdigit():
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    self._container.exec_run,
+                    ["kill", "-KILL", f"-{sid}"],
+                    user=self._runtime.user,
+                )
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._sock.close)
+        await self._eof.wait()
+
+
+class DockerRuntime(Runtime):
+    name = "docker"
+    description = "One container per agent (non-root, no capabilities, resource limits)."
+
+    docker_host = Unicode(
+        "", help="Docker daemon URL (default: DOCKER_HOST or the local socket)."
+    ).tag(config=True, env="AGENSTRA_DOCKER_HOST")
+    image = Unicode("agenstra-agent:latest", help="Image for agents that do not name one.").tag(
+        config=True, env="AGENSTRA_DOCKER_IMAGE"
+    )
+    user = Unicode("1000:1000", help="uid:gid agents run as (never root).").tag(
+        config=True, env="AGENSTRA_DOCKER_USER"
+    )
+    network_mode = Unicode(
+        "none", help="Network of agent containers: none (default), host, bridge or a name."
+    ).tag(config=True, env="AGENSTRA_DOCKER_NETWORK")
+    mem_limit = Unicode("1g", help="Memory limit per agent container.").tag(
+        config=True, env="AGENSTRA_DOCKER_MEMORY"
+    )
+    cpus = Float(1.0, help="CPUs per agent container.").tag(config=True, env="AGENSTRA_DOCKER_CPUS")
+    pids_limit = Int(256, help="Maximum processes per agent container.").tag(
+        config=True, env="AGENSTRA_DOCKER_PIDS"
+    )
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import docker
+
+            self._client = (
+                docker.DockerClient(base_url=self.docker_host)
+                if self.docker_host
+                else docker.from_env()
+            )
+        return self._client
+
+    async def available(self) -> bool:
+        try:
+            return bool(await asyncio.to_thread(self.client.ping))
+        except Exception:
+            return False
+
+    async def shutdown(self) -> None:
+        # Containers stay up across manager restarts; only our connection to dockerd ends.
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+            self._client = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self, agent: AgentRecord) -> None:
+        await self._call(self._start_sync, agent)
+
+    async def stop(self, agent: AgentRecord) -> None:
+        container = await self._call(self._find, agent)
+        if container is not None and container.status == "running":
+            await self._call(container.stop, timeout=2)
+
+    async def remove(self, agent: AgentRecord) -> None:
+        container = await self._call(self._find, agent)
+        if container is not None:
+            await self._call(container.remove, force=True)
+        volume = await self._call(self._volume, agent, create=False)
+        if volume is not None:
+            await self._call(volume.remove, force=True)
+
+    async def container(self, agent: AgentRecord) -> Any:
+        """The agent's container (running), found by label; started if needed."""
+        container = await self._call(self._find, agent)
+        if container is None or container.status != "running":
+            await self.start(agent)
+            container = await self._call(self._find, agent)
+        return container
+
+    async def spawn(
+        self, agent: AgentRecord, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> AgentProcess:
+        if not argv or not all(isinstance(arg, str) for arg in argv):
+            raise RuntimeFailure("A command is a non-empty list of strings")
+        container = await self.container(agent)
+        api = self.client.api
+        created = await self._call(
+            api.exec_create,
+            container.id,
+            [*SESSION_WRAPPER, *argv],
+            stdin=True,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            environment=dict(env or {}),
+            workdir=WORKSPACE,
+            user=self.user,
+        )
+        sock = await self._call(api.exec_start, created["Id"], socket=True)
+        return DockerExecProcess(self, container, created["Id"], sock)
+
+    # -- blocking helpers (run in threads) -----------------------------------------------
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        import docker.errors
+
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except docker.errors.ImageNotFound:
+            raise RuntimeFailure("Agent image not found on the Docker host") from None
+        except docker.errors.DockerException as exc:
+            self.log.warning("docker: %s", exc)
+            raise RuntimeFailure("The Docker daemon refused the request") from None
+
+    def _find(self, agent: AgentRecord) -> Any:
+        found = self.client.containers.list(
+            all=True, filters={"label": f"{AGENT_LABEL}={agent.id}"}
+        )
+        return found[0] if found else None
+
+    def _volume(self, agent: AgentRecord, create: bool = True) -> Any:
+        import docker.errors
+
+        name = f"agenstra-ws-{agent.id}"
+        try:
+            return self.client.volumes.get(name)
+        except docker.errors.NotFound:
+            if not create:
+                return None
+            return self.client.volumes.create(name, labels={AGENT_LABEL: agent.id})
+
+    def _start_sync(self, agent: AgentRecord) -> None:
+        container = self._find(agent)
+        if container is None:
+            container = self._create(agent)
+        if container.status != "running":
+            container.start()
+
+    def _create(self, agent: AgentRecord) -> Any:
+        image = agent.image or self.image
+        volume = self._volume(agent)
+        self._give_workspace_to_agent_user(image, volume.name)
+        return self.client.containers.create(
+            image,
+            ["sleep", "2147483647"],
+            name=f"agenstra-{agent.name}-{agent.id[:8]}",
+            labels={AGENT_LABEL: agent.id, NAME_LABEL: agent.name},
+            user=self.user,
+            working_dir=WORKSPACE,
+            volumes={volume.name: {"bind": WORKSPACE, "mode": "rw"}},
+            network_mode=agent.config.get("network", self.network_mode),
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            mem_limit=self.mem_limit,
+            nano_cpus=int(self.cpus * 1e9),
+            pids_limit=self.pids_limit,
+            init=True,
+            detach=True,
+        )
+
+    def _give_workspace_to_agent_user(self, image: str, volume: str) -> None:
+        """A new named volume is root-owned: hand it to the agent user once, with CAP_CHOWN only."""
+        self.client.containers.run(
+            image,
+            ["chown", self.user, WORKSPACE],
+            user="0:0",
+            volumes={volume: {"bind": WORKSPACE, "mode": "rw"}},
+            network_mode="none",
+            cap_drop=["ALL"],
+            cap_add=["CHOWN"],
+            security_opt=["no-new-privileges"],
+            remove=True,
+        )

@@ -1,0 +1,235 @@
+"""The manager's agents: lifecycle, credentials and their live channels.
+
+REST handlers and the Socket.IO gateway both go through this class; neither touches
+the store, runtimes or providers directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import uuid
+from typing import Any
+
+import bcrypt
+
+from .. import protocol
+from .channel import AgentChannel, Outbox, error_response
+from .models import AgentRecord
+from .providers import Provider
+from .runtimes import Runtime, RuntimeFailure
+from .store import NameTaken, Store
+
+MAX_CONFIG_BYTES = 16 * 1024
+INTERRUPTED_MESSAGE = "Interrupted: the manager stopped before this turn finished"
+
+
+class AgentError(Exception):
+    """A request about agents that cannot be served; `status` maps it to HTTP."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class AgentService:
+    def __init__(
+        self,
+        store: Store,
+        runtimes: dict[str, Runtime],
+        providers: dict[str, type[Provider]],
+        default_runtime: str,
+        bcrypt_rounds: int,
+        log: logging.Logger,
+        provider_parent: Any = None,
+    ) -> None:
+        self.store = store
+        self.runtimes = runtimes
+        self.providers = providers
+        self.default_runtime = default_runtime
+        self.bcrypt_rounds = bcrypt_rounds
+        self.log = log
+        self._provider_parent = provider_parent
+        self._channels: dict[str, AgentChannel] = {}
+        self.outbox: Outbox | None = None
+        # Checked when no agent matches, so a wrong name costs as much time as a wrong password.
+        self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(4))
+
+    # -- catalogue -----------------------------------------------------------------------
+
+    async def describe(self) -> dict[str, Any]:
+        runtimes = []
+        for name, runtime in self.runtimes.items():
+            info = runtime.info()
+            info.update(available=await runtime.available(), default=name == self.default_runtime)
+            runtimes.append(info)
+        return {
+            "providers": [cls.info() for cls in self.providers.values()],
+            "runtimes": runtimes,
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def create_agent(self, request: protocol.AgentCreateRequest) -> tuple[AgentRecord, str]:
+        provider = self.providers.get(request.provider)
+        if provider is None:
+            raise AgentError(400, f"Unknown provider {request.provider!r}")
+        runtime = request.runtime or self.default_runtime
+        if runtime not in self.runtimes:
+            raise AgentError(400, f"Unknown runtime {runtime!r}")
+        if len(json.dumps(request.config)) > MAX_CONFIG_BYTES:
+            raise AgentError(400, f"config is larger than {MAX_CONFIG_BYTES} bytes")
+        try:
+            provider.validate_config(request.config)
+        except ValueError as exc:
+            raise AgentError(400, str(exc)) from None
+        password = secrets.token_urlsafe(24)
+        password_hash = await asyncio.to_thread(
+            bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.bcrypt_rounds)
+        )
+        now = protocol.utc_now()
+        record = AgentRecord(
+            id=str(uuid.uuid4()),
+            name=request.name,
+            provider=request.provider,
+            runtime=runtime,
+            image=request.image,
+            config=dict(request.config),
+            description=request.description,
+            password_hash=password_hash.decode(),
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await self.store.create_agent(record)
+        except NameTaken:
+            raise AgentError(409, f"An agent named {request.name!r} exists already") from None
+        await self.start_agent(record.id)
+        record.state = "running"
+        return record, password
+
+    async def list_agents(self) -> list[AgentRecord]:
+        return await self.store.list_agents()
+
+    async def get_agent(self, agent_id: str) -> AgentRecord:
+        agent = await self.store.get_agent(agent_id)
+        if agent is None:
+            raise AgentError(404, "No such agent")
+        return agent
+
+    async def delete_agent(self, agent_id: str) -> None:
+        agent = await self.get_agent(agent_id)
+        channel = self._channels.pop(agent_id, None)
+        if channel is not None:
+            await channel.close("Cancelled: the agent was deleted")
+        await self._runtime(agent).remove(agent)
+        await self.store.delete_agent(agent_id)
+
+    async def start_agent(self, agent_id: str) -> AgentRecord:
+        agent = await self.get_agent(agent_id)
+        try:
+            await self._runtime(agent).start(agent)
+        except RuntimeFailure as exc:
+            await self.store.update_agent(agent_id, state="error")
+            raise AgentError(503, str(exc)) from None
+        await self.store.update_agent(agent_id, state="running")
+        return await self.get_agent(agent_id)
+
+    async def stop_agent(self, agent_id: str) -> AgentRecord:
+        agent = await self.get_agent(agent_id)
+        channel = self._channels.get(agent_id)
+        if channel is not None:
+            await channel.stop_provider("Cancelled: the agent was stopped")
+        try:
+            await self._runtime(agent).stop(agent)
+        except RuntimeFailure as exc:
+            raise AgentError(503, str(exc)) from None
+        await self.store.update_agent(agent_id, state="stopped")
+        return await self.get_agent(agent_id)
+
+    async def restart_agent(self, agent_id: str) -> AgentRecord:
+        await self.stop_agent(agent_id)
+        return await self.start_agent(agent_id)
+
+    def _runtime(self, agent: AgentRecord) -> Runtime:
+        runtime = self.runtimes.get(agent.runtime)
+        if runtime is None:
+            raise AgentError(503, f"Runtime {agent.runtime!r} is not enabled on this manager")
+        return runtime
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def authenticate(
+        self, agent_id: str | None, agent_name: str | None, password: str
+    ) -> AgentRecord | None:
+        """The agent if the password is right; None for every kind of failure."""
+        agent = None
+        if agent_id:
+            agent = await self.store.get_agent(agent_id)
+            if agent is not None and agent_name and agent.name != agent_name:
+                agent = None
+        elif agent_name:
+            agent = await self.store.get_agent_by_name(agent_name)
+        stored = agent.password_hash.encode() if agent else self._decoy_hash
+        candidate = password.encode()
+        if len(candidate) > 72:  # bcrypt's limit; longer can never be one of ours
+            return None
+        matches = await asyncio.to_thread(bcrypt.checkpw, candidate, stored)
+        return agent if matches and agent else None
+
+    def channel(self, agent: AgentRecord) -> AgentChannel:
+        channel = self._channels.get(agent.id)
+        if channel is None:
+            if self.outbox is None:
+                raise RuntimeError("The service has no outbox")
+            channel = AgentChannel(
+                agent.id, self.store, self.outbox, lambda: self._make_provider(agent.id), self.log
+            )
+            self._channels[agent.id] = channel
+        return channel
+
+    async def _make_provider(self, agent_id: str) -> Provider:
+        agent = await self.get_agent(agent_id)
+        if agent.state != "running":
+            await self.start_agent(agent_id)
+            agent = await self.get_agent(agent_id)
+        provider_class = self.providers.get(agent.provider)
+        if provider_class is None:
+            raise AgentError(503, f"Provider {agent.provider!r} is not enabled on this manager")
+
+        async def save_state(state: dict[str, Any]) -> None:
+            await self.store.update_agent(agent_id, provider_state=state)
+
+        return provider_class(
+            parent=self._provider_parent,
+            agent=agent,
+            runtime=self._runtime(agent),
+            save_state=save_state,
+        )
+
+    # -- manager start and stop ----------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: close turns a crash cut short, bring running agents back up."""
+        for message in await self.store.unanswered_turns():
+            await self.store.append_message(
+                message["agentId"],
+                "agent",
+                message["correlationId"],
+                response=error_response(INTERRUPTED_MESSAGE, interrupted=True),
+            )
+        for agent in await self.store.list_agents():
+            if agent.state == "running":
+                try:
+                    await self._runtime(agent).start(agent)
+                except (RuntimeFailure, AgentError) as exc:
+                    self.log.warning("Agent %s did not come back up: %s", agent.name, exc)
+
+    async def shutdown(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        await asyncio.gather(*(channel.close() for channel in channels))
+        for runtime in self.runtimes.values():
+            await runtime.shutdown()

@@ -1,0 +1,242 @@
+"""Async persistence of agents and their chat history (SQLAlchemy 2 async, SQLite WAL)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, event, func, insert, literal, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .. import protocol
+from .models import AgentRecord, agents, messages, metadata, schema_version
+
+ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+class NameTaken(Exception):
+    """An agent with that name exists already."""
+
+
+def _v1_initial(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[agents, messages])
+
+
+# Each step moves the schema one version up; append, never edit, once released.
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def async_url(url: str) -> str:
+    """`sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`; URLs naming a driver pass unchanged."""
+    parsed = make_url(url)
+    driver = ASYNC_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes in WAL mode
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+class Store:
+    """Agents and messages. One instance per manager process; safe to share across tasks."""
+
+    def __init__(self, url: str) -> None:
+        self.url = async_url(url)
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("Store is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self._engine = create_async_engine(self.url)
+        if parsed.get_backend_name() == "sqlite":
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_migrate)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    # -- agents --------------------------------------------------------------------------
+
+    async def create_agent(self, record: AgentRecord) -> AgentRecord:
+        values = {**record.__dict__}
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(agents).values(**values))
+        except IntegrityError:
+            raise NameTaken(record.name) from None
+        return record
+
+    async def list_agents(self) -> list[AgentRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(agents).order_by(agents.c.created_at))
+            return [AgentRecord.from_row(row) for row in rows]
+
+    async def get_agent(self, agent_id: str) -> AgentRecord | None:
+        return await self._one_agent(agents.c.id == agent_id)
+
+    async def get_agent_by_name(self, name: str) -> AgentRecord | None:
+        return await self._one_agent(agents.c.name == name)
+
+    async def _one_agent(self, where: Any) -> AgentRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(agents).where(where))).first()
+            return AgentRecord.from_row(row) if row else None
+
+    async def update_agent(self, agent_id: str, **values: Any) -> None:
+        values["updated_at"] = protocol.utc_now()
+        async with self.engine.begin() as conn:
+            await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
+
+    async def delete_agent(self, agent_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(messages).where(messages.c.agent_id == agent_id))
+            result = await conn.execute(delete(agents).where(agents.c.id == agent_id))
+            return result.rowcount > 0
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def append_message(
+        self,
+        agent_id: str,
+        sender: protocol.Sender,
+        correlation_id: str,
+        *,
+        text: str | None = None,
+        response: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Persist a message with the agent's next `seq` and return it in wire form."""
+        message_id = str(uuid.uuid4())
+        timestamp = protocol.utc_now()
+        # One statement picks the next seq and inserts, so no two writers share a seq.
+        next_seq = select(
+            literal(message_id),
+            literal(agent_id),
+            func.coalesce(func.max(messages.c.seq), 0) + 1,
+            literal(sender),
+            literal(text, messages.c.text.type),
+            literal(response, messages.c.response.type),
+            literal(correlation_id),
+            literal(timestamp),
+        ).where(messages.c.agent_id == agent_id)
+        columns = [
+            "id",
+            "agent_id",
+            "seq",
+            "sender",
+            "text",
+            "response",
+            "correlation_id",
+            "created_at",
+        ]
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                insert(messages).from_select(columns, next_seq).returning(messages.c.seq)
+            )
+            seq = result.scalar_one()
+        return protocol.chat_message(
+            id=message_id,
+            seq=seq,
+            agent_id=agent_id,
+            sender=sender,
+            timestamp=timestamp,
+            correlation_id=correlation_id,
+            text=text,
+            response=response,
+        )
+
+    async def messages(
+        self, agent_id: str, after: int = 0, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        query = (
+            select(messages)
+            .where(and_(messages.c.agent_id == agent_id, messages.c.seq > after))
+            .order_by(messages.c.seq)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [_wire(row) for row in await conn.execute(query)]
+
+    async def iter_messages(
+        self, agent_id: str, after: int = 0, page: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """History after `after`, in `seq` order, a page at a time."""
+        while batch := await self.messages(agent_id, after, page):
+            yield batch
+            after = batch[-1]["seq"]
+
+    async def last_seq(self, agent_id: str) -> int:
+        query = select(func.coalesce(func.max(messages.c.seq), 0)).where(
+            messages.c.agent_id == agent_id
+        )
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one()
+
+    async def unanswered_turns(self) -> list[dict[str, Any]]:
+        """User messages no agent message answers: turns cut short by a crash."""
+        reply = messages.alias("reply")
+        query = (
+            select(messages)
+            .where(messages.c.sender == "user")
+            .where(
+                ~select(reply.c.id)
+                .where(
+                    and_(
+                        reply.c.agent_id == messages.c.agent_id,
+                        reply.c.correlation_id == messages.c.correlation_id,
+                        reply.c.sender == "agent",
+                    )
+                )
+                .exists()
+            )
+            .order_by(messages.c.agent_id, messages.c.seq)
+        )
+        async with self.engine.connect() as conn:
+            return [_wire(row) for row in await conn.execute(query)]
+
+
+def _wire(row: Any) -> dict[str, Any]:
+    return protocol.chat_message(
+        id=row.id,
+        seq=row.seq,
+        agent_id=row.agent_id,
+        sender=row.sender,
+        timestamp=row.created_at,
+        correlation_id=row.correlation_id,
+        text=row.text,
+        response=row.response,
+    )
+
+
+def _migrate(conn: Connection) -> None:
+    schema_version.create(conn, checkfirst=True)
+    current = conn.execute(select(schema_version.c.version)).scalar()
+    if current is None:
+        conn.execute(insert(schema_version).values(version=0))
+        current = 0
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"Database schema version {current} is newer than this agenstra ({SCHEMA_VERSION})"
+        )
+    for step in MIGRATIONS[current:]:
+        step(conn)
+    conn.execute(update(schema_version).values(version=SCHEMA_VERSION))

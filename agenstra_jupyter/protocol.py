@@ -1,0 +1,222 @@
+"""The wire contract, in one place: event names, payload models and error codes.
+
+Every tier (manager, controller, Python client) imports its event names and payload
+shapes from here; see DESIGN.md for the contract these constants spell out.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# -- transport -------------------------------------------------------------------------
+
+AGENTS_NAMESPACE = "/agents"
+CLIENTS_NAMESPACE = "/clients"
+MANAGER_SOCKETIO_PATH = "socket.io"
+CONTROLLER_SOCKETIO_PATH = "agenstra/socket.io"
+
+
+class ManagerEvent:
+    """Event names on the manager's `/agents` namespace."""
+
+    LOGIN = "login"
+    LOGIN_SUCCESS = "loginSuccess"
+    LOGIN_ERROR = "loginError"
+    CHAT = "chat"
+    CHAT_MESSAGE = "chatMessage"
+    CHAT_EVENT = "chatEvent"
+    CANCEL = "cancel"
+    LOGOUT = "logout"
+    LOGOUT_SUCCESS = "logoutSuccess"
+    ERROR = "error"
+
+
+class ControllerEvent:
+    """Event names on the controller's `/clients` namespace."""
+
+    SET_CLIENT = "setClient"
+    CLIENT_SET = "clientSet"
+    FORWARD = "forward"
+    FORWARDED_EVENT = "forwardedEvent"
+    ERROR = "error"
+    REMOTE_DISCONNECTED = "remoteDisconnected"
+    REMOTE_RECONNECTING = "remoteReconnecting"
+    REMOTE_RECONNECTED = "remoteReconnected"
+
+
+class ChatEventKind:
+    """Kinds of the transient `chatEvent`s a running turn emits."""
+
+    ASSISTANT_DELTA = "assistantDelta"
+    TOOL_CALL = "toolCall"
+    TOOL_RESULT = "toolResult"
+    STATUS = "status"
+
+
+class ErrorCode:
+    """Codes carried by `error` events, `loginError` and REST error bodies."""
+
+    # shared
+    INVALID_PAYLOAD = "INVALID_PAYLOAD"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    UNKNOWN_EVENT = "UNKNOWN_EVENT"
+    RATE_LIMITED = "RATE_LIMITED"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    LOGIN_FAILED = "LOGIN_FAILED"
+    INTERNAL = "INTERNAL"
+    # manager
+    NOT_LOGGED_IN = "NOT_LOGGED_IN"
+    # controller
+    NO_CLIENT = "NO_CLIENT"
+    UNKNOWN_CLIENT = "UNKNOWN_CLIENT"
+    NO_CREDENTIALS = "NO_CREDENTIALS"
+    REMOTE_UNAVAILABLE = "REMOTE_UNAVAILABLE"
+
+
+# The one text every login failure gets, whatever its cause.
+LOGIN_ERROR_MESSAGE = "Invalid credentials"
+UNAUTHORIZED_MESSAGE = "Unauthorized"
+
+Sender = Literal["user", "agent"]
+ResponseType = Literal["text", "error"]
+
+AGENT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class ProtocolError(Exception):
+    """A request that breaks the contract; becomes an `error` event or a 4xx."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def payload(self) -> dict[str, str]:
+        return error_payload(self.code, self.message)
+
+
+def error_payload(code: str, message: str) -> dict[str, str]:
+    return {"message": message, "code": code}
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC timestamp with millisecond precision, as on the wire."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- inbound payloads ------------------------------------------------------------------
+
+
+class _Request(BaseModel):
+    # Strict: "5" is not an int, 1 is not a string. Unknown fields are ignored (DESIGN.md).
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class LoginRequest(_Request):
+    agentId: str | None = Field(default=None, min_length=1, max_length=64)
+    agentName: str | None = Field(default=None, min_length=1, max_length=64)
+    password: str = Field(max_length=256)
+    afterSeq: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _names_an_agent(self) -> LoginRequest:
+        if not (self.agentId or self.agentName):
+            raise ValueError("agentId or agentName is required")
+        return self
+
+
+class ChatRequest(_Request):
+    message: str = Field(min_length=1)
+    correlationId: str | None = Field(default=None, min_length=1, max_length=128)
+    stream: bool = True
+
+
+class CancelRequest(_Request):
+    correlationId: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class LogoutRequest(_Request):
+    pass
+
+
+class AgentCreateRequest(_Request):
+    """REST body creating an agent, on the manager and (forwarded) on the controller."""
+
+    name: str = Field(pattern=AGENT_NAME_PATTERN.pattern)
+    provider: str = Field(min_length=1, max_length=64)
+    runtime: str | None = Field(default=None, min_length=1, max_length=64)
+    image: str | None = Field(default=None, min_length=1, max_length=256)
+    config: dict[str, Any] = Field(default_factory=dict)
+    description: str = Field(default="", max_length=2000)
+
+
+def parse(model: type[_Request], data: Any) -> Any:
+    """Validate an inbound payload; raise ProtocolError(INVALID_PAYLOAD) with a short reason."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "Payload must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_PAYLOAD, describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+# -- outbound payloads -----------------------------------------------------------------
+
+
+def login_success(agent_id: str, agent_name: str) -> dict[str, str]:
+    return {"message": f"Welcome, {agent_name}!", "agentId": agent_id, "agentName": agent_name}
+
+
+def login_error() -> dict[str, str]:
+    return error_payload(ErrorCode.LOGIN_FAILED, LOGIN_ERROR_MESSAGE)
+
+
+def chat_event(
+    agent_id: str, correlation_id: str, kind: str, payload: dict[str, Any], sequence: int
+) -> dict[str, Any]:
+    return {
+        "agentId": agent_id,
+        "correlationId": correlation_id,
+        "kind": kind,
+        "payload": payload,
+        "sequence": sequence,
+    }
+
+
+def chat_message(
+    *,
+    id: str,
+    seq: int,
+    agent_id: str,
+    sender: Sender,
+    timestamp: str,
+    correlation_id: str,
+    text: str | None = None,
+    response: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A persisted chat message as the manager announces it (user: `text`; agent: `response`)."""
+    message: dict[str, Any] = {
+        "id": id,
+        "seq": seq,
+        "agentId": agent_id,
+        "from": sender,
+        "timestamp": timestamp,
+        "correlationId": correlation_id,
+    }
+    if sender == "user":
+        message["text"] = text
+    else:
+        message["response"] = response
+    return message

@@ -1,0 +1,199 @@
+"""Test helpers: a real `agenstra-manager` subprocess and Socket.IO / HTTP clients for it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import socketio
+
+from agenstra_jupyter.protocol import AGENTS_NAMESPACE, ManagerEvent
+
+READY_PREFIX = "agenstra-manager listening on "
+WAIT = 20.0  # seconds any single expectation may take before the test fails
+
+
+@dataclass
+class ManagerProcess:
+    """A running `agenstra-manager`, started the way a user or supervisor starts it."""
+
+    data_dir: Path
+    api_key: str
+    port: int = 0
+    db: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[str] | None = None
+    url: str = ""
+    stdout_lines: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+
+    def start(self) -> ManagerProcess:
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-manager.log"
+        env = {**os.environ, "AGENSTRA_BCRYPT_ROUNDS": "4", **self.env}
+        env["AGENSTRA_API_KEY"] = self.api_key
+        argv = [
+            sys.executable,
+            "-m",
+            "agenstra_jupyter.manager.app",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+        if self.db:
+            argv += ["--db", self.db]
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+            )
+        deadline = time.monotonic() + WAIT
+        assert self.process.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"manager exited early:\n{self.log_path.read_text()}")
+            self.stdout_lines.append(line)
+            if line.startswith(READY_PREFIX):
+                self.url = line[len(READY_PREFIX) :].strip()
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return self
+        raise RuntimeError("manager did not get ready in time")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(WAIT)
+        finally:
+            if self.process.stdout:
+                self.stdout_lines += self.process.stdout.readlines()
+                self.process.stdout.close()
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path else ""
+
+    def http(self, api_key: str | None = None) -> httpx.AsyncClient:
+        key = self.api_key if api_key is None else api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=WAIT)
+
+    async def create_agent(self, **body: Any) -> dict[str, Any]:
+        async with self.http() as http:
+            response = await http.post("/api/agents", json=body)
+            assert response.status_code == 201, response.text
+            return response.json()
+
+
+class EventLog:
+    """Everything one Socket.IO client received, with waiting helpers."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def record(self, event: str, payload: Any) -> None:
+        self.events.append((event, payload))
+        self._changed.set()
+
+    def of(self, event: str) -> list[Any]:
+        return [payload for name, payload in self.events if name == event]
+
+    async def wait_for(self, predicate: Callable[[EventLog], Any], timeout: float = WAIT) -> Any:
+        async def poll() -> Any:
+            while not (result := predicate(self)):
+                self._changed.clear()
+                await self._changed.wait()
+            return result
+
+        return await asyncio.wait_for(poll(), timeout)
+
+    async def wait_count(self, event: str, count: int, timeout: float = WAIT) -> list[Any]:
+        await self.wait_for(lambda log: len(log.of(event)) >= count, timeout)
+        return self.of(event)
+
+    def messages(self) -> list[dict[str, Any]]:
+        return self.of(ManagerEvent.CHAT_MESSAGE)
+
+    def answers(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages() if m["from"] == "agent"]
+
+
+class AgentsClient:
+    """A python-socketio client on the manager's `/agents` namespace."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.log = EventLog()
+        self.sio.on("*", self.log.record, namespace=AGENTS_NAMESPACE)
+        self.sio.on(
+            "connect_error",
+            lambda data: self.log.record("connect_error", data),
+            namespace=AGENTS_NAMESPACE,
+        )
+
+    async def connect(
+        self, manager: ManagerProcess, api_key: str | None = None, **kwargs: Any
+    ) -> AgentsClient:
+        key = manager.api_key if api_key is None else api_key
+        await self.sio.connect(
+            manager.url,
+            namespaces=[AGENTS_NAMESPACE],
+            auth={"apiKey": key},
+            transports=["websocket"],
+            wait_timeout=WAIT,
+            **kwargs,
+        )
+        return self
+
+    async def emit(self, event: str, payload: Any = None) -> None:
+        await self.sio.emit(event, payload, namespace=AGENTS_NAMESPACE)
+
+    async def login(self, agent: dict[str, Any], after_seq: int | None = None) -> dict[str, Any]:
+        payload: dict[str, Any] = {"agentId": agent["id"], "password": agent["password"]}
+        if after_seq is not None:
+            payload["afterSeq"] = after_seq
+        before = len(self.log.of(ManagerEvent.LOGIN_SUCCESS))
+        await self.emit(ManagerEvent.LOGIN, payload)
+        successes = await self.log.wait_count(ManagerEvent.LOGIN_SUCCESS, before + 1)
+        return successes[-1]
+
+    async def chat(self, message: str, **extra: Any) -> dict[str, Any]:
+        """Send a message and wait for the agent's answer to it."""
+        correlation = extra.pop("correlationId", None) or f"c-{len(self.log.events)}-{message[:8]}"
+        await self.emit(
+            ManagerEvent.CHAT, {"message": message, "correlationId": correlation, **extra}
+        )
+        return await self.answer_to(correlation)
+
+    async def answer_to(self, correlation_id: str, timeout: float = WAIT) -> dict[str, Any]:
+        def answered(log: EventLog) -> Any:
+            return next((m for m in log.answers() if m["correlationId"] == correlation_id), None)
+
+        return await self.log.wait_for(answered, timeout)
+
+    async def error(self) -> dict[str, Any]:
+        errors = await self.log.wait_count(ManagerEvent.ERROR, 1)
+        return errors[-1]
+
+    async def close(self) -> None:
+        await self.sio.disconnect()
+
+
+def assert_seq_complete(messages: list[dict[str, Any]], first: int = 1) -> None:
+    """Messages are exactly seq first, first+1, ... with no gap and no duplicate."""
+    assert [m["seq"] for m in messages] == list(range(first, first + len(messages)))
