@@ -107,8 +107,12 @@ class AgentService:
             await self.store.create_agent(record)
         except NameTaken:
             raise AgentError(409, f"An agent named {request.name!r} exists already") from None
-        await self.start_agent(record.id)
-        record.state = "running"
+        try:
+            record = await self.start_agent(record.id)
+        except AgentError as exc:
+            # The agent exists (state "error") and its password must still reach the caller.
+            self.log.warning("Agent %s created but not started: %s", record.name, exc.message)
+            record = await self.get_agent(record.id)
         return record, password
 
     async def list_agents(self) -> list[AgentRecord]:
