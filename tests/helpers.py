@@ -39,7 +39,9 @@ class ManagerProcess:
 
     def start(self) -> ManagerProcess:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-manager.log"
-        env = {**os.environ, "AGENSTRA_BCRYPT_ROUNDS": "4", **self.env}
+        # Fast hashing for tests; never let dockerd reach for a registry (none is reachable).
+        env = {**os.environ, "AGENSTRA_BCRYPT_ROUNDS": "4", "AGENSTRA_DOCKER_PULL": "never",
+               **self.env}
         env["AGENSTRA_API_KEY"] = self.api_key
         argv = [
             sys.executable,

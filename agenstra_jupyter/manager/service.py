@@ -18,7 +18,7 @@ import bcrypt
 from .. import protocol
 from .channel import AgentChannel, Outbox, error_response
 from .models import AgentRecord
-from .providers import Provider
+from .providers import Provider, ProviderError
 from .runtimes import Runtime, RuntimeFailure
 from .store import NameTaken, Store
 
@@ -198,11 +198,13 @@ class AgentService:
     async def _make_provider(self, agent_id: str) -> Provider:
         agent = await self.get_agent(agent_id)
         if agent.state != "running":
-            await self.start_agent(agent_id)
-            agent = await self.get_agent(agent_id)
+            try:
+                agent = await self.start_agent(agent_id)
+            except AgentError as exc:
+                raise ProviderError(exc.message) from None
         provider_class = self.providers.get(agent.provider)
         if provider_class is None:
-            raise AgentError(503, f"Provider {agent.provider!r} is not enabled on this manager")
+            raise ProviderError(f"Provider {agent.provider!r} is not enabled on this manager")
 
         async def save_state(state: dict[str, Any]) -> None:
             await self.store.update_agent(agent_id, provider_state=state)

@@ -108,26 +108,32 @@ class Runtime(LoggingConfigurable):
         Cancelling the calling task kills the command.
         """
         process = await self.spawn(agent, argv, env)
-        try:
-            if stdin:
-                await process.write(stdin)
-            await process.close_stdin()
-            collect = asyncio.gather(
+        reading = asyncio.ensure_future(
+            asyncio.gather(
                 _read_capped(process.stdout, self.output_limit),
                 _read_capped(process.stderr, self.output_limit),
                 process.wait(),
             )
+        )
+        try:
+            if stdin:
+                await process.write(stdin)
+            await process.close_stdin()
             try:
                 (out, out_cut), (err, err_cut), code = await asyncio.wait_for(
-                    collect, timeout or self.exec_timeout
+                    asyncio.shield(reading), timeout or self.exec_timeout
                 )
             except asyncio.TimeoutError:
-                await process.kill()
                 return ExecResult(None, "", "", timed_out=True)
             return ExecResult(code, _text(out), _text(err), truncated=out_cut or err_cut)
         finally:
+            # Killing ends the reads too (EOF); a cancelled caller still waits for that.
             with contextlib.suppress(Exception):
                 await asyncio.shield(process.kill())
+            if not reading.done():
+                reading.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(reading)
 
 
 async def _read_capped(reader: asyncio.StreamReader, limit: int) -> tuple[bytes, bool]:

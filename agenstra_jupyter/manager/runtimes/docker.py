@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from traitlets import Float, Int, Unicode
+from traitlets import Enum, Float, Int, Unicode
 
 from ..models import AgentRecord
 from .base import AgentProcess, Runtime, RuntimeFailure
@@ -22,9 +22,16 @@ AGENT_LABEL = "agenstra.agent-id"
 NAME_LABEL = "agenstra.agent-name"
 WORKSPACE = "/workspace"
 
-# Runs the command as leader of a new session and reports that session's id first on
-# stderr, so the whole process group can be killed later from a second `docker exec`.
-SESSION_WRAPPER = ["setsid", "sh", "-c", 'echo "$$" >&2; exec "$@"', "sh"]
+# `docker exec` processes lead their own process group, so `setsid` would fork and the exec
+# would end at once. Instead the wrapper starts the command in the background (not a group
+# leader, so setsid does not fork) with the original stdin, reports its pid (= its new
+# session and group id) first on stderr, and waits for it, keeping its exit code. The whole
+# group can then be killed from a second `docker exec`.
+SESSION_WRAPPER = [
+    "sh", "-c",
+    'exec 3<&0; setsid "$@" <&3 3<&- & pid=$!; exec 3<&-; echo "$pid" >&2; wait "$pid"',
+    "sh",
+]
 
 
 class DockerExecProcess(AgentProcess):
@@ -134,6 +141,11 @@ class DockerRuntime(Runtime):
         config=True, env="AGENSTRA_DOCKER_MEMORY"
     )
     cpus = Float(1.0, help="CPUs per agent container.").tag(config=True, env="AGENSTRA_DOCKER_CPUS")
+    pull_policy = Enum(
+        ["missing", "never"],
+        default_value="missing",
+        help="Pull an agent image that is not on the Docker host (missing), or never pull.",
+    ).tag(config=True, env="AGENSTRA_DOCKER_PULL")
     pids_limit = Int(256, help="Maximum processes per agent container.").tag(
         config=True, env="AGENSTRA_DOCKER_PIDS"
     )
@@ -251,8 +263,23 @@ class DockerRuntime(Runtime):
         if container.status != "running":
             container.start()
 
+    def _ensure_image(self, image: str) -> None:
+        import docker.errors
+
+        try:
+            self.client.images.get(image)
+        except docker.errors.ImageNotFound:
+            if self.pull_policy == "never":
+                raise
+            self.log.info("Pulling agent image %s", image)
+            try:
+                self.client.images.pull(image)
+            except docker.errors.APIError:
+                raise RuntimeFailure(f"Could not pull the agent image {image}") from None
+
     def _create(self, agent: AgentRecord) -> Any:
         image = agent.image or self.image
+        self._ensure_image(image)
         volume = self._volume(agent)
         self._give_workspace_to_agent_user(image, volume.name)
         return self.client.containers.create(
