@@ -1,3 +1,13 @@
 """agenstra-jupyter: chat with AI agents from JupyterLab and notebooks."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .controller.app import ControllerApp
+
+    return [{"module": "agenstra_jupyter", "app": ControllerApp}]

@@ -32,3 +32,12 @@ def env_variables(classes: Iterable[type[Configurable]]) -> dict[str, str]:
             if variable := trait.metadata.get("env"):
                 found[variable] = f"{cls.__name__}.{name}"
     return found
+
+
+def apply_env(configurable: Configurable, environ: Mapping[str, str] = os.environ) -> None:
+    """Set traits from their `AGENSTRA_*` variables unless config already set them."""
+    section = configurable.config.get(type(configurable).__name__, {})
+    for name, trait in configurable.traits(config=True).items():
+        variable = trait.metadata.get("env")
+        if variable and variable in environ and name not in section:
+            setattr(configurable, name, trait.from_string(environ[variable]))

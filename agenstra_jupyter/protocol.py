@@ -154,6 +154,38 @@ class AgentCreateRequest(_Request):
     description: str = Field(default="", max_length=2000)
 
 
+class SetClientRequest(_Request):
+    clientId: str = Field(min_length=1, max_length=64)
+
+
+class ForwardRequest(_Request):
+    event: str = Field(min_length=1, max_length=64)
+    payload: dict[str, Any] | None = None
+    agentId: str | None = Field(default=None, min_length=1, max_length=64)
+
+
+class ForwardedLoginPayload(_Request):
+    """What a frontend may put in a forwarded `login`: never a password."""
+
+    afterSeq: int | None = Field(default=None, ge=0)
+
+
+class ClientRegisterRequest(_Request):
+    """REST body registering a manager with the controller."""
+
+    name: str = Field(pattern=AGENT_NAME_PATTERN.pattern)
+    endpoint: str = Field(min_length=1, max_length=2048)
+    apiKey: str = Field(min_length=1, max_length=1024)
+
+
+def ack_ok() -> dict[str, Any]:
+    return {"ok": True}
+
+
+def ack_error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
 def parse(model: type[_Request], data: Any) -> Any:
     """Validate an inbound payload; raise ProtocolError(INVALID_PAYLOAD) with a short reason."""
     if data is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import signal
 import sys
@@ -62,6 +63,9 @@ class ManagerApp(Application):
     bcrypt_rounds = Int(12, help="bcrypt cost for agent passwords (4-31).").tag(
         config=True, env="AGENSTRA_BCRYPT_ROUNDS"
     )
+    parent_pid = Int(
+        0, help="Exit when this process (the supervising Jupyter server) is gone; 0: never."
+    ).tag(config=True)
     runtime_classes = List(
         Type(klass=Runtime), [ProcessRuntime, DockerRuntime], help="Runtimes this manager offers."
     ).tag(config=True)
@@ -78,6 +82,7 @@ class ManagerApp(Application):
         "runtime": "ManagerApp.default_runtime",
         "history-limit": "ManagerApp.history_limit",
         "log-level": "Application.log_level",
+        "parent-pid": "ManagerApp.parent_pid",
     }
 
     @default("data_dir")
@@ -153,6 +158,7 @@ class ManagerApp(Application):
         server.add_sockets(sockets)
         port = sockets[0].getsockname()[1]
         self._install_signal_handlers()
+        watcher = asyncio.create_task(self._watch_parent()) if self.parent_pid else None
         print(READY_LINE.format(host=self.host, port=port), flush=True)
         if ready is not None:
             ready.set_result(port)
@@ -160,6 +166,8 @@ class ManagerApp(Application):
             await self._stopping.wait()
         finally:
             self.log.info("agenstra-manager shutting down")
+            if watcher is not None:
+                watcher.cancel()
             server.stop()
             await service.shutdown()
             if sio.eio.sockets:  # every client, so none hangs on a half-closed socket
@@ -170,6 +178,12 @@ class ManagerApp(Application):
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _watch_parent(self) -> None:
+        while os.getppid() == self.parent_pid:
+            await asyncio.sleep(1.0)
+        self.log.warning("The supervising process %s is gone; stopping", self.parent_pid)
+        self.stop()
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

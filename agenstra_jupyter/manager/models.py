@@ -9,12 +9,6 @@ from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, MetaData, Strin
 
 metadata = MetaData()
 
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, nullable=False),
-)
-
 agents = Table(
     "agents",
     metadata,

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, event, func, insert, literal, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, and_, delete, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import protocol
-from .models import AgentRecord, agents, messages, metadata, schema_version
-
-ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+from ..db import Migration, open_engine
+from .models import AgentRecord, agents, messages, metadata
 
 
 class NameTaken(Exception):
@@ -26,32 +23,14 @@ def _v1_initial(conn: Connection) -> None:
     metadata.create_all(conn, tables=[agents, messages])
 
 
-# Each step moves the schema one version up; append, never edit, once released.
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_initial]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def async_url(url: str) -> str:
-    """`sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`; URLs naming a driver pass unchanged."""
-    parsed = make_url(url)
-    driver = ASYNC_DRIVERS.get(parsed.drivername)
-    return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes in WAL mode
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
+MIGRATIONS: list[Migration] = [_v1_initial]
 
 
 class Store:
     """Agents and messages. One instance per manager process; safe to share across tasks."""
 
     def __init__(self, url: str) -> None:
-        self.url = async_url(url)
+        self.url = url
         self._engine: AsyncEngine | None = None
 
     @property
@@ -61,14 +40,7 @@ class Store:
         return self._engine
 
     async def open(self) -> None:
-        parsed = make_url(self.url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_async_engine(self.url)
-        if parsed.get_backend_name() == "sqlite":
-            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_migrate)
+        self._engine = await open_engine(self.url, MIGRATIONS)
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -226,17 +198,3 @@ def _wire(row: Any) -> dict[str, Any]:
         response=row.response,
     )
 
-
-def _migrate(conn: Connection) -> None:
-    schema_version.create(conn, checkfirst=True)
-    current = conn.execute(select(schema_version.c.version)).scalar()
-    if current is None:
-        conn.execute(insert(schema_version).values(version=0))
-        current = 0
-    if current > SCHEMA_VERSION:
-        raise RuntimeError(
-            f"Database schema version {current} is newer than this agenstra ({SCHEMA_VERSION})"
-        )
-    for step in MIGRATIONS[current:]:
-        step(conn)
-    conn.execute(update(schema_version).values(version=SCHEMA_VERSION))

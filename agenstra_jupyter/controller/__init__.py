@@ -1,0 +1,1 @@
+"""The controller tier: a Jupyter server extension between frontends and managers."""

@@ -1,0 +1,186 @@
+"""The controller: a Jupyter server extension between frontends and agent managers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import socketio
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Int, List, Unicode, default
+
+from .. import protocol
+from ..config import apply_env
+from ..db import sqlite_url
+from .gateway import ClientsNamespace
+from .handlers import api_handlers
+from .links import Backoff
+from .local import LocalManager
+from .manager_api import ManagerAPI
+from .registry import LOCAL_CLIENT_ID, Registry
+from .secrets import SecretBox
+from .socketio_handler import jupyter_socketio_handler
+
+
+class ControllerApp(ExtensionApp):
+    name = "agenstra_jupyter"
+    load_other_extensions = True
+
+    data_dir = Unicode(help="Directory of the registry, its key and the local manager's data.").tag(
+        config=True, env="AGENSTRA_CONTROLLER_DATA_DIR"
+    )
+    db = Unicode(help="SQLAlchemy URL of the registry (default: sqlite in data_dir).").tag(
+        config=True, env="AGENSTRA_CONTROLLER_DB"
+    )
+    secret_key = Unicode(
+        "", help="Fernet key encrypting stored secrets (default: a key file in data_dir)."
+    ).tag(config=True, env="AGENSTRA_SECRET_KEY")
+    local_manager = Bool(True, help="Start and supervise a local agenstra-manager.").tag(
+        config=True, env="AGENSTRA_LOCAL_MANAGER"
+    )
+    manager_url = Unicode(
+        "", help="Use this external manager as client 'local' instead of starting one."
+    ).tag(config=True, env="AGENSTRA_MANAGER_URL")
+    manager_api_key = Unicode("", help="API key of manager_url.").tag(
+        config=True, env="AGENSTRA_MANAGER_API_KEY"
+    )
+    manager_args = List(
+        Unicode(), help="Extra command-line arguments for the local manager."
+    ).tag(config=True)
+    default_agent_name = Unicode("assistant", help="Agent created on first start.").tag(
+        config=True, env="AGENSTRA_DEFAULT_AGENT"
+    )
+    default_agent_provider = Unicode(
+        "shell", help="Provider of the default agent ('' to create none)."
+    ).tag(config=True, env="AGENSTRA_DEFAULT_PROVIDER")
+    default_agent_runtime = Unicode("process", help="Runtime of the default agent.").tag(
+        config=True, env="AGENSTRA_DEFAULT_RUNTIME"
+    )
+    reconnect_delay = Float(0.5, help="First delay before reconnecting to a manager (s).").tag(
+        config=True, env="AGENSTRA_RECONNECT_DELAY"
+    )
+    reconnect_delay_max = Float(10.0, help="Longest delay between reconnects (s).").tag(
+        config=True, env="AGENSTRA_RECONNECT_DELAY_MAX"
+    )
+    login_rate = Int(30, help="Logins a frontend socket may make per minute (0: no limit).").tag(
+        config=True, env="AGENSTRA_LOGIN_RATE"
+    )
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return str(Path(jupyter_data_dir()) / "agenstra")
+
+    @default("db")
+    def _default_db(self) -> str:
+        return sqlite_url(Path(self.data_dir) / "controller.sqlite")
+
+    def initialize_settings(self) -> None:
+        apply_env(self)
+        self.controller = Controller(self)
+        self.settings["agenstra_controller"] = self.controller
+
+    def initialize_handlers(self) -> None:
+        socketio_path = "/" + protocol.CONTROLLER_SOCKETIO_PATH + "/?"
+        self.handlers.extend(
+            [
+                (socketio_path, jupyter_socketio_handler(self.controller.sio)),
+                *api_handlers("/agenstra/api"),
+            ]
+        )
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        try:
+            await self.controller.ready()
+        except Exception:
+            self.log.exception("agenstra: the controller did not start; retrying on first use")
+
+    async def stop_extension(self) -> None:
+        await self.controller.close()
+
+
+class Controller:
+    """What the extension runs: registry, frontend gateway, manager API, local manager."""
+
+    def __init__(self, app: ControllerApp) -> None:
+        self.app = app
+        self.log = app.log
+        data_dir = Path(app.data_dir)
+        box = (
+            SecretBox(app.secret_key.encode())
+            if app.secret_key
+            else SecretBox.from_key_file(data_dir / "controller.key")
+        )
+        self.registry = Registry(app.db, box)
+        self.api = ManagerAPI()
+        self.local: LocalManager | None = None
+        self.sio = socketio.AsyncServer(
+            async_mode="tornado",
+            cors_allowed_origins=[],  # origins are checked by Jupyter (JupyterHandler)
+            async_handlers=False,  # one socket's events in order: a chat never overtakes a login
+            logger=False,
+            engineio_logger=False,
+        )
+        self.gateway = ClientsNamespace(
+            self.registry,
+            self.ready,
+            Backoff(app.reconnect_delay, app.reconnect_delay_max),
+            app.login_rate,
+            self.log,
+        )
+        self.sio.register_namespace(self.gateway)
+        self._started = False
+        self._lock = asyncio.Lock()
+
+    async def ready(self) -> None:
+        """Open the registry and bring up the local manager, once."""
+        async with self._lock:
+            if not self._started:
+                await self._start()
+                self._started = True
+
+    async def _start(self) -> None:
+        app = self.app
+        await self.registry.open()
+        if app.manager_url:
+            await self.registry.set_local(app.manager_url.rstrip("/"), app.manager_api_key)
+        elif app.local_manager:
+            if self.local is None:
+                self.local = LocalManager(
+                    Path(app.data_dir) / "local-manager", app.manager_args, self.log
+                )
+                await self.local.start()
+            await self.registry.set_local(self.local.endpoint, self.local.api_key)
+        else:
+            return
+        await self._ensure_default_agent()
+
+    async def _ensure_default_agent(self) -> None:
+        app = self.app
+        if not app.default_agent_provider or not app.default_agent_name:
+            return
+        client = await self.registry.get_client(LOCAL_CLIENT_ID)
+        assert client is not None
+        agents = await self.api.request(client.endpoint, client.api_key, "GET", "/api/agents")
+        if any(agent["name"] == app.default_agent_name for agent in agents):
+            return
+        created = await self.api.request(
+            client.endpoint, client.api_key, "POST", "/api/agents",
+            json={"name": app.default_agent_name, "provider": app.default_agent_provider,
+                  "runtime": app.default_agent_runtime,
+                  "description": "Created on first start"},
+        )
+        await self.registry.save_password(
+            LOCAL_CLIENT_ID, created["id"], created["name"], created["password"]
+        )
+        self.log.info("agenstra: created the default agent %r", created["name"])
+
+    async def close(self) -> None:
+        await self.gateway.close_all()
+        if self.sio.eio.sockets:
+            await self.sio.eio.disconnect()
+        if self.local is not None:
+            await self.local.stop()
+        await self.api.close()
+        await self.registry.close()

@@ -1,0 +1,152 @@
+"""Socket.IO namespace `/clients`: the frontends' side (setClient, forward, forwardedEvent)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+
+from .. import protocol
+from ..protocol import ControllerEvent, ErrorCode, ManagerEvent, ProtocolError
+from .links import Backoff, LinkError, ManagerLink
+from .ratelimit import RateLimiter
+from .registry import Registry
+
+
+@dataclass
+class FrontendSession:
+    sid: str
+    user: str
+    logins: RateLimiter
+    client_id: str | None = None
+    links: dict[tuple[str, str], ManagerLink] = field(default_factory=dict)
+
+
+def _user_of(environ: dict[str, Any]) -> str | None:
+    """The Jupyter user who opened this socket (authenticated by JupyterHandler)."""
+    handler = environ.get("tornado.handler")
+    user = getattr(handler, "current_user", None) if handler is not None else None
+    if user is None:
+        return None
+    return getattr(user, "username", None) or str(user)
+
+
+class ClientsNamespace(socketio.AsyncNamespace):
+    def __init__(
+        self,
+        registry: Registry,
+        ready: Callable[[], Awaitable[None]],
+        backoff: Backoff,
+        login_rate: int,
+        log: logging.Logger,
+    ) -> None:
+        super().__init__(protocol.CLIENTS_NAMESPACE)
+        self._registry = registry
+        self._ready = ready
+        self._backoff = backoff
+        self._login_rate = login_rate
+        self._log = log
+        self.sessions: dict[str, FrontendSession] = {}
+
+    # -- connection ----------------------------------------------------------------------
+
+    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        user = _user_of(environ)
+        if user is None:
+            raise socketio.exceptions.ConnectionRefusedError(protocol.UNAUTHORIZED_MESSAGE)
+        await self._ready()
+        self.sessions[sid] = FrontendSession(sid, user, RateLimiter(self._login_rate, 60.0))
+
+    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        session = self.sessions.pop(sid, None)
+        if session is not None:
+            links, session.links = list(session.links.values()), {}
+            await asyncio.gather(*(link.close() for link in links))
+
+    async def trigger_event(self, event: str, *args: Any) -> Any:
+        if event in ("connect", "disconnect"):
+            return await super().trigger_event(event, *args)
+        sid = args[0]
+        handler = {
+            ControllerEvent.SET_CLIENT: self._set_client,
+            ControllerEvent.FORWARD: self._forward,
+        }.get(event)
+        try:
+            if handler is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_EVENT, "Unknown event")
+            session = self.sessions.get(sid)
+            if session is None:
+                raise ProtocolError(ErrorCode.UNAUTHORIZED, protocol.UNAUTHORIZED_MESSAGE)
+            await handler(session, args[1] if len(args) > 1 else None)
+            return protocol.ack_ok()
+        except (ProtocolError, LinkError) as exc:
+            return await self._refuse(sid, exc.code, exc.message)
+        except Exception:
+            self._log.exception("Handling %r failed", event)
+            return await self._refuse(sid, ErrorCode.INTERNAL, "Internal error")
+
+    async def _refuse(self, sid: str, code: str, message: str) -> dict[str, Any]:
+        await self.emit(ControllerEvent.ERROR, protocol.error_payload(code, message), to=sid)
+        return protocol.ack_error(code, message)
+
+    # -- events --------------------------------------------------------------------------
+
+    async def close_all(self) -> None:
+        for sid in list(self.sessions):
+            await self.on_disconnect(sid)
+
+    async def _set_client(self, session: FrontendSession, data: Any) -> None:
+        request: protocol.SetClientRequest = protocol.parse(protocol.SetClientRequest, data)
+        if await self._registry.get_client(request.clientId) is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_CLIENT, "Unknown client")
+        session.client_id = request.clientId
+        await self.emit(
+            ControllerEvent.CLIENT_SET,
+            {"clientId": request.clientId, "message": "Client context set"},
+            to=session.sid,
+        )
+
+    async def _forward(self, session: FrontendSession, data: Any) -> None:
+        request: protocol.ForwardRequest = protocol.parse(protocol.ForwardRequest, data)
+        if session.client_id is None:
+            raise ProtocolError(ErrorCode.NO_CLIENT, "Send setClient first")
+        payload = dict(request.payload or {})
+        agent_id = request.agentId or payload.get("agentId")
+        if not isinstance(agent_id, str) or not agent_id:
+            raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "agentId is required")
+        # The server handles one socket's events in order, so a login and a chat never overtake.
+        link = await self._link(session, session.client_id, agent_id)
+        if request.event == ManagerEvent.LOGIN:
+            login = protocol.parse(protocol.ForwardedLoginPayload, payload)
+            await self._login(session, link, login.afterSeq)
+            return
+        if not link.wanted and request.event != ManagerEvent.LOGOUT:
+            await self._login(session, link, None)
+        payload.pop("password", None)
+        await link.send(request.event, payload)
+        if request.event == ManagerEvent.LOGOUT:
+            link.logged_out()
+
+    async def _login(self, session: FrontendSession, link: ManagerLink, after: int | None) -> None:
+        if not session.logins.allow():
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "Too many logins; wait a moment")
+        await link.login(after)
+
+    async def _link(self, session: FrontendSession, client_id: str, agent_id: str) -> ManagerLink:
+        link = session.links.get((client_id, agent_id))
+        if link is None:
+            if await self._registry.get_client(client_id) is None:
+                raise ProtocolError(ErrorCode.UNKNOWN_CLIENT, "Unknown client")
+
+            async def deliver(event: str, payload: dict[str, Any]) -> None:
+                await self.emit(event, payload, to=session.sid)
+
+            link = ManagerLink(client_id, agent_id, self._registry, deliver, self._backoff,
+                               self._log)
+            session.links[(client_id, agent_id)] = link
+            await link.open()
+        return link

@@ -1,0 +1,212 @@
+"""Upstream links: one Socket.IO connection per (frontend socket, manager, agent).
+
+A link reconnects with capped exponential backoff and jitter for as long as its frontend
+socket is open. After each reconnect it logs its agent in again with `afterSeq` = the
+last `seq` it forwarded, and it drops any `chatMessage` at or below that `seq`, so the
+frontend receives every message exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import socketio
+
+from .. import protocol
+from ..protocol import ControllerEvent, ErrorCode, ManagerEvent
+from .registry import Registry
+
+# deliver(event, payload): send a controller event to the link's frontend socket.
+Deliver = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+LOGIN_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 0.5
+    maximum: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
+        ceiling = min(self.maximum, self.initial * 2 ** min(attempt, 30))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not crypto)
+
+
+class LinkError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ManagerLink:
+    def __init__(
+        self,
+        client_id: str,
+        agent_id: str,
+        registry: Registry,
+        deliver: Deliver,
+        backoff: Backoff,
+        log: logging.Logger,
+    ) -> None:
+        self.client_id = client_id
+        self.agent_id = agent_id
+        self._registry = registry
+        self._deliver = deliver
+        self._backoff = backoff
+        self._log = log
+        self._sio = socketio.AsyncClient(reconnection=False)
+        self._sio.on("*", self._on_event, namespace=protocol.AGENTS_NAMESPACE)
+        self._connected = asyncio.Event()
+        self._first_attempt = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        # Login state: whether the frontend wants this agent logged in, the last seq it got.
+        self.wanted = False
+        self.last_seq = 0
+        self._login_result: asyncio.Future[bool] | None = None
+
+    # -- public --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Start connecting; return after the first attempt (whether or not it worked)."""
+        self._task = asyncio.create_task(self._run(), name=f"link-{self.client_id}-{self.agent_id}")
+        await self._first_attempt.wait()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def login(self, after_seq: int | None) -> None:
+        """Log the agent in with its stored password; history after `after_seq` follows."""
+        self.wanted = True
+        self.last_seq = after_seq or 0
+        if not self.connected:
+            raise LinkError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
+        if not await self._send_login():
+            raise LinkError(ErrorCode.LOGIN_FAILED, protocol.LOGIN_ERROR_MESSAGE)
+
+    async def send(self, event: str, payload: Any) -> None:
+        if not self.connected:
+            raise LinkError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
+        await self._sio.emit(event, payload, namespace=protocol.AGENTS_NAMESPACE)
+
+    def logged_out(self) -> None:
+        self.wanted = False
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await self._sio.disconnect()
+        self._resolve_login(False)
+
+    # -- connection loop -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        try:
+            while not self._closed:
+                if not await self._connect():
+                    attempt += 1
+                    self._first_attempt.set()
+                    await self._deliver(
+                        ControllerEvent.REMOTE_RECONNECTING,
+                        {"clientId": self.client_id, "attempt": attempt},
+                    )
+                    await asyncio.sleep(self._backoff.delay(attempt))
+                    continue
+                if attempt:
+                    await self._deliver(
+                        ControllerEvent.REMOTE_RECONNECTED, {"clientId": self.client_id}
+                    )
+                attempt = 0
+                self._connected.set()
+                self._first_attempt.set()
+                if self.wanted:
+                    await self._relogin()
+                await self._sio.wait()
+                self._connected.clear()
+                self._resolve_login(False)
+                if not self._closed:
+                    await self._deliver(
+                        ControllerEvent.REMOTE_DISCONNECTED, {"clientId": self.client_id}
+                    )
+        finally:
+            self._connected.clear()
+            self._first_attempt.set()
+
+    async def _connect(self) -> bool:
+        client = await self._registry.get_client(self.client_id)
+        if client is None:
+            return False
+        try:
+            await self._sio.connect(
+                client.endpoint,
+                namespaces=[protocol.AGENTS_NAMESPACE],
+                auth={"apiKey": client.api_key},
+                transports=["websocket"],
+                wait_timeout=10,
+            )
+        except (socketio.exceptions.ConnectionError, OSError, asyncio.TimeoutError):
+            return False
+        return True
+
+    async def _relogin(self) -> None:
+        try:
+            await self._send_login(wait=False)
+        except LinkError as exc:
+            await self._deliver(ControllerEvent.ERROR, protocol.error_payload(exc.code, exc.message))
+
+    async def _send_login(self, wait: bool = True) -> bool:
+        password = await self._registry.password(self.client_id, self.agent_id)
+        if password is None:
+            self.wanted = False
+            raise LinkError(ErrorCode.NO_CREDENTIALS, "No stored credentials for this agent")
+        loop = asyncio.get_running_loop()
+        self._resolve_login(False)
+        self._login_result = result = loop.create_future()
+        request = {"agentId": self.agent_id, "password": password, "afterSeq": self.last_seq}
+        await self._sio.emit(ManagerEvent.LOGIN, request, namespace=protocol.AGENTS_NAMESPACE)
+        if not wait:
+            return True
+        try:
+            return await asyncio.wait_for(asyncio.shield(result), LOGIN_TIMEOUT)
+        except asyncio.TimeoutError:
+            return False
+
+    def _resolve_login(self, success: bool) -> None:
+        if self._login_result is not None and not self._login_result.done():
+            self._login_result.set_result(success)
+
+    # -- upstream events -----------------------------------------------------------------
+
+    async def _on_event(self, event: str, payload: Any = None) -> None:
+        if event == ManagerEvent.CHAT_MESSAGE and isinstance(payload, dict):
+            seq = payload.get("seq")
+            if isinstance(seq, int):
+                if seq <= self.last_seq:
+                    return  # already forwarded before a reconnect
+                self.last_seq = seq
+        elif event == ManagerEvent.LOGIN_SUCCESS:
+            self._resolve_login(True)
+        elif event == ManagerEvent.LOGIN_ERROR:
+            self.wanted = False
+            self._resolve_login(False)
+        elif event == ManagerEvent.LOGOUT_SUCCESS:
+            self.wanted = False
+        await self._deliver(
+            ControllerEvent.FORWARDED_EVENT,
+            {"event": event, "payload": payload, "clientId": self.client_id,
+             "agentId": self.agent_id},
+        )

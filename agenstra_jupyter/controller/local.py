@@ -1,0 +1,127 @@
+"""The local manager: an `agenstra-manager` subprocess supervised like a kernel.
+
+It listens on a free 127.0.0.1 port with a fresh API key (passed by environment, never on
+the command line), is restarted on the same port with backoff if it dies, watches its
+parent so it never outlives the Jupyter server, and is stopped with the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..manager.app import READY_LINE
+
+READY_PREFIX = READY_LINE.split("{", 1)[0]
+START_TIMEOUT = 60.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+class LocalManager:
+    def __init__(
+        self,
+        data_dir: Path,
+        extra_args: Sequence[str],
+        log: logging.Logger,
+        restart_delay_max: float = 30.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.api_key = secrets.token_urlsafe(32)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._extra_args = list(extra_args)
+        self._log = log
+        self._restart_delay_max = restart_delay_max
+        self._process: asyncio.subprocess.Process | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        """Start the manager and wait until it listens; then keep it alive."""
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="agenstra-local-manager")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+
+    async def _spawn(self) -> None:
+        argv = [
+            sys.executable, "-m", "agenstra_jupyter.manager.app",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--data-dir", str(self.data_dir), "--parent-pid", str(os.getpid()),
+            *self._extra_args,
+        ]
+        env = {**os.environ, "AGENSTRA_API_KEY": self.api_key}
+        self._process = await asyncio.create_subprocess_exec(
+            *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.wait_for(self._await_ready(self._process), START_TIMEOUT)
+        except (asyncio.TimeoutError, RuntimeError):
+            if self._process.returncode is None:
+                self._process.kill()
+                await self._process.wait()
+            raise RuntimeError("The local agenstra-manager did not start") from None
+        self._log.info("Local agenstra-manager (pid %s) at %s", self._process.pid, self.endpoint)
+
+    async def _await_ready(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while line := await process.stdout.readline():
+            if line.decode(errors="replace").startswith(READY_PREFIX):
+                # Keep draining stdout so the manager never blocks on a full pipe.
+                asyncio.create_task(_drain(process.stdout))
+                return
+        raise RuntimeError("manager exited before it was ready")
+
+    async def _supervise(self) -> None:
+        delay = 0.5
+        while not self._stopping:
+            assert self._process is not None
+            code = await self._process.wait()
+            if self._stopping:
+                return
+            self._log.warning("Local agenstra-manager exited (%s); restarting", code)
+            while not self._stopping:
+                await asyncio.sleep(delay)
+                try:
+                    await self._spawn()
+                    self.restarts += 1
+                    delay = 0.5
+                    break
+                except (RuntimeError, OSError) as exc:
+                    self._log.warning("Restarting the local manager failed: %s", exc)
+                    delay = min(delay * 2, self._restart_delay_max)
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass

@@ -1,0 +1,196 @@
+"""The controller's registry: known managers ("clients") and agent credentials, secrets encrypted."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    ForeignKey,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    and_,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .. import protocol
+from ..db import Migration, open_engine
+from .secrets import SecretBox
+
+LOCAL_CLIENT_ID = "local"
+
+metadata = MetaData()
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("endpoint", String(2048), nullable=False),
+    Column("api_key", String(1024), nullable=False),  # encrypted
+    Column("local", Boolean, nullable=False, default=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+credentials = Table(
+    "agent_credentials",
+    metadata,
+    Column("client_id", String(64), ForeignKey("clients.id", ondelete="CASCADE"), nullable=False),
+    Column("agent_id", String(64), nullable=False),
+    Column("agent_name", String(64), nullable=False),
+    Column("password", String(1024), nullable=False),  # encrypted
+    Column("created_at", String(32), nullable=False),
+    PrimaryKeyConstraint("client_id", "agent_id"),
+)
+
+
+def _v1_initial(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+MIGRATIONS: list[Migration] = [_v1_initial]
+
+
+class ClientNameTaken(Exception):
+    """A manager with that name is registered already."""
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    id: str
+    name: str
+    endpoint: str
+    api_key: str  # decrypted; never leaves the controller
+    local: bool
+    created_at: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "endpoint": self.endpoint,
+            "local": self.local,
+            "createdAt": self.created_at,
+        }
+
+
+class Registry:
+    def __init__(self, url: str, box: SecretBox) -> None:
+        self.url = url
+        self._box = box
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("Registry is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        self._engine = await open_engine(self.url, MIGRATIONS)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    # -- clients -------------------------------------------------------------------------
+
+    async def list_clients(self) -> list[ClientRecord]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(clients).order_by(clients.c.created_at))
+            return [self._client(row) for row in rows]
+
+    async def get_client(self, client_id: str) -> ClientRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(clients).where(clients.c.id == client_id))).first()
+            return self._client(row) if row else None
+
+    async def add_client(self, name: str, endpoint: str, api_key: str) -> ClientRecord:
+        values = {
+            "id": str(uuid.uuid4()), "name": name, "endpoint": endpoint,
+            "api_key": self._box.encrypt(api_key), "local": False,
+            "created_at": protocol.utc_now(),
+        }
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(insert(clients).values(**values))
+        except IntegrityError:
+            raise ClientNameTaken(name) from None
+        return self._client(values)
+
+    async def set_local(self, endpoint: str, api_key: str) -> ClientRecord:
+        """Register (or point again) client `local` at this server's own manager."""
+        values = {"endpoint": endpoint, "api_key": self._box.encrypt(api_key)}
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                update(clients).where(clients.c.id == LOCAL_CLIENT_ID).values(**values)
+            )
+            if changed.rowcount == 0:
+                await conn.execute(
+                    insert(clients).values(
+                        id=LOCAL_CLIENT_ID, name=LOCAL_CLIENT_ID, local=True,
+                        created_at=protocol.utc_now(), **values,
+                    )
+                )
+        client = await self.get_client(LOCAL_CLIENT_ID)
+        assert client is not None
+        return client
+
+    async def delete_client(self, client_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(credentials).where(credentials.c.client_id == client_id))
+            result = await conn.execute(delete(clients).where(clients.c.id == client_id))
+            return result.rowcount > 0
+
+    def _client(self, row: Any) -> ClientRecord:
+        data = dict(row._mapping) if hasattr(row, "_mapping") else row
+        return ClientRecord(
+            id=data["id"], name=data["name"], endpoint=data["endpoint"],
+            api_key=self._box.decrypt(data["api_key"]), local=bool(data["local"]),
+            created_at=data["created_at"],
+        )
+
+    # -- agent credentials ---------------------------------------------------------------
+
+    async def save_password(
+        self, client_id: str, agent_id: str, agent_name: str, password: str
+    ) -> None:
+        values = {"agent_name": agent_name, "password": self._box.encrypt(password)}
+        where = and_(credentials.c.client_id == client_id, credentials.c.agent_id == agent_id)
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(update(credentials).where(where).values(**values))
+            if changed.rowcount == 0:
+                await conn.execute(
+                    insert(credentials).values(
+                        client_id=client_id, agent_id=agent_id, created_at=protocol.utc_now(),
+                        **values,
+                    )
+                )
+
+    async def password(self, client_id: str, agent_id: str) -> str | None:
+        where = and_(credentials.c.client_id == client_id, credentials.c.agent_id == agent_id)
+        async with self.engine.connect() as conn:
+            token = (await conn.execute(select(credentials.c.password).where(where))).scalar()
+        return self._box.decrypt(token) if token else None
+
+    async def known_agents(self, client_id: str) -> set[str]:
+        query = select(credentials.c.agent_id).where(credentials.c.client_id == client_id)
+        async with self.engine.connect() as conn:
+            return set((await conn.execute(query)).scalars())
+
+    async def forget_agent(self, client_id: str, agent_id: str) -> None:
+        where = and_(credentials.c.client_id == client_id, credentials.c.agent_id == agent_id)
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(credentials).where(where))

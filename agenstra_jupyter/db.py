@@ -1,0 +1,69 @@
+"""Async database engines with versioned schemas, shared by the manager and the controller."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Column, Connection, Integer, MetaData, Table, event, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+ASYNC_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+# One step moves a schema one version up; append steps, never edit released ones.
+Migration = Callable[[Connection], None]
+
+
+def async_url(url: str) -> str:
+    """`sqlite:///x.db` -> `sqlite+aiosqlite:///x.db`; URLs naming a driver pass unchanged."""
+    parsed = make_url(url)
+    driver = ASYNC_DRIVERS.get(parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
+
+
+def sqlite_url(path: Path | str) -> str:
+    return f"sqlite:///{path}"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes in WAL mode
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+async def open_engine(url: str, migrations: Sequence[Migration]) -> AsyncEngine:
+    """Connect (creating an SQLite file's folder) and bring the schema up to date."""
+    url = async_url(url)
+    parsed = make_url(url)
+    sqlite = parsed.get_backend_name() == "sqlite"
+    if sqlite and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+    if sqlite:
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    async with engine.begin() as conn:
+        await conn.run_sync(_migrate, migrations)
+    return engine
+
+
+_version_table = Table("schema_version", MetaData(), Column("version", Integer, nullable=False))
+
+
+def _migrate(conn: Connection, migrations: Sequence[Migration]) -> None:
+    _version_table.create(conn, checkfirst=True)
+    current = conn.execute(select(_version_table.c.version)).scalar()
+    if current is None:
+        conn.execute(insert(_version_table).values(version=0))
+        current = 0
+    if current > len(migrations):
+        raise RuntimeError(
+            f"Database schema version {current} is newer than this agenstra ({len(migrations)})"
+        )
+    for step in migrations[current:]:
+        step(conn)
+    conn.execute(update(_version_table).values(version=len(migrations)))
