@@ -5,11 +5,13 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-from .helpers import ManagerProcess
+from .helpers import FrontendClient, ManagerProcess
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -58,3 +60,72 @@ def docker_available() -> None:
     if os.environ.get("AGENSTRA_REQUIRE_DOCKER") == "1":
         pytest.fail(f"Docker is required here but unusable: {reason}")
     pytest.skip(f"Docker tests need a daemon: {reason}")
+
+
+# -- Jupyter server with the controller extension (pytest-jupyter) -------------------------
+
+
+@pytest.fixture
+def jp_base_url() -> str:
+    return "/jp/"  # a non-root base_url, as under JupyterHub
+
+
+@pytest.fixture
+def controller_config() -> dict:
+    """Extra ControllerApp settings; override in a test module or with parametrize."""
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(tmp_path, controller_config, monkeypatch):
+    monkeypatch.setenv("AGENSTRA_BCRYPT_ROUNDS", "4")
+    monkeypatch.setenv("AGENSTRA_DOCKER_PULL", "never")
+    return {
+        "ServerApp": {"jpserver_extensions": {"agenstra_jupyter": True}},
+        "ControllerApp": {
+            "data_dir": str(tmp_path / "agenstra"),
+            "reconnect_delay": 0.1,
+            "reconnect_delay_max": 1.0,
+            **controller_config,
+        },
+    }
+
+
+@dataclass
+class JupyterServer:
+    url: str
+    base_url: str
+    token: str
+    app: object
+
+    @property
+    def controller(self):
+        return self.app.web_app.settings["agenstra_controller"]
+
+    def http(self, token: str | None = "default", **kwargs) -> httpx.AsyncClient:
+        token = self.token if token == "default" else token
+        headers = {"Authorization": f"token {token}"} if token else {}
+        return httpx.AsyncClient(
+            base_url=f"{self.url}{self.base_url}agenstra/api", headers=headers, timeout=30, **kwargs
+        )
+
+    async def frontend(self, client_id: str = "local") -> FrontendClient:
+        client = await FrontendClient().connect(self.url, self.token, self.base_url)
+        assert await client.set_client(client_id) == {"ok": True}
+        return client
+
+    async def default_agent(self) -> dict:
+        async with self.http() as http:
+            agents = (await http.get("/clients/local/agents")).json()
+        return next(agent for agent in agents if agent["name"] == "assistant")
+
+
+@pytest.fixture
+def jupyter(jp_serverapp, http_server, http_server_port, jp_base_url) -> JupyterServer:
+    """The real Jupyter server, listening, with the extension and its local manager."""
+    return JupyterServer(
+        url=f"http://127.0.0.1:{http_server_port[1]}",
+        base_url=jp_base_url,
+        token=jp_serverapp.identity_provider.token,
+        app=jp_serverapp,
+    )

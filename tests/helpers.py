@@ -16,7 +16,12 @@ from typing import Any
 import httpx
 import socketio
 
-from agenstra_jupyter.protocol import AGENTS_NAMESPACE, ManagerEvent
+from agenstra_jupyter.protocol import (
+    AGENTS_NAMESPACE,
+    CLIENTS_NAMESPACE,
+    ControllerEvent,
+    ManagerEvent,
+)
 
 READY_PREFIX = "agenstra-manager listening on "
 WAIT = 20.0  # seconds any single expectation may take before the test fails
@@ -199,3 +204,64 @@ class AgentsClient:
 def assert_seq_complete(messages: list[dict[str, Any]], first: int = 1) -> None:
     """Messages are exactly seq first, first+1, ... with no gap and no duplicate."""
     assert [m["seq"] for m in messages] == list(range(first, first + len(messages)))
+
+
+class FrontendClient:
+    """A python-socketio client on the controller's `/clients` namespace, as a kernel uses it."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.log = EventLog()
+        self.sio.on("*", self.log.record, namespace=CLIENTS_NAMESPACE)
+        self.sio.on("connect_error", lambda data: self.log.record("connect_error", data),
+                    namespace=CLIENTS_NAMESPACE)
+
+    async def connect(self, server_url: str, token: str | None, base_url: str = "/jp/",
+                      headers: dict[str, str] | None = None) -> FrontendClient:
+        url = f"{server_url}?token={token}" if token else server_url
+        await self.sio.connect(
+            url, socketio_path=f"{base_url.strip('/')}/agenstra/socket.io",
+            namespaces=[CLIENTS_NAMESPACE], transports=["websocket"], headers=headers or {},
+            wait_timeout=WAIT,
+        )
+        return self
+
+    async def call(self, event: str, payload: Any) -> Any:
+        return await self.sio.call(event, payload, namespace=CLIENTS_NAMESPACE, timeout=WAIT)
+
+    async def set_client(self, client_id: str = "local") -> Any:
+        return await self.call(ControllerEvent.SET_CLIENT, {"clientId": client_id})
+
+    async def forward(self, event: str, agent_id: str | None, payload: Any = None) -> Any:
+        request: dict[str, Any] = {"event": event}
+        if agent_id is not None:
+            request["agentId"] = agent_id
+        if payload is not None:
+            request["payload"] = payload
+        return await self.call(ControllerEvent.FORWARD, request)
+
+    def forwarded(self, agent_id: str, event: str | None = None) -> list[dict[str, Any]]:
+        return [
+            f["payload"] for f in self.log.of(ControllerEvent.FORWARDED_EVENT)
+            if f["agentId"] == agent_id and (event is None or f["event"] == event)
+        ]
+
+    def messages(self, agent_id: str) -> list[dict[str, Any]]:
+        return self.forwarded(agent_id, ManagerEvent.CHAT_MESSAGE)
+
+    async def answer_to(self, agent_id: str, correlation_id: str,
+                        timeout: float = WAIT) -> dict[str, Any]:
+        def answered(_: EventLog) -> Any:
+            return next((m for m in self.messages(agent_id)
+                         if m["from"] == "agent" and m["correlationId"] == correlation_id), None)
+
+        return await self.log.wait_for(answered, timeout)
+
+    async def chat(self, agent_id: str, message: str, correlation_id: str) -> dict[str, Any]:
+        ack = await self.forward(ManagerEvent.CHAT, agent_id,
+                                 {"message": message, "correlationId": correlation_id})
+        assert ack == {"ok": True}, ack
+        return await self.answer_to(agent_id, correlation_id)
+
+    async def close(self) -> None:
+        await self.sio.disconnect()

@@ -180,6 +180,7 @@ class Controller:
         await self.gateway.close_all()
         if self.sio.eio.sockets:
             await self.sio.eio.disconnect()
+        await self.sio.shutdown()
         if self.local is not None:
             await self.local.stop()
         await self.api.close()

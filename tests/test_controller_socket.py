@@ -1,0 +1,204 @@
+"""The controller's `/clients` namespace inside a real Jupyter server, with its real local manager."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+import socketio
+
+from agenstra_jupyter.protocol import ControllerEvent, ErrorCode, ManagerEvent
+
+from .helpers import FrontendClient, assert_seq_complete
+
+
+async def login_cookie(jupyter) -> str:
+    """Log in through Jupyter's login page, as a browser does; return the Cookie header."""
+    async with httpx.AsyncClient(base_url=jupyter.url) as http:
+        page = await http.get(f"{jupyter.base_url}login")
+        xsrf = page.cookies["_xsrf"]
+        await http.post(f"{jupyter.base_url}login",
+                        data={"password": jupyter.token, "_xsrf": xsrf})
+        return "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+
+
+async def test_only_authenticated_same_origin_sockets_connect(jupyter):
+    cookie = await login_cookie(jupyter)
+    refused = [
+        (None, {}),
+        ("wrong", {}),
+        (None, {"Cookie": cookie, "Origin": "http://evil.example"}),  # cross-site request
+    ]
+    for token, headers in refused:
+        client = FrontendClient()
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await client.connect(jupyter.url, token, jupyter.base_url, headers=headers)
+    # The browser's way: the login cookie from the page's own origin.
+    browser = await FrontendClient().connect(
+        jupyter.url, None, jupyter.base_url, headers={"Cookie": cookie, "Origin": jupyter.url}
+    )
+    assert await browser.set_client() == {"ok": True}
+    await browser.close()
+    # The Authorization header works too (websocket transport).
+    sio = socketio.AsyncClient(reconnection=False)
+    await sio.connect(jupyter.url, socketio_path="jp/agenstra/socket.io", namespaces=["/clients"],
+                      transports=["websocket"],
+                      headers={"Authorization": f"token {jupyter.token}"})
+    assert sio.connected
+    await sio.disconnect()
+
+
+async def test_set_client_then_chat_with_the_default_agent(jupyter):
+    agent = await jupyter.default_agent()
+    assert agent["name"] == "assistant" and agent["provider"] == "shell"
+    assert agent["credentials"] is True
+    client = await FrontendClient().connect(jupyter.url, jupyter.token, jupyter.base_url)
+    assert await client.set_client("local") == {"ok": True}
+    assert client.log.of(ControllerEvent.CLIENT_SET) == [
+        {"clientId": "local", "message": "Client context set"}
+    ]
+    assert await client.forward(ManagerEvent.LOGIN, agent["id"]) == {"ok": True}
+    answer = await client.chat(agent["id"], "echo hello from jupyter", "c1")
+    assert answer["response"]["result"] == "hello from jupyter\n[exit code 0]"
+    forwarded = client.log.of(ControllerEvent.FORWARDED_EVENT)
+    assert [f["event"] for f in forwarded] == [
+        ManagerEvent.LOGIN_SUCCESS, ManagerEvent.CHAT_MESSAGE, ManagerEvent.CHAT_EVENT,
+        ManagerEvent.CHAT_MESSAGE,
+    ]
+    assert all(f["clientId"] == "local" and f["agentId"] == agent["id"] for f in forwarded)
+    assert_seq_complete(client.messages(agent["id"]))
+    await client.close()
+
+
+async def test_a_forward_with_agent_id_logs_in_first(jupyter):
+    agent = await jupyter.default_agent()
+    client = await jupyter.frontend()
+    answer = await client.chat(agent["id"], "echo auto", "c1")  # no explicit login
+    assert answer["response"]["result"] == "auto\n[exit code 0]"
+    assert client.forwarded(agent["id"], ManagerEvent.LOGIN_SUCCESS)
+    await client.close()
+
+
+async def test_two_agents_over_one_socket_never_mix(jupyter):
+    async with jupyter.http() as http:
+        response = await http.post("/clients/local/agents",
+                                   json={"name": "echoer", "provider": "echo"})
+        echo = response.json()
+    shell = await jupyter.default_agent()
+    client = await jupyter.frontend()
+    for agent in (echo, shell):
+        assert await client.forward(ManagerEvent.LOGIN, agent["id"]) == {"ok": True}
+    await asyncio.gather(
+        *(client.forward(ManagerEvent.CHAT, echo["id"], {"message": f"e{n}",
+                                                         "correlationId": f"e{n}"})
+          for n in range(3)),
+    )
+    for n in range(3):
+        await client.forward(ManagerEvent.CHAT, shell["id"], {"message": f"echo s{n}",
+                                                              "correlationId": f"s{n}"})
+    await client.answer_to(echo["id"], "e2")
+    await client.answer_to(shell["id"], "s2")
+    echo_messages = client.messages(echo["id"])
+    shell_messages = client.messages(shell["id"])
+    assert {m["agentId"] for m in echo_messages} == {echo["id"]}
+    assert {m["agentId"] for m in shell_messages} == {shell["id"]}
+    assert_seq_complete(echo_messages)
+    assert_seq_complete(shell_messages)
+    assert all("Echo:" in m["response"]["result"] for m in echo_messages if m["from"] == "agent")
+    for event in client.forwarded(echo["id"], ManagerEvent.CHAT_EVENT):
+        assert event["agentId"] == echo["id"]
+    await client.close()
+
+
+async def test_login_after_seq_gets_only_what_was_missed(jupyter):
+    agent = await jupyter.default_agent()
+    first = await jupyter.frontend()
+    await first.chat(agent["id"], "echo one", "a")
+    await first.chat(agent["id"], "echo two", "b")
+    await first.close()
+    later = await jupyter.frontend()
+    assert await later.forward(ManagerEvent.LOGIN, agent["id"], {"afterSeq": 2}) == {"ok": True}
+    await later.log.wait_for(lambda _: len(later.messages(agent["id"])) >= 2)
+    await asyncio.sleep(0.2)
+    assert [m["seq"] for m in later.messages(agent["id"])] == [3, 4]
+    await later.close()
+
+
+@pytest.mark.parametrize(
+    ("event", "payload", "code"),
+    [
+        (ControllerEvent.SET_CLIENT, {"clientId": "nope"}, ErrorCode.UNKNOWN_CLIENT),
+        (ControllerEvent.SET_CLIENT, {}, ErrorCode.INVALID_PAYLOAD),
+        (ControllerEvent.SET_CLIENT, "local", ErrorCode.INVALID_PAYLOAD),
+        (ControllerEvent.FORWARD, {"event": "chat", "agentId": "x"}, ErrorCode.NO_CLIENT),
+        ("whatever", {}, ErrorCode.UNKNOWN_EVENT),
+    ],
+)
+async def test_bad_requests_get_an_error_event_and_a_failed_ack(jupyter, event, payload, code):
+    client = await FrontendClient().connect(jupyter.url, jupyter.token, jupyter.base_url)
+    ack = await client.call(event, payload)
+    assert ack["ok"] is False and ack["error"]["code"] == code
+    (error,) = await client.log.wait_count(ControllerEvent.ERROR, 1)
+    assert error == {"code": code, "message": ack["error"]["message"]}
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("request_body", "code"),
+    [
+        ({"event": "chat"}, ErrorCode.INVALID_PAYLOAD),  # no agentId
+        ({"event": "", "agentId": "x"}, ErrorCode.INVALID_PAYLOAD),
+        ({"event": "chat", "agentId": 5}, ErrorCode.INVALID_PAYLOAD),
+        ({"event": "chat", "agentId": "x", "payload": "text"}, ErrorCode.INVALID_PAYLOAD),
+        ({"event": "login", "agentId": "x", "payload": {"afterSeq": -2}},
+         ErrorCode.INVALID_PAYLOAD),
+        ({"event": "login", "agentId": "not-an-agent-we-know"}, ErrorCode.NO_CREDENTIALS),
+    ],
+)
+async def test_bad_forwards(jupyter, request_body, code):
+    client = await jupyter.frontend()
+    ack = await client.call(ControllerEvent.FORWARD, request_body)
+    assert ack["ok"] is False and ack["error"]["code"] == code, ack
+    await client.close()
+
+
+async def test_login_failure_and_rate_limit(jupyter):
+    agent = await jupyter.default_agent()
+    # Credentials the manager refuses (the stored password of another agent).
+    controller = jupyter.controller
+    await controller.registry.save_password("local", agent["id"], agent["name"], "not-it")
+    client = await jupyter.frontend()
+    ack = await client.forward(ManagerEvent.LOGIN, agent["id"])
+    assert ack == {"ok": False, "error": {"code": ErrorCode.LOGIN_FAILED,
+                                          "message": "Invalid credentials"}}
+    assert client.forwarded(agent["id"], ManagerEvent.LOGIN_ERROR)
+    codes = []
+    for _ in range(40):
+        ack = await client.forward(ManagerEvent.LOGIN, agent["id"])
+        codes.append(ack["error"]["code"])
+    assert codes[-1] == ErrorCode.RATE_LIMITED and ErrorCode.LOGIN_FAILED in codes
+    await client.close()
+
+
+async def test_secrets_never_reach_frontends_or_logs(jupyter, caplog):
+    agent = await jupyter.default_agent()
+    password = await jupyter.controller.registry.password("local", agent["id"])
+    api_key = jupyter.controller.local.api_key
+    client = await jupyter.frontend()
+    await client.chat(agent["id"], "echo hi", "c")
+    async with jupyter.http() as http:
+        rest = [
+            (await http.get("/clients")).text,
+            (await http.get("/clients/local")).text,
+            (await http.get("/clients/local/agents")).text,
+            (await http.get(f"/clients/local/agents/{agent['id']}/messages")).text,
+        ]
+    seen = json.dumps(client.log.events) + "".join(rest) + caplog.text
+    manager_log = (jupyter.controller.local.data_dir.parent / "local-manager").exists()
+    assert manager_log
+    assert password not in seen and api_key not in seen
+    stored = (jupyter.controller.local.data_dir.parent / "controller.sqlite").read_bytes()
+    assert password.encode() not in stored and api_key.encode() not in stored
+    await client.close()
