@@ -1,4 +1,4 @@
-"""The controller's `/clients` namespace inside a real Jupyter server, with its real local manager."""
+"""The controller's `/clients` namespace in a real Jupyter server with its real local manager."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""REST under {base_url}agenstra/api/: managers ("clients") and their agents (Jupyter auth + XSRF)."""
+"""REST under {base_url}agenstra/api/: managers ("clients") and their agents.
+
+Jupyter authentication and XSRF apply as for any Jupyter API.
+"""
 
 from __future__ import annotations
 

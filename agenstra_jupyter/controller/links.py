@@ -166,7 +166,8 @@ class ManagerLink:
         try:
             await self._send_login(wait=False)
         except LinkError as exc:
-            await self._deliver(ControllerEvent.ERROR, protocol.error_payload(exc.code, exc.message))
+            error = protocol.error_payload(exc.code, exc.message)
+            await self._deliver(ControllerEvent.ERROR, error)
 
     async def _send_login(self, wait: bool = True) -> bool:
         password = await self._registry.password(self.client_id, self.agent_id)

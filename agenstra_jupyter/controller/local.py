@@ -46,6 +46,7 @@ class LocalManager:
         self._restart_delay_max = restart_delay_max
         self._process: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._drain: asyncio.Task[None] | None = None
         self._stopping = False
         self.restarts = 0
 
@@ -98,7 +99,7 @@ class LocalManager:
         while line := await process.stdout.readline():
             if line.decode(errors="replace").startswith(READY_PREFIX):
                 # Keep draining stdout so the manager never blocks on a full pipe.
-                asyncio.create_task(_drain(process.stdout))
+                self._drain = asyncio.create_task(_drain(process.stdout))
                 return
         raise RuntimeError("manager exited before it was ready")
 

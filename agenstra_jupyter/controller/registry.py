@@ -1,4 +1,4 @@
-"""The controller's registry: known managers ("clients") and agent credentials, secrets encrypted."""
+"""The controller's registry: managers ("clients") and agent credentials; secrets encrypted."""
 
 from __future__ import annotations
 

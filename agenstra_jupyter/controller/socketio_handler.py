@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import socketio
-from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.auth.decorator import ws_authenticated
+from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
 
 

@@ -180,7 +180,7 @@ class ManagerApp(Application):
         self._stopping.set()
 
     async def _watch_parent(self) -> None:
-        while os.getppid() == self.parent_pid:
+        while os.getppid() == self.parent_pid:  # noqa: ASYNC110 (no event tells a parent died)
             await asyncio.sleep(1.0)
         self.log.warning("The supervising process %s is gone; stopping", self.parent_pid)
         self.stop()
