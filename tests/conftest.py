@@ -102,11 +102,13 @@ class JupyterServer:
     def controller(self):
         return self.app.web_app.settings["agenstra_controller"]
 
-    def http(self, token: str | None = "default", **kwargs) -> httpx.AsyncClient:
+    def http(self, token: str | None = "default", headers: dict | None = None) -> httpx.AsyncClient:
         token = self.token if token == "default" else token
-        headers = {"Authorization": f"token {token}"} if token else {}
+        headers = dict(headers or {})
+        if token:
+            headers["Authorization"] = f"token {token}"
         return httpx.AsyncClient(
-            base_url=f"{self.url}{self.base_url}agenstra/api", headers=headers, timeout=30, **kwargs
+            base_url=f"{self.url}{self.base_url}agenstra/api", headers=headers, timeout=30
         )
 
     async def frontend(self, client_id: str = "local") -> FrontendClient:

@@ -26,6 +26,7 @@ from .registry import Registry
 Deliver = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 LOGIN_TIMEOUT = 30.0
+ACK_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class ManagerLink:
         self._sio = socketio.AsyncClient(reconnection=False)
         self._sio.on("*", self._on_event, namespace=protocol.AGENTS_NAMESPACE)
         self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
         self._first_attempt = asyncio.Event()
         self._closed = False
         self._task: asyncio.Task[None] | None = None
@@ -96,19 +98,52 @@ class ManagerLink:
     async def send(self, event: str, payload: Any) -> None:
         if not self.connected:
             raise LinkError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
-        await self._sio.emit(event, payload, namespace=protocol.AGENTS_NAMESPACE)
+        if event != ManagerEvent.CHAT:
+            await self._sio.emit(event, payload, namespace=protocol.AGENTS_NAMESPACE)
+            return
+        # A chat counts as sent once the manager has stored it (its acknowledgement).
+        try:
+            ack = await self._until_disconnected(
+                self._sio.call(
+                    event, payload, namespace=protocol.AGENTS_NAMESPACE, timeout=ACK_TIMEOUT
+                )
+            )
+        except (socketio.exceptions.SocketIOError, asyncio.TimeoutError, ConnectionError):
+            raise LinkError(
+                ErrorCode.REMOTE_UNAVAILABLE,
+                "The manager did not confirm the message; send it again (same correlationId)",
+            ) from None
+        if not (isinstance(ack, dict) and ack.get("ok")):
+            raise LinkError(ErrorCode.INVALID_PAYLOAD, "The manager refused the message")
+
+    async def _until_disconnected(self, awaitable: Awaitable[Any]) -> Any:
+        """Await `awaitable`, failing with ConnectionError as soon as the link drops."""
+        call = asyncio.ensure_future(awaitable)
+        dropped = asyncio.ensure_future(self._disconnected.wait())
+        try:
+            await asyncio.wait({call, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            dropped.cancel()
+        if not call.done():
+            call.cancel()
+            raise ConnectionError("link dropped")
+        return call.result()
 
     def logged_out(self) -> None:
         self.wanted = False
 
     async def close(self) -> None:
         self._closed = True
+        # Disconnect first, gracefully: cancelling a task blocked in `wait()` would cancel
+        # the client's own read loop and leave the websocket open on the manager's side.
+        with contextlib.suppress(Exception):
+            await self._sio.disconnect()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):
-            await self._sio.disconnect()
+            await self._sio.eio.disconnect(abort=True)  # if we stopped it mid-connect
         self._resolve_login(False)
 
     # -- connection loop -----------------------------------------------------------------
@@ -131,12 +166,14 @@ class ManagerLink:
                         ControllerEvent.REMOTE_RECONNECTED, {"clientId": self.client_id}
                     )
                 attempt = 0
+                self._disconnected.clear()
                 self._connected.set()
                 self._first_attempt.set()
                 if self.wanted:
                     await self._relogin()
                 await self._sio.wait()
                 self._connected.clear()
+                self._disconnected.set()
                 self._resolve_login(False)
                 if not self._closed:
                     await self._deliver(
@@ -144,6 +181,7 @@ class ManagerLink:
                     )
         finally:
             self._connected.clear()
+            self._disconnected.set()
             self._first_attempt.set()
 
     async def _connect(self) -> bool:

@@ -26,6 +26,7 @@ from .service import AgentService
 from .store import Store
 
 READY_LINE = "agenstra-manager listening on http://{host}:{port}"
+SHUTDOWN_GRACE = 1.0  # seconds clients get to close their sockets at shutdown
 
 
 class ManagerApp(Application):
@@ -134,7 +135,7 @@ class ManagerApp(Application):
             provider_parent=self,
         )
         key = self.api_key or self._generated_key()
-        sio = socketio.AsyncServer(
+        sio = self.sio = socketio.AsyncServer(
             async_mode="tornado",
             # Handle each socket's events one after another: chats keep their arrival order.
             async_handlers=False,
@@ -170,14 +171,22 @@ class ManagerApp(Application):
                 watcher.cancel()
             server.stop()
             await service.shutdown()
-            if sio.eio.sockets:  # every client, so none hangs on a half-closed socket
-                await sio.eio.disconnect()
+            await self._disconnect_all(sio)
             await sio.shutdown()
             await server.close_all_connections()
             await store.close()
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _disconnect_all(self, sio: socketio.AsyncServer) -> None:
+        """Close every client socket; a peer that never answers the close cannot hold us up."""
+        if not sio.eio.sockets:
+            return
+        try:
+            await asyncio.wait_for(sio.eio.disconnect(), SHUTDOWN_GRACE)
+        except asyncio.TimeoutError:
+            self.log.warning("Some clients did not close their sockets in time")
 
     async def _watch_parent(self) -> None:
         while os.getppid() == self.parent_pid:  # noqa: ASYNC110 (no event tells a parent died)

@@ -89,10 +89,18 @@ class AgentChannel:
     # -- turns ---------------------------------------------------------------------------
 
     async def submit(self, message: str, correlation_id: str, stream: bool) -> dict[str, Any]:
-        """Persist and announce the user's message, then queue its turn."""
+        """Persist and announce the user's message, then queue its turn.
+
+        The correlation id is an idempotency key: a chat sent again after a lost
+        acknowledgement returns the message already stored and starts no second turn.
+        """
         if self._closing:
             raise ProviderError(self._closing)
-        announced = await self.announce("user", correlation_id, text=message)
+        async with self._lock:
+            existing = await self._store.user_message(self.agent_id, correlation_id)
+            if existing is not None:
+                return existing
+            announced = await self._persist_and_announce("user", correlation_id, text=message)
         self._queue.put_nowait(_QueuedTurn(message, correlation_id, stream))
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name=f"turns-{self.agent_id}")
@@ -112,11 +120,14 @@ class AgentChannel:
         self, sender: protocol.Sender, correlation_id: str, **content: Any
     ) -> dict[str, Any]:
         async with self._lock:
-            message = await self._store.append_message(
-                self.agent_id, sender, correlation_id, **content
-            )
-            await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_MESSAGE, message)
-            return message
+            return await self._persist_and_announce(sender, correlation_id, **content)
+
+    async def _persist_and_announce(
+        self, sender: protocol.Sender, correlation_id: str, **content: Any
+    ) -> dict[str, Any]:
+        message = await self._store.append_message(self.agent_id, sender, correlation_id, **content)
+        await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_MESSAGE, message)
+        return message
 
     async def _work(self) -> None:
         while (queued := await self._queue.get()) is not None:

@@ -108,7 +108,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
         )
         await self.service.channel(agent).subscribe(sid, request.afterSeq, self._history_limit)
 
-    async def _chat(self, sid: str, data: Any) -> None:
+    async def _chat(self, sid: str, data: Any) -> dict[str, Any]:
         request: protocol.ChatRequest = protocol.parse(protocol.ChatRequest, data)
         if len(request.message.encode()) > self._max_message_bytes:
             raise ProtocolError(
@@ -117,11 +117,14 @@ class AgentsNamespace(socketio.AsyncNamespace):
             )
         agent = await self._current_agent(sid)
         try:
-            await self.service.channel(agent).submit(
+            message = await self.service.channel(agent).submit(
                 request.message, request.correlationId or str(uuid.uuid4()), request.stream
             )
         except ProviderError as exc:
             raise ProtocolError(ErrorCode.INTERNAL, str(exc)) from None
+        # Acknowledged (when asked) only once the message is stored.
+        return {"ok": True, "id": message["id"], "seq": message["seq"],
+                "correlationId": message["correlationId"]}
 
     async def _cancel(self, sid: str, data: Any) -> None:
         request: protocol.CancelRequest = protocol.parse(protocol.CancelRequest, data)

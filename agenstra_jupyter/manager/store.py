@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import protocol
 from ..db import Migration, open_engine
-from .models import AgentRecord, agents, messages, metadata
+from .models import AgentRecord, agents, ix_messages_correlation, messages
 
 
 class NameTaken(Exception):
@@ -20,10 +20,16 @@ class NameTaken(Exception):
 
 
 def _v1_initial(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[agents, messages])
+    agents.create(conn)
+    messages.create(conn)
 
 
-MIGRATIONS: list[Migration] = [_v1_initial]
+def _v2_correlation_index(conn: Connection) -> None:
+    # Chats are idempotent by correlation id: looking one up must not scan the history.
+    ix_messages_correlation.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_correlation_index]
 
 
 class Store:
@@ -155,6 +161,18 @@ class Store:
         while batch := await self.messages(agent_id, after, page):
             yield batch
             after = batch[-1]["seq"]
+
+    async def user_message(self, agent_id: str, correlation_id: str) -> dict[str, Any] | None:
+        query = select(messages).where(
+            and_(
+                messages.c.agent_id == agent_id,
+                messages.c.correlation_id == correlation_id,
+                messages.c.sender == "user",
+            )
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _wire(row) if row else None
 
     async def last_seq(self, agent_id: str) -> int:
         query = select(func.coalesce(func.max(messages.c.seq), 0)).where(
