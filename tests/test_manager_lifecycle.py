@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 from agenstra_jupyter.protocol import ManagerEvent
 
@@ -119,3 +121,49 @@ async def test_sigkill_mid_turn_is_answered_at_the_next_start(start_manager, tmp
     assert user["text"] == "doomed" and answer["correlationId"] == "d"
     assert answer["response"]["type"] == "error" and answer["response"]["interrupted"] is True
     await observer.close()
+
+
+def test_a_manager_whose_supervisor_dies_stops_too(tmp_path):
+    # A supervisor killed with SIGKILL cannot stop its manager: the manager notices.
+    supervisor = subprocess.Popen(
+        [sys.executable, "-c",
+         "import os, subprocess, sys, time\n"
+         "p = subprocess.Popen([sys.executable, '-m', 'agenstra_jupyter.manager.app',\n"
+         f"    '--data-dir', {str(tmp_path)!r}, '--api-key', 'k' * 20,\n"
+         "    '--parent-pid', str(os.getpid())], stdout=subprocess.PIPE, text=True)\n"
+         "print(p.pid, flush=True); p.stdout.readline(); print('ready', flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    manager_pid = int(supervisor.stdout.readline())
+    assert supervisor.stdout.readline().strip() == "ready"
+    supervisor.kill()
+    supervisor.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(manager_pid, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{manager_pid}/stat") as stat:
+            if stat.read().split()[2] == "Z":
+                break
+        time.sleep(0.1)
+    else:
+        os.kill(manager_pid, signal.SIGKILL)
+        raise AssertionError("the orphaned manager kept running")
+
+
+async def test_a_chat_sent_twice_with_one_correlation_id_runs_once(manager):
+    agent = await manager.create_agent(name="once", provider="echo")
+    client = await AgentsClient().connect(manager)
+    await client.login(agent)
+    first = await client.sio.call(ManagerEvent.CHAT, {"message": "hi", "correlationId": "same"},
+                                  namespace="/agents", timeout=10)
+    again = await client.sio.call(ManagerEvent.CHAT, {"message": "hi", "correlationId": "same"},
+                                  namespace="/agents", timeout=10)
+    assert first == again == {"ok": True, "id": first["id"], "seq": 1, "correlationId": "same"}
+    await client.answer_to("same")
+    await asyncio.sleep(0.3)
+    assert [(m["seq"], m["from"]) for m in client.log.messages()] == [(1, "user"), (2, "agent")]
+    await client.close()

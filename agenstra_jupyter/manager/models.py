@@ -42,11 +42,6 @@ messages = Table(
     Index("ix_messages_agent_seq", "agent_id", "seq", unique=True),
 )
 
-# Added by migration 2, so databases made by version 1 get it too.
-ix_messages_correlation = Index(
-    "ix_messages_agent_correlation", messages.c.agent_id, messages.c.correlation_id
-)
-
 
 # Keys whose values are secrets wherever they appear in an agent's config.
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")

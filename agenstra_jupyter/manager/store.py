@@ -6,13 +6,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, literal, select, update
+from sqlalchemy import Connection, and_, delete, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import protocol
 from ..db import Migration, open_engine
-from .models import AgentRecord, agents, ix_messages_correlation, messages
+from .models import AgentRecord, agents, messages
 
 
 class NameTaken(Exception):
@@ -26,7 +26,12 @@ def _v1_initial(conn: Connection) -> None:
 
 def _v2_correlation_index(conn: Connection) -> None:
     # Chats are idempotent by correlation id: looking one up must not scan the history.
-    ix_messages_correlation.create(conn, checkfirst=True)
+    conn.execute(
+        text(
+            "CREATE INDEX IF NOT EXISTS ix_messages_agent_correlation "
+            "ON messages (agent_id, correlation_id)"
+        )
+    )
 
 
 MIGRATIONS: list[Migration] = [_v1_initial, _v2_correlation_index]

@@ -1,0 +1,81 @@
+"""The manager's store on a real SQLite file: schema versions and migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from sqlalchemy import create_engine, text
+
+from agenstra_jupyter.db import _migrate
+from agenstra_jupyter.manager.models import AgentRecord
+from agenstra_jupyter.manager.store import MIGRATIONS, Store
+
+
+def indexes(path) -> set[str]:
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("select name from sqlite_master where type='index'")}
+
+
+async def test_a_version_1_database_is_migrated_and_keeps_its_data(tmp_path):
+    path = tmp_path / "old.sqlite"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        _migrate(conn, MIGRATIONS[:1])  # what the first release created
+        conn.execute(text(
+            "insert into agents (id, name, provider, runtime, config, description, "
+            "password_hash, state, provider_state, created_at, updated_at) values "
+            "('a', 'old', 'echo', 'process', '{}', '', 'h', 'stopped', '{}', 't', 't')"))
+        conn.execute(text(
+            "insert into messages (id, agent_id, seq, sender, text, correlation_id, created_at) "
+            "values ('m1', 'a', 1, 'user', 'hello', 'c1', 't')"))
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("select version from schema_version").fetchone() == (1,)
+    assert "ix_messages_agent_correlation" not in indexes(path)
+
+    store = Store(f"sqlite:///{path}")
+    await store.open()
+    try:
+        assert (await store.get_agent("a")).name == "old"
+        assert (await store.user_message("a", "c1"))["text"] == "hello"
+        appended = await store.append_message("a", "agent", "c1", response={"type": "text",
+                                                                          "result": "hi"})
+        assert appended["seq"] == 2
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("select version from schema_version").fetchone() == (len(MIGRATIONS),)
+        assert db.execute("pragma journal_mode").fetchone() == ("wal",)
+    assert "ix_messages_agent_correlation" in indexes(path)
+
+
+async def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "new.sqlite"
+    store = Store(f"sqlite:///{path}")
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("update schema_version set version = 99")
+    try:
+        await Store(f"sqlite:///{path}").open()
+    except RuntimeError as exc:
+        assert "newer" in str(exc)
+    else:
+        raise AssertionError("a newer schema must not be opened")
+
+
+async def test_seq_is_dense_under_concurrent_writers(tmp_path):
+    import asyncio
+
+    store = Store(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    await store.open()
+    now = "2026-01-01T00:00:00.000Z"
+    await store.create_agent(AgentRecord(id="a", name="a", provider="echo", runtime="process",
+                                         password_hash="h", created_at=now, updated_at=now))
+    try:
+        written = await asyncio.gather(
+            *(store.append_message("a", "user", f"c{n}", text=str(n)) for n in range(50))
+        )
+        assert sorted(m["seq"] for m in written) == list(range(1, 51))
+    finally:
+        await store.close()
