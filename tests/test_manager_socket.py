@@ -48,7 +48,11 @@ async def test_login_by_id_and_by_name_then_chat_in_order(manager):
     assert success == {"message": "Welcome, echo1!", "agentId": agent["id"], "agentName": "echo1"}
 
     answer = await client.chat("hello there", correlationId="c1")
-    assert answer["response"] == {"type": "text", "result": "Echo: hello there"}
+    assert answer["response"] == {
+        "type": "text",
+        "result": "Echo: hello there",
+        "parts": [{"kind": "text", "text": "Echo: hello there"}],  # structured, stored
+    }
     # user message (persisted), then the streamed events, then the agent message
     names = [name for name, _ in client.log.events if name != ManagerEvent.LOGIN_SUCCESS]
     assert names[0] == ManagerEvent.CHAT_MESSAGE and names[-1] == ManagerEvent.CHAT_MESSAGE

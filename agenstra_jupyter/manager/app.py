@@ -19,7 +19,7 @@ from traitlets.config import Application, catch_config_error
 from .. import __version__, protocol
 from ..config import env_config
 from .gateway import AgentsNamespace
-from .providers import EchoProvider, Provider, ShellProvider
+from .providers import CliProvider, EchoProvider, Provider, ShellProvider
 from .rest import api_routes
 from .runtimes import DockerRuntime, ProcessRuntime, Runtime
 from .service import AgentService
@@ -71,7 +71,9 @@ class ManagerApp(Application):
         Type(klass=Runtime), [ProcessRuntime, DockerRuntime], help="Runtimes this manager offers."
     ).tag(config=True)
     provider_classes = List(
-        Type(klass=Provider), [EchoProvider, ShellProvider], help="Providers this manager offers."
+        Type(klass=Provider),
+        [EchoProvider, ShellProvider, CliProvider],
+        help="Providers this manager offers.",
     ).tag(config=True)
 
     aliases = {

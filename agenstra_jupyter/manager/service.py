@@ -82,8 +82,11 @@ class AgentService:
             raise AgentError(400, f"Unknown runtime {runtime!r}")
         if len(json.dumps(request.config)) > MAX_CONFIG_BYTES:
             raise AgentError(400, f"config is larger than {MAX_CONFIG_BYTES} bytes")
+        config = dict(request.config)
+        if provider.needs_network:
+            config.setdefault("network", "host")  # it must reach its model's API
         try:
-            provider.validate_config(request.config)
+            provider.validate_config(config)
         except ValueError as exc:
             raise AgentError(400, str(exc)) from None
         password = secrets.token_urlsafe(24)
@@ -97,7 +100,7 @@ class AgentService:
             provider=request.provider,
             runtime=runtime,
             image=request.image,
-            config=dict(request.config),
+            config=config,
             description=request.description,
             password_hash=password_hash.decode(),
             created_at=now,
@@ -209,11 +212,15 @@ class AgentService:
         async def save_state(state: dict[str, Any]) -> None:
             await self.store.update_agent(agent_id, provider_state=state)
 
+        async def history(limit: int) -> list[dict[str, Any]]:
+            return await self.store.recent_messages(agent_id, limit)
+
         return provider_class(
             parent=self._provider_parent,
             agent=agent,
             runtime=self._runtime(agent),
             save_state=save_state,
+            history=history,
         )
 
     # -- manager start and stop ----------------------------------------------------------

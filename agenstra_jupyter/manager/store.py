@@ -179,6 +179,17 @@ class Store:
             row = (await conn.execute(query)).first()
         return _wire(row) if row else None
 
+    async def recent_messages(self, agent_id: str, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` messages, oldest first."""
+        query = (
+            select(messages)
+            .where(messages.c.agent_id == agent_id)
+            .order_by(messages.c.seq.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [_wire(row) for row in reversed((await conn.execute(query)).all())]
+
     async def last_seq(self, agent_id: str) -> int:
         query = select(func.coalesce(func.max(messages.c.seq), 0)).where(
             messages.c.agent_id == agent_id

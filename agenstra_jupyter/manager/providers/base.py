@@ -10,6 +10,7 @@ from traitlets import Any as AnyTrait
 from traitlets import Instance
 from traitlets.config import LoggingConfigurable
 
+from ...protocol import ChatEventKind
 from ..models import AgentRecord
 from ..runtimes import Runtime
 
@@ -36,6 +37,75 @@ class TurnResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# Tool output kept in events and in the stored answer; the rest is cut (the agent has it).
+MAX_TOOL_RESULT = 8 * 1024
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_TOOL_RESULT:
+        return value[:MAX_TOOL_RESULT] + "\n[truncated]"
+    return value
+
+
+class TurnRecorder:
+    """Streams a turn's events to listeners and keeps what the final answer stores.
+
+    Providers translate their protocol into these calls. Deltas are sent, not stored (the
+    final text is); tool calls and results are sent and kept as the answer's `parts`.
+    """
+
+    def __init__(self, turn: Turn) -> None:
+        self._emit = turn.emit
+        self._text: list[str] = []
+        self.parts: list[dict[str, Any]] = []
+        self._tool_names: dict[str, str] = {}
+
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
+    async def delta(self, text: str) -> None:
+        if not text:
+            return
+        self._text.append(text)
+        if self.parts and self.parts[-1]["kind"] == "text":
+            self.parts[-1]["text"] += text
+        else:
+            self.parts.append({"kind": "text", "text": text})
+        await self._emit(ChatEventKind.ASSISTANT_DELTA, {"delta": text})
+
+    async def tool_call(
+        self, tool_call_id: str, name: str, args: Any = None, status: str = "pending"
+    ) -> None:
+        self._tool_names[tool_call_id] = name
+        payload: dict[str, Any] = {"toolCallId": tool_call_id, "name": name, "status": status}
+        if args is not None:
+            payload["args"] = _clip(args)
+        self.parts.append({"kind": ChatEventKind.TOOL_CALL, **payload})
+        await self._emit(ChatEventKind.TOOL_CALL, payload)
+
+    async def tool_result(
+        self, tool_call_id: str, result: Any = None, is_error: bool = False,
+        name: str | None = None,
+    ) -> None:
+        payload: dict[str, Any] = {
+            "toolCallId": tool_call_id,
+            "name": name or self._tool_names.get(tool_call_id, "tool"),
+            "isError": is_error,
+        }
+        if result is not None:
+            payload["result"] = _clip(result)
+        self.parts.append({"kind": ChatEventKind.TOOL_RESULT, **payload})
+        await self._emit(ChatEventKind.TOOL_RESULT, payload)
+
+    async def status(self, message: str) -> None:
+        await self._emit(ChatEventKind.STATUS, {"message": message})
+
+    def result(self, text: str | None = None, **extra: Any) -> TurnResult:
+        """The final answer: `text` (or the streamed text) plus the structured parts."""
+        return TurnResult(self.text if text is None else text, {"parts": self.parts, **extra})
+
+
 class Provider(LoggingConfigurable):
     """Answers the turns of one agent. One instance per agent, alive while the agent is."""
 
@@ -48,6 +118,10 @@ class Provider(LoggingConfigurable):
     runtime = Instance(Runtime)
     # Saves provider memory (e.g. a CLI session id) with the agent: await save_state(dict).
     save_state = AnyTrait()
+    # The agent's stored messages, oldest first: await history(limit) -> list of messages.
+    history = AnyTrait()
+    # Providers that talk to a model over the network get it unless config says otherwise.
+    needs_network: ClassVar[bool] = False
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:

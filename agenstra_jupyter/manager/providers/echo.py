@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ...protocol import ChatEventKind
-from .base import Provider, Turn, TurnResult
+from .base import Provider, Turn, TurnRecorder, TurnResult
 
 
 class EchoProvider(Provider):
@@ -23,12 +22,12 @@ class EchoProvider(Provider):
     async def run_turn(self, turn: Turn) -> TurnResult:
         text = f"Echo: {turn.message}"
         delay = float(self.agent.config.get("delay", 0))
-        if turn.stream:
-            words = text.split(" ")
-            for index, word in enumerate(words):
-                await asyncio.sleep(delay / len(words))
-                delta = word if index == 0 else f" {word}"
-                await turn.emit(ChatEventKind.ASSISTANT_DELTA, {"delta": delta})
-        else:
+        if not turn.stream:
             await asyncio.sleep(delay)
-        return TurnResult(text)
+            return TurnResult(text)
+        recorder = TurnRecorder(turn)
+        words = text.split(" ")
+        for index, word in enumerate(words):
+            await asyncio.sleep(delay / len(words))
+            await recorder.delta(word if index == 0 else f" {word}")
+        return recorder.result()

@@ -14,6 +14,9 @@ from traitlets.config import LoggingConfigurable
 
 from ..models import AgentRecord
 
+# Longest line a provider reads from an agent's output (JSON events can be large).
+STREAM_LIMIT = 32 * 1024 * 1024
+
 
 class RuntimeFailure(Exception):
     """A runtime could not do what was asked; the message is safe to show to a user."""

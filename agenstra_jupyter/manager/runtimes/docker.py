@@ -16,7 +16,7 @@ from typing import Any
 from traitlets import Enum, Float, Int, Unicode
 
 from ..models import AgentRecord
-from .base import AgentProcess, Runtime, RuntimeFailure
+from .base import STREAM_LIMIT, AgentProcess, Runtime, RuntimeFailure
 
 AGENT_LABEL = "agenstra.agent-id"
 NAME_LABEL = "agenstra.agent-name"
@@ -43,8 +43,8 @@ class DockerExecProcess(AgentProcess):
         self._exec_id = exec_id
         self._sock = sock
         self._loop = asyncio.get_running_loop()
-        self.stdout = asyncio.StreamReader()
-        self.stderr = asyncio.StreamReader()
+        self.stdout = asyncio.StreamReader(limit=STREAM_LIMIT)
+        self.stderr = asyncio.StreamReader(limit=STREAM_LIMIT)
         self._session_id: asyncio.Future[str] = self._loop.create_future()
         self._eof = asyncio.Event()
         self._killed = False

@@ -18,7 +18,7 @@ from pathlib import Path
 from traitlets import Enum, Unicode
 
 from ..models import AgentRecord
-from .base import AgentProcess, Runtime, RuntimeFailure
+from .base import STREAM_LIMIT, AgentProcess, Runtime, RuntimeFailure
 
 # What a sandboxed command may see of the manager's environment; the rest (API keys
 # among it) stays out unless an agent's config passes it explicitly.
@@ -125,6 +125,7 @@ class ProcessRuntime(Runtime):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                limit=STREAM_LIMIT,
             )
         except FileNotFoundError:
             raise RuntimeFailure(f"Command not found: {argv[0]}") from None
