@@ -17,6 +17,25 @@ fi
 
 python -m pip install -q --disable-pip-version-check -e ".[test]"
 
+# The real agent CLIs the provider tests drive (against fake model APIs on 127.0.0.1).
+cli_prefix=${AGENSTRA_CLI_PREFIX:-/var/tmp/agenstra-clis}
+clis=(@anthropic-ai/claude-code@2.1.197 @openai/codex@0.169.0 @google/gemini-cli@0.61.0
+      opencode-ai@1.18.33 @zed-industries/claude-agent-acp@0.23.1)
+if ! command -v npm >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+installed=$(cd "$cli_prefix" 2>/dev/null && npm ls --depth=0 2>/dev/null || true)
+for cli in "${clis[@]}"; do
+  if ! grep -q "${cli}" <<<"$installed"; then
+    echo "Installing agent CLIs into $cli_prefix"
+    mkdir -p "$cli_prefix"
+    npm install --prefix "$cli_prefix" --no-audit --no-fund --loglevel=error "${clis[@]}"
+    break
+  fi
+done
+export AGENSTRA_TEST_CLI_BIN="$cli_prefix/node_modules/.bin"
+export AGENSTRA_REQUIRE_CLIS=1
+
 DOCKER_HOST=$(scripts/start-dockerd.sh)
 export DOCKER_HOST
 scripts/make-test-image.sh >/dev/null

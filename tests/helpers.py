@@ -179,13 +179,13 @@ class AgentsClient:
         successes = await self.log.wait_count(ManagerEvent.LOGIN_SUCCESS, before + 1)
         return successes[-1]
 
-    async def chat(self, message: str, **extra: Any) -> dict[str, Any]:
+    async def chat(self, message: str, timeout: float = WAIT, **extra: Any) -> dict[str, Any]:
         """Send a message and wait for the agent's answer to it."""
         correlation = extra.pop("correlationId", None) or f"c-{len(self.log.events)}-{message[:8]}"
         await self.emit(
             ManagerEvent.CHAT, {"message": message, "correlationId": correlation, **extra}
         )
-        return await self.answer_to(correlation)
+        return await self.answer_to(correlation, timeout)
 
     async def answer_to(self, correlation_id: str, timeout: float = WAIT) -> dict[str, Any]:
         def answered(log: EventLog) -> Any:

@@ -91,10 +91,16 @@ def _cursor(binary: str, prompt: str, session: str | None, c: dict[str, Any]) ->
 
 
 def _custom(binary: str, prompt: str, session: str | None, c: dict[str, Any]) -> Invocation:
-    values = {"prompt": prompt, "session": session or "", "model": c.get("model", "")}
-    argv = [part.format(**values) for part in c["command"]]
+    values = {"{prompt}": prompt, "{session}": session or "", "{model}": c.get("model", "")}
+
+    def fill(part: str) -> str:
+        for placeholder, value in values.items():
+            part = part.replace(placeholder, value)
+        return part
+
+    argv = [fill(part) for part in c["command"]]
     if session:
-        argv += [part.format(**values) for part in c.get("resumeArgs", [])]
+        argv += [fill(part) for part in c.get("resumeArgs", [])]
     reads_stdin = not any("{prompt}" in part for part in c["command"])
     return Invocation(argv, prompt if reads_stdin else None)
 
