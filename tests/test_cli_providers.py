@@ -8,7 +8,6 @@ its documented output.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -241,7 +240,7 @@ async def test_gemini_streams_deltas(cli_manager, vendor):
 
 
 async def test_cursor_preset_parses_the_documented_stream(cli_manager):
-    agent, client = await cli_agent(cli_manager, "cursor1", {"preset": "cursor"})
+    _, client = await cli_agent(cli_manager, "cursor1", {"preset": "cursor"})
     answer = await client.chat("read the readme", correlationId="c")
     assert answer["response"]["result"] == "I'll read the file.\n\nResumed: False"
     (call,) = events_of(client, "c", ChatEventKind.TOOL_CALL)
