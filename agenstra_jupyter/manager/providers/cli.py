@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 from typing import Any
 
 from ..runtimes import AgentProcess
 from .base import Provider, ProviderError, Turn, TurnRecorder, TurnResult
 from .cli_formats import PARSERS
+from .common import (
+    check_program_config,
+    check_str_list,
+    last_line,
+    program_environment,
+    read_tail,
+    short_error,
+)
 
 STDERR_KEPT = 64 * 1024
-MAX_ERROR_CHARS = 300
 
 
 def _safe_positional(prompt: str) -> str:
@@ -129,27 +134,6 @@ def detected_presets() -> list[str]:
     return [name for name in PREFERENCE if shutil.which(PRESETS[name].binary)]
 
 
-def _check_str_list(config: dict[str, Any], key: str) -> None:
-    value = config.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"config.{key} must be a list of strings")
-
-
-def _check_str_dict(config: dict[str, Any], key: str) -> None:
-    value = config.get(key, {})
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise ValueError(f"config.{key} must map strings to strings")
-
-
-def _check_files(files: dict[str, str]) -> None:
-    for path in files:
-        parts = PurePosixPath(path).parts
-        if not parts or PurePosixPath(path).is_absolute() or ".." in parts:
-            raise ValueError("config.files paths must be relative to the workspace")
-
-
 class CliProvider(Provider):
     name = "cli"
     description = "An agent CLI that prints JSON lines (Claude Code, Codex, Gemini, ...)."
@@ -161,11 +145,9 @@ class CliProvider(Provider):
         preset = config.get("preset")
         if preset not in PRESETS:
             raise ValueError(f"config.preset must be one of {', '.join(PRESETS)}")
-        for key in ("args", "passEnv", "command", "resumeArgs"):
-            _check_str_list(config, key)
-        for key in ("env", "files"):
-            _check_str_dict(config, key)
-        _check_files(config.get("files", {}))
+        for key in ("args", "command", "resumeArgs"):
+            check_str_list(config, key)
+        check_program_config(config)
         if preset == "custom" and not config.get("command"):
             raise ValueError("config.command is required for a custom CLI")
         if config.get("format", PRESETS[preset].format) not in PARSERS:
@@ -190,12 +172,7 @@ class CliProvider(Provider):
         return PRESETS[self.agent.config["preset"]]
 
     def environment(self) -> dict[str, str]:
-        config = self.agent.config
-        env = dict(self.preset.env)
-        env.update({name: os.environ[name] for name in config.get("passEnv", [])
-                    if name in os.environ})
-        env.update(config.get("env", {}))
-        return env
+        return program_environment(self.agent.config, self.preset.env)
 
     async def run_turn(self, turn: Turn) -> TurnResult:
         await self._write_files()
@@ -204,7 +181,7 @@ class CliProvider(Provider):
         call = self.preset.invocation(turn.message, self._session, self.agent.config)
         await recorder.status("starting " + (self.preset.binary or call.argv[0]))
         process = await self.runtime.spawn(self.agent, call.argv, self.environment())
-        stderr = asyncio.ensure_future(_tail(process.stderr, STDERR_KEPT))
+        stderr = asyncio.ensure_future(read_tail(process.stderr, STDERR_KEPT))
         try:
             if call.stdin is not None:
                 await process.write(call.stdin.encode())
@@ -241,12 +218,12 @@ class CliProvider(Provider):
         if parser.error:
             if self._session and "no conversation found" in parser.error.lower():
                 self._session = None
-            raise ProviderError(_short(parser.error))
+            raise ProviderError(short_error(parser.error))
         if code != 0:
             if self._session and "no conversation found" in stderr.lower():
                 self._session = None  # its session is gone: the next turn starts afresh
-            detail = _last_line(stderr) or f"exit code {code}"
-            raise ProviderError(_short(f"The agent CLI failed: {detail}"))
+            detail = last_line(stderr) or f"exit code {code}"
+            raise ProviderError(short_error(f"The agent CLI failed: {detail}"))
         if parser.has_final_line and not parser.done:
             raise ProviderError("The agent CLI ended without a final result")
         text = recorder.text or parser.final_text or ""
@@ -259,23 +236,10 @@ class CliProvider(Provider):
 
     async def _write_files(self) -> None:
         """Write config.files (CLI settings) into the workspace, once per provider."""
-        if self._files_written:
-            return
-        for path, content in self.agent.config.get("files", {}).items():
-            result = await self.runtime.exec(
-                self.agent, ["sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1"', "sh", path],
-                stdin=content.encode(),
-            )
-            if result.exit_code != 0:
-                raise ProviderError(f"Could not write {path} into the workspace")
-        self._files_written = True
-
-
-async def _tail(reader: asyncio.StreamReader, keep: int) -> str:
-    kept = b""
-    while chunk := await reader.read(65536):
-        kept = (kept + chunk)[-keep:]
-    return kept.decode(errors="replace")
+        if not self._files_written:
+            for path, content in self.agent.config.get("files", {}).items():
+                await self.runtime.write_file(self.agent, path, content)
+            self._files_written = True
 
 
 async def _settle(task: asyncio.Future[str]) -> str:
@@ -284,13 +248,3 @@ async def _settle(task: asyncio.Future[str]) -> str:
     except (asyncio.TimeoutError, Exception):
         task.cancel()
         return ""
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def _short(message: str) -> str:
-    message = " ".join(message.split())
-    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"

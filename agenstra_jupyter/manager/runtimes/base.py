@@ -97,6 +97,17 @@ class Runtime(LoggingConfigurable):
         """Start `argv` (an argument list, never a shell string) in the agent's environment."""
         raise NotImplementedError
 
+    def workspace_path(self, agent: AgentRecord) -> str:
+        """The agent's workspace as the agent itself sees it (its working directory)."""
+        raise NotImplementedError
+
+    async def write_file(self, agent: AgentRecord, path: str, content: str) -> None:
+        """Write a text file in the agent's environment (relative paths: its workspace)."""
+        script = 'mkdir -p "$(dirname "$1")" && cat > "$1"'
+        result = await self.exec(agent, ["sh", "-c", script, "sh", path], stdin=content.encode())
+        if result.exit_code != 0:
+            raise RuntimeFailure(f"Could not write {path} in the agent's workspace")
+
     async def exec(
         self,
         agent: AgentRecord,

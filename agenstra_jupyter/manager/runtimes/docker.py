@@ -166,6 +166,9 @@ class DockerRuntime(Runtime):
             )
         return self._client
 
+    def workspace_path(self, agent: AgentRecord) -> str:
+        return WORKSPACE
+
     async def available(self) -> bool:
         try:
             return bool(await asyncio.to_thread(self.client.ping))

@@ -78,6 +78,9 @@ class ProcessRuntime(Runtime):
     def workspace(self, agent: AgentRecord) -> Path:
         return Path(self.workspace_root) / agent.id
 
+    def workspace_path(self, agent: AgentRecord) -> str:
+        return str(self.workspace(agent))
+
     async def start(self, agent: AgentRecord) -> None:
         self.workspace(agent).mkdir(parents=True, exist_ok=True)
 

@@ -1,0 +1,290 @@
+"""Agents that speak the Agent Client Protocol over stdio (Claude Code, Codex, Gemini, ...).
+
+One long-lived agent process per agent, started in the agent's runtime, one ACP session
+kept across turns. `session/update` notifications become chatEvents; the agent's file
+reads and writes go through the runtime; permission requests are answered by a policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import posixpath
+import shutil
+from typing import Any
+
+from ..runtimes import AgentProcess
+from .base import Provider, ProviderError, Turn, TurnRecorder, TurnResult
+from .common import (
+    check_program_config,
+    check_str_list,
+    program_environment,
+    read_tail,
+    short_error,
+)
+
+PERMISSION_POLICIES = ("workspace", "allow", "deny")
+# Launch commands of well-known ACP agents (AGENT-PROTOCOLS.md, section 6).
+KNOWN_AGENTS: dict[str, list[str]] = {
+    "claude": ["claude-agent-acp"],
+    "codex": ["codex-acp"],
+    "gemini": ["gemini", "--acp"],
+    "opencode": ["opencode", "acp"],
+    "cursor": ["cursor-agent", "acp"],
+    "goose": ["goose", "acp"],
+}
+WRITING_KINDS = {"edit", "delete", "move"}
+CANCEL_GRACE = 5.0  # seconds an agent gets to end a cancelled turn itself
+STDERR_KEPT = 16 * 1024
+
+
+class _ProcessTransport:
+    """ACP's message transport (newline-delimited JSON-RPC) over a runtime process."""
+
+    def __init__(self, process: AgentProcess) -> None:
+        self._process = process
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self._process.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def receive(self) -> dict[str, Any] | None:
+        while True:
+            try:
+                line = await self._process.stdout.readline()
+            except ValueError:  # longer than the reader's limit: not a message we can use
+                continue
+            if not line:
+                return None
+            with contextlib.suppress(ValueError):
+                message = json.loads(line)
+                if isinstance(message, dict):
+                    return message
+
+    async def close(self) -> None:
+        await self._process.close_stdin()
+
+
+class AcpProvider(Provider):
+    name = "acp"
+    description = "Any Agent Client Protocol agent over stdio (config.command)."
+    capabilities = frozenset({"streaming", "cancel", "sessions", "tools", "permissions"})
+    needs_network = True
+
+    @classmethod
+    def validate_config(cls, config: dict[str, Any]) -> None:
+        check_str_list(config, "command")
+        if not config.get("command"):
+            raise ValueError("config.command (the agent's argv) is required")
+        check_program_config(config)
+        if config.get("permissions", "workspace") not in PERMISSION_POLICIES:
+            raise ValueError(f"config.permissions must be one of {', '.join(PERMISSION_POLICIES)}")
+
+    @classmethod
+    def info(cls) -> dict[str, Any]:
+        detected = [name for name, argv in KNOWN_AGENTS.items() if shutil.which(argv[0])]
+        return {**super().info(), "known": KNOWN_AGENTS, "detected": detected}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._process: AgentProcess | None = None
+        self._connection: Any = None
+        self._session_id: str | None = None
+        self._stderr: asyncio.Future[str] | None = None
+        self._recorder: TurnRecorder | None = None
+        self._lock = asyncio.Lock()
+
+    # -- turns ---------------------------------------------------------------------------
+
+    async def run_turn(self, turn: Turn) -> TurnResult:
+        import acp
+
+        async with self._lock:
+            connection, session_id = await self._session()
+            recorder = self._recorder = TurnRecorder(turn)
+            prompt = asyncio.ensure_future(
+                connection.prompt(session_id=session_id, prompt=[acp.text_block(turn.message)])
+            )
+            try:
+                response = await asyncio.shield(prompt)
+            except asyncio.CancelledError:
+                await self._cancel(connection, session_id, prompt)
+                raise
+            except (ConnectionError, acp.RequestError) as exc:
+                await self._reset()
+                raise ProviderError(self._failure(exc)) from None
+            finally:
+                self._recorder = None
+        if response.stop_reason == "cancelled":
+            raise asyncio.CancelledError
+        extra = {} if response.stop_reason == "end_turn" else {"stopReason": response.stop_reason}
+        return recorder.result(**extra)
+
+    async def _cancel(self, connection: Any, session_id: str, prompt: asyncio.Future[Any]) -> None:
+        """ACP cancel: the agent ends the turn itself (stopReason "cancelled")."""
+        with contextlib.suppress(Exception):
+            await connection.cancel(session_id=session_id)
+        try:
+            await asyncio.wait_for(prompt, CANCEL_GRACE)
+        except Exception:
+            await self._reset()  # it did not stop: stop its process instead
+
+    def _failure(self, exc: BaseException) -> str:
+        detail = ""
+        if self._stderr is not None and self._stderr.done() and not self._stderr.cancelled():
+            detail = self._stderr.result().strip().splitlines()[-1:] or [""]
+            detail = detail[0]
+        return short_error(f"The ACP agent failed: {detail or exc}")
+
+    # -- the agent process and session ---------------------------------------------------
+
+    async def _session(self) -> tuple[Any, str]:
+        if self._connection is not None and self._session_id is not None:
+            return self._connection, self._session_id
+        import acp
+        from acp.core import ClientSideConnection
+
+        await self._write_files()
+        process = await self.runtime.spawn(self.agent, self.agent.config["command"],
+                                           self._environment())
+        self._process = process
+        self._stderr = asyncio.ensure_future(read_tail(process.stderr, STDERR_KEPT))
+        self._connection = ClientSideConnection(_AcpClient(self), _ProcessTransport(process))
+        try:
+            await asyncio.wait_for(self._open_session(acp), 60)
+        except (ConnectionError, acp.RequestError, asyncio.TimeoutError) as exc:
+            await asyncio.sleep(0.1)  # let stderr arrive for the message
+            message = self._failure(exc)
+            await self._reset()
+            raise ProviderError(message) from None
+        return self._connection, self._session_id  # type: ignore[return-value]
+
+    async def _open_session(self, acp: Any) -> None:
+        from acp.schema import ClientCapabilities, FileSystemCapabilities, Implementation
+
+        capabilities = ClientCapabilities(
+            fs=FileSystemCapabilities(read_text_file=True, write_text_file=True), terminal=False
+        )
+        await self._connection.initialize(
+            protocol_version=acp.PROTOCOL_VERSION, client_capabilities=capabilities,
+            client_info=Implementation(name="agenstra-jupyter", version="0.1.0"),
+        )
+        session = await self._connection.new_session(
+            cwd=self.runtime.workspace_path(self.agent), mcp_servers=[]
+        )
+        self._session_id = session.session_id
+        await self.save_state({"sessionId": session.session_id})
+
+    def _environment(self) -> dict[str, str]:
+        return program_environment(self.agent.config)
+
+    async def _write_files(self) -> None:
+        for path, content in self.agent.config.get("files", {}).items():
+            await self.runtime.write_file(self.agent, path, content)
+
+    async def _reset(self) -> None:
+        connection, process = self._connection, self._process
+        self._connection = self._process = self._session_id = None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 2)
+        if process is not None:
+            with contextlib.suppress(Exception):
+                await process.kill()
+
+    async def close(self) -> None:
+        await self._reset()
+
+    # -- the agent's requests (see _AcpClient) -------------------------------------------
+
+    def allowed_write(self, path: str) -> bool:
+        root = self.runtime.workspace_path(self.agent).rstrip("/") + "/"
+        return posixpath.normpath(path).startswith(root)
+
+    def choose(self, tool_call: Any, options: list[Any]) -> str | None:
+        """The option the permission policy picks (None: refuse)."""
+        policy = self.agent.config.get("permissions", "workspace")
+        allowed = policy == "allow" or (
+            policy == "workspace" and self._within_workspace(tool_call)
+        )
+        wanted = ("allow_once", "allow_always") if allowed else ("reject_once", "reject_always")
+        return next((o.option_id for o in options if o.kind in wanted), None)
+
+    def _within_workspace(self, tool_call: Any) -> bool:
+        if (tool_call.kind or "other") not in WRITING_KINDS:
+            return True  # reads and commands: the runtime's sandbox bounds them
+        paths = [location.path for location in tool_call.locations or []]
+        return bool(paths) and all(self.allowed_write(path) for path in paths)
+
+
+class _AcpClient:
+    """The client side of ACP the agent talks to; one per agent process."""
+
+    def __init__(self, provider: AcpProvider) -> None:
+        self._provider = provider
+
+    async def session_update(self, session_id: str, update: Any, **_: Any) -> None:
+        recorder = self._provider._recorder
+        if recorder is None:
+            return  # e.g. history replayed outside a turn
+        kind = getattr(update, "session_update", "")
+        if kind == "agent_message_chunk":
+            await recorder.delta(getattr(update.content, "text", "") or "")
+        elif kind == "tool_call":
+            await recorder.tool_call(update.tool_call_id, update.title or update.kind or "tool",
+                                     update.raw_input, update.status or "pending")
+        elif kind == "tool_call_update" and update.status in ("completed", "failed"):
+            await recorder.tool_result(update.tool_call_id, _tool_output(update),
+                                       update.status == "failed")
+        elif kind == "plan":
+            steps = "; ".join(entry.content for entry in update.entries)
+            await recorder.status(f"plan: {steps}")
+
+    async def request_permission(self, session_id: str, tool_call: Any, options: list[Any],
+                                 **_: Any) -> Any:
+        from acp.schema import AllowedOutcome, DeniedOutcome, RequestPermissionResponse
+
+        option_id = self._provider.choose(tool_call, options)
+        recorder = self._provider._recorder
+        if recorder is not None:
+            verdict = "allowed" if option_id and "allow" in option_id.lower() else "refused"
+            await recorder.status(f"permission {verdict}: {tool_call.title or tool_call.kind}")
+        if option_id is None:
+            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+        return RequestPermissionResponse(
+            outcome=AllowedOutcome(outcome="selected", option_id=option_id)
+        )
+
+    async def read_text_file(self, session_id: str, path: str, line: int | None = None,
+                             limit: int | None = None, **_: Any) -> Any:
+        import acp
+        from acp.schema import ReadTextFileResponse
+
+        provider = self._provider
+        result = await provider.runtime.exec(provider.agent, ["cat", "--", path])
+        if result.exit_code != 0:
+            raise acp.RequestError(-32002, f"Cannot read {path}")
+        lines = result.stdout.splitlines(keepends=True)
+        start = max((line or 1) - 1, 0)
+        end = start + limit if limit else None
+        return ReadTextFileResponse(content="".join(lines[start:end]))
+
+    async def write_text_file(self, session_id: str, path: str, content: str, **_: Any) -> Any:
+        import acp
+        from acp.schema import WriteTextFileResponse
+
+        provider = self._provider
+        if not provider.allowed_write(path):
+            raise acp.RequestError(-32000, "Writes outside the workspace are not allowed")
+        await provider.runtime.write_file(provider.agent, path, content)
+        return WriteTextFileResponse()
+
+
+def _tool_output(update: Any) -> Any:
+    texts = [
+        getattr(getattr(item, "content", None), "text", "")
+        for item in update.content or []
+        if getattr(item, "type", "") == "content"
+    ]
+    return "".join(texts) or update.raw_output
+
