@@ -19,7 +19,14 @@ from traitlets.config import Application, catch_config_error
 from .. import __version__, protocol
 from ..config import env_config
 from .gateway import AgentsNamespace
-from .providers import AcpProvider, CliProvider, EchoProvider, Provider, ShellProvider
+from .providers import (
+    AcpProvider,
+    CliProvider,
+    EchoProvider,
+    OpenAIProvider,
+    Provider,
+    ShellProvider,
+)
 from .rest import api_routes
 from .runtimes import DockerRuntime, ProcessRuntime, Runtime
 from .service import AgentService
@@ -72,7 +79,7 @@ class ManagerApp(Application):
     ).tag(config=True)
     provider_classes = List(
         Type(klass=Provider),
-        [EchoProvider, ShellProvider, CliProvider, AcpProvider],
+        [EchoProvider, ShellProvider, CliProvider, AcpProvider, OpenAIProvider],
         help="Providers this manager offers.",
     ).tag(config=True)
 

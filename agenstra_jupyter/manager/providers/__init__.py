@@ -4,12 +4,14 @@ from .acp import AcpProvider
 from .base import Provider, ProviderError, Turn, TurnRecorder, TurnResult
 from .cli import CliProvider
 from .echo import EchoProvider
+from .openai import OpenAIProvider
 from .shell import ShellProvider
 
 __all__ = [
     "AcpProvider",
     "CliProvider",
     "EchoProvider",
+    "OpenAIProvider",
     "Provider",
     "ProviderError",
     "ShellProvider",
