@@ -86,6 +86,7 @@ def jp_server_config(tmp_path, controller_config, monkeypatch):
             "data_dir": str(tmp_path / "agenstra"),
             "reconnect_delay": 0.1,
             "reconnect_delay_max": 1.0,
+            "default_agent_provider": "shell",  # whatever CLIs this machine has
             **controller_config,
         },
     }

@@ -53,7 +53,9 @@ class ControllerApp(ExtensionApp):
         config=True, env="AGENSTRA_DEFAULT_AGENT"
     )
     default_agent_provider = Unicode(
-        "shell", help="Provider of the default agent ('' to create none)."
+        "auto",
+        help="Provider of the default agent: 'auto' (the best agent CLI the local manager "
+        "finds, else a shell), a provider name, or '' to create none.",
     ).tag(config=True, env="AGENSTRA_DEFAULT_PROVIDER")
     default_agent_runtime = Unicode("process", help="Runtime of the default agent.").tag(
         config=True, env="AGENSTRA_DEFAULT_RUNTIME"
@@ -165,9 +167,10 @@ class Controller:
         agents = await self.api.request(client.endpoint, client.api_key, "GET", "/api/agents")
         if any(agent["name"] == app.default_agent_name for agent in agents):
             return
+        provider, config = await self._default_provider(client)
         created = await self.api.request(
             client.endpoint, client.api_key, "POST", "/api/agents",
-            json={"name": app.default_agent_name, "provider": app.default_agent_provider,
+            json={"name": app.default_agent_name, "provider": provider, "config": config,
                   "runtime": app.default_agent_runtime,
                   "description": "Created on first start"},
         )
@@ -175,6 +178,16 @@ class Controller:
             LOCAL_CLIENT_ID, created["id"], created["name"], created["password"]
         )
         self.log.info("agenstra: created the default agent %r", created["name"])
+
+    async def _default_provider(self, client: Any) -> tuple[str, dict[str, Any]]:
+        """The configured provider, or for 'auto' the best CLI found, falling back to shell."""
+        if self.app.default_agent_provider != "auto":
+            return self.app.default_agent_provider, {}
+        offer = await self.api.request(client.endpoint, client.api_key, "GET", "/api/providers")
+        cli = next((p for p in offer["providers"] if p["name"] == "cli"), None)
+        if cli and cli.get("detected"):
+            return "cli", {"preset": cli["detected"][0]}
+        return "shell", {}
 
     async def close(self) -> None:
         await self.gateway.close_all()

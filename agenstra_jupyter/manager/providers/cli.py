@@ -49,6 +49,8 @@ class CliPreset:
     description: str
     build: Callable[[str, str, str | None, dict[str, Any]], Invocation]
     env: dict[str, str] = field(default_factory=dict)
+    # Manager variables the CLI gets unless config.passEnv says otherwise (its credentials).
+    pass_env: tuple[str, ...] = ()
 
     def invocation(self, prompt: str, session: str | None, config: dict[str, Any]) -> Invocation:
         binary = config.get("binary") or self.binary
@@ -113,14 +115,18 @@ def _custom(binary: str, prompt: str, session: str | None, c: dict[str, Any]) ->
 PRESETS: dict[str, CliPreset] = {
     preset.name: preset
     for preset in (
-        CliPreset("claude", "claude", "claude", "Claude Code (claude -p, stream-json)", _claude),
-        CliPreset("codex", "codex", "codex", "OpenAI Codex (codex exec --json)", _codex),
+        CliPreset("claude", "claude", "claude", "Claude Code (claude -p, stream-json)", _claude,
+                  pass_env=("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
+                            "CLAUDE_CODE_OAUTH_TOKEN")),
+        CliPreset("codex", "codex", "codex", "OpenAI Codex (codex exec --json)", _codex,
+                  pass_env=("CODEX_API_KEY", "OPENAI_API_KEY")),
         CliPreset("gemini", "gemini", "gemini", "Gemini CLI (stream-json)", _gemini,
-                  {"GEMINI_CLI_TRUST_WORKSPACE": "true"}),
+                  {"GEMINI_CLI_TRUST_WORKSPACE": "true"},
+                  ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL")),
         CliPreset("opencode", "opencode", "opencode", "opencode (opencode run --format json)",
                   _opencode, {"OPENCODE_DISABLE_AUTOUPDATE": "1"}),
         CliPreset("cursor", "cursor-agent", "cursor", "Cursor (cursor-agent -p, stream-json)",
-                  _cursor),
+                  _cursor, pass_env=("CURSOR_API_KEY",)),
         CliPreset("custom", "", "claude", "Your own command template", _custom),
     )
 }
@@ -172,7 +178,8 @@ class CliProvider(Provider):
         return PRESETS[self.agent.config["preset"]]
 
     def environment(self) -> dict[str, str]:
-        return program_environment(self.agent.config, self.preset.env)
+        config = {"passEnv": list(self.preset.pass_env), **self.agent.config}
+        return program_environment(config, self.preset.env)
 
     async def run_turn(self, turn: Turn) -> TurnResult:
         await self._write_files()
