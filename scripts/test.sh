@@ -39,6 +39,7 @@ export AGENSTRA_REQUIRE_CLIS=1
 DOCKER_HOST=$(scripts/start-dockerd.sh)
 export DOCKER_HOST
 scripts/make-test-image.sh >/dev/null
+scripts/build-agent-image.sh >/dev/null
 export AGENSTRA_REQUIRE_DOCKER=1  # here Docker tests must run, not skip
 
 ruff check agenstra_jupyter tests

@@ -291,3 +291,21 @@ async def test_custom_command_template(cli_manager):
     assert answer["response"]["result"] == "custom: -rf /"
     assert answer["response"]["sessionId"] == "s1"
     await client.close()
+
+
+async def test_opencode_preset_parses_its_recorded_stream(cli_manager):
+    # The real opencode ignored its provider's base URL here (it dialled api.openai.com), so
+    # its preset is tested with a replay of the lines recorded in AGENT-PROTOCOLS.md.
+    config = {"preset": "opencode", "binary": str(FAKE_BIN / "fake-opencode")}
+    _, client = await cli_agent(cli_manager, "opencode1", config)
+    answer = await client.chat("hello", correlationId="o")
+    assert answer["response"]["result"] == "opencode answered (new)"
+    (call,) = events_of(client, "o", ChatEventKind.TOOL_CALL)
+    assert call["payload"]["args"] == {"command": "echo hi"}
+    (result,) = events_of(client, "o", ChatEventKind.TOOL_RESULT)
+    assert result["payload"]["result"] == "hi\n" and result["payload"]["isError"] is False
+    again = await client.chat("more", correlationId="p")
+    assert again["response"]["result"] == "opencode answered (resumed)"
+    failed = await client.chat("fail", correlationId="q")
+    assert failed["response"] == {"type": "error", "result": "Bad request: no such model"}
+    await client.close()

@@ -237,7 +237,10 @@ class DockerRuntime(Runtime):
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except docker.errors.ImageNotFound:
-            raise RuntimeFailure("Agent image not found on the Docker host") from None
+            raise RuntimeFailure(
+                "Agent image not found on the Docker host (scripts/build-agent-image.sh "
+                "builds agenstra-agent:latest)"
+            ) from None
         except docker.errors.DockerException as exc:
             self.log.warning("docker: %s", exc)
             raise RuntimeFailure("The Docker daemon refused the request") from None
