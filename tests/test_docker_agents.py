@@ -88,7 +88,7 @@ async def test_claude_cli_in_a_container(cli_manager, vendor, agent_image):  # n
     await client.close()
 
 
-async def test_acp_agent_in_a_container(cli_manager, agent_image):
+async def test_acp_agent_in_a_container(cli_manager, agent_image):  # noqa: F811
     config = {"command": ["python3", "/opt/acp_agent.py"], "network": "none"}
     agent, client = await docker_agent(cli_manager, "boxedacp", "acp", config, agent_image)
     assert (await client.chat("hello"))["response"]["result"] == "Hello from ACP"
