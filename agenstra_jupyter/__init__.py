@@ -11,3 +11,10 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     from .controller.app import ControllerApp
 
     return [{"module": "agenstra_jupyter", "app": ControllerApp}]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext agenstra_jupyter`: the %agent / %%agent magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

@@ -4,6 +4,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,3 +133,82 @@ def jupyter(jp_serverapp, http_server, http_server_port, jp_base_url) -> Jupyter
         token=jp_serverapp.identity_provider.token,
         app=jp_serverapp,
     )
+
+
+# -- a Jupyter server process, as a user runs it (for kernels, clients, notebooks) ------------
+
+
+@dataclass
+class JupyterProcess:
+    url: str
+    base_url: str
+    token: str
+    data_dir: Path
+    env: dict
+    process: subprocess.Popen
+
+    @property
+    def full_url(self) -> str:
+        return f"{self.url}{self.base_url}"
+
+    def client(self):
+        from agenstra_jupyter.client import AgenstraClient, ServerInfo
+
+        return AgenstraClient(ServerInfo(self.url, self.base_url, self.token))
+
+    def manager_pid(self) -> int:
+        found = subprocess.run(["pgrep", "-f", f"agenstra_jupyter.manager.app.*{self.data_dir}"],
+                               capture_output=True, text=True).stdout.split()
+        return int(found[0])
+
+
+def start_jupyter(root: Path, extra_env: dict | None = None) -> JupyterProcess:
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = secrets.token_hex(16)
+    data_dir = root / "agenstra"
+    env = {**os.environ, "AGENSTRA_BCRYPT_ROUNDS": "4", "AGENSTRA_DOCKER_PULL": "never",
+           "AGENSTRA_CONTROLLER_DATA_DIR": str(data_dir), "AGENSTRA_DEFAULT_PROVIDER": "shell",
+           "JUPYTER_RUNTIME_DIR": str(root / "runtime"), **(extra_env or {})}
+    log = open(root / "jupyter.log", "a")  # kept open for the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+         f"--port={port}", "--ServerApp.base_url=/jp/", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={root}"],
+        stdout=log, stderr=log, env=env, cwd=root,
+    )
+    server = JupyterProcess(f"http://127.0.0.1:{port}", "/jp/", token, data_dir, env, process)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{server.full_url}agenstra/api/clients/local/agents",
+                                 headers={"Authorization": f"token {token}"}, timeout=30)
+            if response.status_code == 200 and response.json():
+                return server
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"jupyter server did not start:\n{(root / 'jupyter.log').read_text()}")
+
+
+def stop_jupyter(server: JupyterProcess) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="module")
+def jupyter_server(tmp_path_factory):
+    """A real `jupyter server` with the extension, its local manager and default agent."""
+    server = start_jupyter(tmp_path_factory.mktemp("jupyter"))
+    yield server
+    stop_jupyter(server)

@@ -1,0 +1,422 @@
+"""Python client of the controller: for notebooks, widgets, magics and the session runner.
+
+    from agenstra_jupyter.client import connect
+    client = connect()                   # inside a kernel: finds its Jupyter server
+    agent = client.agent("assistant")
+    agent.chat("ls -la")                 # -> the answer's text (or `await agent.achat(...)`)
+
+The client keeps its own event loop in a background thread, so its blocking helpers work
+in a kernel whose loop is busy running the cell, and its `a*` coroutines work with
+top-level `await`. It reconnects with backoff, logs each agent in again with `afterSeq` =
+the last `seq` it holds, and drops anything it already has: no gap, no duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import socketio
+
+from .protocol import (
+    CLIENTS_NAMESPACE,
+    CONTROLLER_SOCKETIO_PATH,
+    ControllerEvent,
+    ErrorCode,
+    ManagerEvent,
+)
+
+T = TypeVar("T")
+Listener = Callable[[str, dict[str, Any]], None]  # (event name, payload)
+DEFAULT_TIMEOUT = 600.0
+
+
+class AgenstraError(Exception):
+    """A request the controller or the agent refused; `code` says why."""
+
+    def __init__(self, message: str, code: str = ErrorCode.INTERNAL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TurnError(AgenstraError):
+    """The agent answered a turn with an error (`response.type == 'error'`)."""
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    url: str  # http://host:port (no base path)
+    base_url: str  # "/" or "/prefix/"
+    token: str
+
+
+def discover_server() -> ServerInfo:
+    """The Jupyter server to talk to: AGENSTRA_URL/AGENSTRA_TOKEN, else the server running
+    this kernel (found among the running servers by process ancestry), else the only one."""
+    if url := os.environ.get("AGENSTRA_URL"):
+        return _split(url, os.environ.get("AGENSTRA_TOKEN", ""))
+    from jupyter_server.serverapp import list_running_servers
+
+    servers = list(list_running_servers())
+    ancestors = _ancestor_pids()
+    mine = [s for s in servers if s.get("pid") in ancestors] or servers[-1:]
+    if not mine:
+        raise AgenstraError(
+            "No Jupyter server found: start one with the agenstra extension, or set "
+            "AGENSTRA_URL (and AGENSTRA_TOKEN)", ErrorCode.REMOTE_UNAVAILABLE,
+        )
+    server = mine[0]
+    return _split(server["url"], os.environ.get("AGENSTRA_TOKEN") or server.get("token", ""))
+
+
+def _split(url: str, token: str) -> ServerInfo:
+    parsed = httpx.URL(url)
+    base = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
+    origin = f"{parsed.scheme}://{parsed.host}" + (f":{parsed.port}" if parsed.port else "")
+    return ServerInfo(origin, base, parsed.params.get("token") or token)
+
+
+def _ancestor_pids() -> set[int]:
+    """This process's parent, grand-parent, ...: a kernel is a child of its Jupyter server."""
+    pids, pid = set(), os.getppid()
+    while pid > 1 and pid not in pids:
+        pids.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+class _LoopThread:
+    """One event loop in a daemon thread, shared by every client of this process."""
+
+    _instance: _LoopThread | None = None
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="agenstra-client", daemon=True).start()
+
+    @classmethod
+    def get(cls) -> _LoopThread:
+        with cls._guard:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run on the client loop and block for the result (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def run_async(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Await the coroutine, run on the client loop, from another event loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
+
+@dataclass
+class Agent:
+    """One agent as seen by this client: its transcript and its conversation."""
+
+    client: AgenstraClient
+    client_id: str
+    id: str
+    name: str
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    _listeners: list[Listener] = field(default_factory=list)
+    _waiting: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    _seen: set[str] = field(default_factory=set)
+
+    @property
+    def last_seq(self) -> int:
+        return self.messages[-1]["seq"] if self.messages else 0
+
+    # -- conversation --------------------------------------------------------------------
+
+    def chat(self, message: str, timeout: float | None = DEFAULT_TIMEOUT) -> str:
+        """Send `message`; block until the answer and return its text (TurnError if failed)."""
+        return self.client._loop.run(self._chat(message, timeout))
+
+    async def achat(self, message: str, timeout: float | None = DEFAULT_TIMEOUT) -> str:
+        return await self.client._loop.run_async(self._chat(message, timeout))
+
+    def send(self, message: str) -> str:
+        """Send without waiting for the answer; return the correlation id."""
+        correlation_id = str(uuid.uuid4())
+        self.client._loop.loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(self._send(message, correlation_id))
+        )
+        return correlation_id
+
+    def cancel(self, correlation_id: str | None = None) -> None:
+        payload = {"correlationId": correlation_id} if correlation_id else {}
+        self.client._loop.run(self.client._forward(ManagerEvent.CANCEL, self, payload), 30)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event, payload)` for each of this agent's events (any thread)."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    async def _chat(self, message: str, timeout: float | None) -> dict[str, Any] | str:
+        correlation_id = str(uuid.uuid4())
+        answer = asyncio.get_running_loop().create_future()
+        self._waiting[correlation_id] = answer
+        try:
+            await self._send(message, correlation_id)
+            response = (await asyncio.wait_for(answer, timeout))["response"]
+        finally:
+            self._waiting.pop(correlation_id, None)
+        if response.get("type") == "error":
+            raise TurnError(response.get("result", "The agent failed"))
+        return response.get("result", "")
+
+    async def _send(self, message: str, correlation_id: str) -> None:
+        """Send once; while the manager is unreachable, send again (same id: stored once)."""
+        payload = {"message": message, "correlationId": correlation_id}
+        for attempt in range(60):
+            try:
+                await self.client._forward(ManagerEvent.CHAT, self, payload)
+                return
+            except AgenstraError as exc:
+                if exc.code != ErrorCode.REMOTE_UNAVAILABLE or attempt == 59:
+                    raise
+                await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
+
+    # -- events from the controller (client loop) ----------------------------------------
+
+    def _receive(self, event: str, payload: dict[str, Any]) -> None:
+        if event == ManagerEvent.CHAT_MESSAGE:
+            if payload.get("id") in self._seen or payload.get("seq", 0) <= self.last_seq:
+                return  # already held: a replay after a reconnect
+            self._seen.add(payload["id"])
+            self.messages.append(payload)
+            if payload.get("from") == "agent":
+                waiter = self._waiting.get(payload.get("correlationId", ""))
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(payload)
+        for listener in list(self._listeners):
+            try:
+                listener(event, payload)
+            except Exception:  # a broken listener must not stop the others
+                logging.getLogger(__name__).exception("agent listener failed")
+
+
+class AgenstraClient:
+    """A connection to the controller of one Jupyter server."""
+
+    def __init__(self, server: ServerInfo | None = None, client_id: str = "local") -> None:
+        self.server = server or discover_server()
+        self.client_id = client_id
+        self.state = "disconnected"  # connected | reconnecting | disconnected
+        self._loop = _LoopThread.get()
+        self._agents: dict[tuple[str, str], Agent] = {}
+        self._state_listeners: list[Callable[[str], None]] = []
+        self._sio: socketio.AsyncClient | None = None
+        self._restored: asyncio.Event | None = None
+        self._context = client_id  # the controller's current client for this socket
+        self._loop.run(self._connect(), 60)
+
+    # -- connection ----------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0,
+                                   reconnection_delay=0.5, reconnection_delay_max=5,
+                                   randomization_factor=0.5)
+        sio.on("connect", self._on_connect, namespace=CLIENTS_NAMESPACE)
+        sio.on("disconnect", self._on_disconnect, namespace=CLIENTS_NAMESPACE)
+        sio.on(ControllerEvent.FORWARDED_EVENT, self._on_forwarded, namespace=CLIENTS_NAMESPACE)
+        for event in (ControllerEvent.REMOTE_DISCONNECTED, ControllerEvent.REMOTE_RECONNECTING):
+            sio.on(event, lambda *_: self._set_state("reconnecting"), namespace=CLIENTS_NAMESPACE)
+        sio.on(ControllerEvent.REMOTE_RECONNECTED, lambda *_: self._set_state("connected"),
+               namespace=CLIENTS_NAMESPACE)
+        self._sio = sio
+        self._restored = asyncio.Event()
+        path = (self.server.base_url + CONTROLLER_SOCKETIO_PATH).strip("/")
+        try:
+            await sio.connect(f"{self.server.url}?token={self.server.token}",
+                              socketio_path=path, namespaces=[CLIENTS_NAMESPACE],
+                              transports=["websocket"], wait_timeout=30)
+        except socketio.exceptions.ConnectionError as exc:
+            raise AgenstraError(f"Cannot connect to the controller at {self.server.url}"
+                                f"{self.server.base_url}: {exc}", ErrorCode.UNAUTHORIZED) from None
+        await asyncio.wait_for(self._restored.wait(), 60)
+
+    async def _on_connect(self) -> None:
+        # Runs inside the socket's reader: the restore (which awaits replies) runs beside it.
+        self._restore_task = asyncio.ensure_future(self._restore())
+
+    async def _restore(self) -> None:
+        """After every (re)connect: the client context, then each agent after what we hold."""
+        try:
+            await self._call(ControllerEvent.SET_CLIENT, {"clientId": self.client_id})
+            self._context = self.client_id
+            for agent in list(self._agents.values()):
+                await self._forward(ManagerEvent.LOGIN, agent, {"afterSeq": agent.last_seq},
+                                    restoring=True)
+        except AgenstraError as exc:
+            # e.g. the manager is restarting: the controller logs the agent in when it is back.
+            logging.getLogger(__name__).warning("agenstra: restoring the session: %s", exc)
+        assert self._restored is not None
+        self._restored.set()
+        self._set_state("connected")
+
+    async def _on_disconnect(self, *_: Any) -> None:
+        if self._restored is not None:
+            self._restored.clear()
+        self._set_state("reconnecting")
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        for listener in list(self._state_listeners):
+            listener(state)
+
+    def on_state(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(state)` when the connection state changes (any thread)."""
+        self._state_listeners.append(listener)
+
+    def close(self) -> None:
+        if self._sio is not None:
+            self._loop.run(self._sio.disconnect(), 30)
+
+    # -- agents --------------------------------------------------------------------------
+
+    def agent(self, name_or_id: str, client_id: str | None = None) -> Agent:
+        """The named agent, logged in, with its history (replayed by the manager)."""
+        return self._loop.run(self._agent(name_or_id, client_id or self.client_id), 120)
+
+    async def aagent(self, name_or_id: str, client_id: str | None = None) -> Agent:
+        return await self._loop.run_async(self._agent(name_or_id, client_id or self.client_id))
+
+    async def _agent(self, name_or_id: str, client_id: str) -> Agent:
+        listing = await self._rest("GET", f"/clients/{client_id}/agents")
+        found = next((a for a in listing if name_or_id in (a["id"], a["name"])), None)
+        if found is None:
+            raise AgenstraError(f"No agent named {name_or_id!r}", ErrorCode.INVALID_PAYLOAD)
+        key = (client_id, found["id"])
+        if key not in self._agents:
+            agent = Agent(self, client_id, found["id"], found["name"])
+            self._agents[key] = agent
+            await self._forward(ManagerEvent.LOGIN, agent, {})
+            await self._history_settled(agent)
+        return self._agents[key]
+
+    async def _history_settled(self, agent: Agent) -> None:
+        """Wait until the replayed history reaches what the manager has stored."""
+        stored = await self._rest("GET", f"/clients/{agent.client_id}/agents/{agent.id}/messages",
+                                  params={"after": max(agent.last_seq, 0), "limit": 1000})
+        target = stored[-1]["seq"] if stored else 0
+        for _ in range(200):
+            if agent.last_seq >= target:
+                return
+            await asyncio.sleep(0.05)
+
+    async def _forward(self, event: str, agent: Agent, payload: dict[str, Any],
+                       restoring: bool = False) -> None:
+        if not restoring and self._restored is not None and not self._restored.is_set():
+            try:
+                await asyncio.wait_for(self._restored.wait(), 30)
+            except asyncio.TimeoutError:
+                raise AgenstraError("Reconnecting to the controller",
+                                    ErrorCode.REMOTE_UNAVAILABLE) from None
+        if agent.client_id != self._context:
+            await self._call(ControllerEvent.SET_CLIENT, {"clientId": agent.client_id})
+            self._context = agent.client_id
+        await self._call(ControllerEvent.FORWARD,
+                         {"event": event, "agentId": agent.id, "payload": payload})
+
+    async def _call(self, event: str, payload: dict[str, Any]) -> None:
+        if self._sio is None:
+            raise AgenstraError("Not connected to the controller", ErrorCode.REMOTE_UNAVAILABLE)
+        try:
+            ack = await self._sio.call(event, payload, namespace=CLIENTS_NAMESPACE, timeout=60)
+        except socketio.exceptions.SocketIOError:
+            raise AgenstraError("The controller did not answer",
+                                ErrorCode.REMOTE_UNAVAILABLE) from None
+        if not (isinstance(ack, dict) and ack.get("ok")):
+            error = (ack or {}).get("error") or {} if isinstance(ack, dict) else {}
+            raise AgenstraError(error.get("message", "Refused"),
+                                error.get("code", ErrorCode.INTERNAL))
+
+    async def _on_forwarded(self, data: dict[str, Any]) -> None:
+        agent = self._agents.get((data.get("clientId"), data.get("agentId")))
+        if agent is not None and isinstance(data.get("payload"), dict):
+            agent._receive(data.get("event", ""), data["payload"])
+
+    # -- management (REST) ---------------------------------------------------------------
+
+    def clients(self) -> list[dict[str, Any]]:
+        return self._loop.run(self._rest("GET", "/clients"), 60)
+
+    def agents(self, client_id: str | None = None) -> list[dict[str, Any]]:
+        return self._loop.run(self._rest("GET", f"/clients/{client_id or self.client_id}/agents"),
+                              60)
+
+    def create_agent(self, name: str, provider: str = "shell", runtime: str | None = None,
+                     image: str | None = None, config: dict[str, Any] | None = None,
+                     client_id: str | None = None) -> dict[str, Any]:
+        body = {"name": name, "provider": provider, "config": config or {}}
+        body.update({k: v for k, v in (("runtime", runtime), ("image", image)) if v})
+        path = f"/clients/{client_id or self.client_id}/agents"
+        return self._loop.run(self._rest("POST", path, json=body), 300)
+
+    def delete_agent(self, name_or_id: str, client_id: str | None = None) -> None:
+        client_id = client_id or self.client_id
+        agent_id = self._agent_id(name_or_id, client_id)
+        self._agents.pop((client_id, agent_id), None)
+        self._loop.run(self._rest("DELETE", f"/clients/{client_id}/agents/{agent_id}"), 120)
+
+    def start_agent(self, name_or_id: str, client_id: str | None = None) -> dict[str, Any]:
+        return self._action(name_or_id, "start", client_id)
+
+    def stop_agent(self, name_or_id: str, client_id: str | None = None) -> dict[str, Any]:
+        return self._action(name_or_id, "stop", client_id)
+
+    def _action(self, name_or_id: str, action: str, client_id: str | None) -> dict[str, Any]:
+        client_id = client_id or self.client_id
+        agent_id = self._agent_id(name_or_id, client_id)
+        path = f"/clients/{client_id}/agents/{agent_id}/{action}"
+        return self._loop.run(self._rest("POST", path), 120)
+
+    def _agent_id(self, name_or_id: str, client_id: str) -> str:
+        for agent in self.agents(client_id):
+            if name_or_id in (agent["id"], agent["name"]):
+                return agent["id"]
+        raise AgenstraError(f"No agent named {name_or_id!r}", ErrorCode.INVALID_PAYLOAD)
+
+    async def _rest(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = f"{self.server.url}{self.server.base_url}agenstra/api{path}"
+        headers = {"Authorization": f"token {self.server.token}"}
+        async with httpx.AsyncClient(timeout=300) as http:
+            response = await http.request(method, url, headers=headers, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            raise AgenstraError(body.get("message") or f"HTTP {response.status_code}",
+                                body.get("code", ErrorCode.INTERNAL))
+        return response.json() if response.content else None
+
+
+_default: AgenstraClient | None = None
+
+
+def connect(url: str | None = None, token: str | None = None,
+            client_id: str = "local") -> AgenstraClient:
+    """The process-wide client (created on first use); pass a URL to connect elsewhere."""
+    global _default
+    if url is not None:
+        return AgenstraClient(_split(url, token or os.environ.get("AGENSTRA_TOKEN", "")),
+                              client_id)
+    if _default is None:
+        _default = AgenstraClient(client_id=client_id)
+    return _default
