@@ -356,6 +356,11 @@ class AgenstraClient:
     def clients(self) -> list[dict[str, Any]]:
         return self._loop.run(self._rest("GET", "/clients"), 60)
 
+    def providers(self, client_id: str | None = None) -> dict[str, Any]:
+        """The providers (with detected agent CLIs) and runtimes a manager offers."""
+        path = f"/clients/{client_id or self.client_id}/providers"
+        return self._loop.run(self._rest("GET", path), 60)
+
     def agents(self, client_id: str | None = None) -> list[dict[str, Any]]:
         return self._loop.run(self._rest("GET", f"/clients/{client_id or self.client_id}/agents"),
                               60)

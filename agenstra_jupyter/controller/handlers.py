@@ -143,6 +143,14 @@ class ClientHandler(ControllerHandler):
         self.finish()
 
 
+class ProvidersHandler(ControllerHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, client_id: str) -> None:
+        client = await self.client(client_id)
+        self.send(await self.manager(client, "GET", "/api/providers"))
+
+
 class AgentsHandler(ControllerHandler):
     @web.authenticated
     @authorized
@@ -220,6 +228,7 @@ def api_handlers(prefix: str) -> list[tuple[str, type]]:
     return [
         (prefix + r"/clients/?", ClientsHandler),
         (client + r"/?", ClientHandler),
+        (client + r"/providers", ProvidersHandler),
         (client + r"/agents/?", AgentsHandler),
         (agent + r"/?", AgentHandler),
         (agent + r"/(start|stop|restart)", AgentActionHandler),
