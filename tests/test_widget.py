@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -64,7 +65,7 @@ def test_send_stream_and_final_answer(client):
     assert "<p>Echo: one two three four</p>" in answer  # rendered as markdown at the end
     growing = [v for v in streamed if "<pre" in v and "Echo" in v]
     assert len(growing) >= 3  # the live bubble was updated in place, delta by delta
-    assert all(len(a) < len(b) for a, b in zip(growing, growing[1:], strict=False))
+    assert all(len(a) < len(b) for a, b in itertools.pairwise(growing))
 
 
 def test_agent_html_is_rendered_inert(client):
