@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -32,7 +34,9 @@ from .protocol import (
     ControllerEvent,
     ErrorCode,
     ManagerEvent,
+    utc_now,
 )
+from .sessions import execution_count, recorder
 
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]  # (event name, payload)
@@ -131,9 +135,11 @@ class Agent:
     client_id: str
     id: str
     name: str
+    provider: str = ""
     messages: list[dict[str, Any]] = field(default_factory=list)
     _listeners: list[Listener] = field(default_factory=list)
     _waiting: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    _turn_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _seen: set[str] = field(default_factory=set)
 
     @property
@@ -170,11 +176,23 @@ class Agent:
         correlation_id = str(uuid.uuid4())
         answer = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = answer
+        self._turn_events[correlation_id] = events = []
+        started, clock = utc_now(), time.monotonic()
         try:
             await self._send(message, correlation_id)
             response = (await asyncio.wait_for(answer, timeout))["response"]
         finally:
             self._waiting.pop(correlation_id, None)
+            self._turn_events.pop(correlation_id, None)
+        if (session := recorder()) is not None:
+            session.add({"agent": self.name, "agentId": self.id, "clientId": self.client_id,
+                         "provider": self.provider, "prompt": message, "events": events,
+                         "response": response, "executionCount": execution_count(),
+                         "startedAt": started, "endedAt": utc_now(),
+                         "durationMs": round((time.monotonic() - clock) * 1000)})
+        if response.get("replayed") is False:
+            print("agenstra: this turn is not in the recording; it was answered live",
+                  file=sys.stderr, flush=True)
         if response.get("type") == "error":
             raise TurnError(response.get("result", "The agent failed"))
         return response.get("result", "")
@@ -194,6 +212,10 @@ class Agent:
     # -- events from the controller (client loop) ----------------------------------------
 
     def _receive(self, event: str, payload: dict[str, Any]) -> None:
+        if event == ManagerEvent.CHAT_EVENT:
+            events = self._turn_events.get(payload.get("correlationId", ""))
+            if events is not None:
+                events.append({"kind": payload.get("kind"), "payload": payload.get("payload")})
         if event == ManagerEvent.CHAT_MESSAGE:
             if payload.get("id") in self._seen or payload.get("seq", 0) <= self.last_seq:
                 return  # already held: a replay after a reconnect
@@ -303,7 +325,7 @@ class AgenstraClient:
             raise AgenstraError(f"No agent named {name_or_id!r}", ErrorCode.INVALID_PAYLOAD)
         key = (client_id, found["id"])
         if key not in self._agents:
-            agent = Agent(self, client_id, found["id"], found["name"])
+            agent = Agent(self, client_id, found["id"], found["name"], found.get("provider", ""))
             self._agents[key] = agent
             await self._forward(ManagerEvent.LOGIN, agent, {})
             await self._history_settled(agent)

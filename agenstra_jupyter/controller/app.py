@@ -31,7 +31,7 @@ class ControllerApp(ExtensionApp):
     data_dir = Unicode(help="Directory of the registry, its key and the local manager's data.").tag(
         config=True, env="AGENSTRA_CONTROLLER_DATA_DIR"
     )
-    db = Unicode(help="SQLAlchemy URL of the registry (default: sqlite in data_dir).").tag(
+    db = Unicode("", help="SQLAlchemy URL of the registry (default: sqlite in data_dir).").tag(
         config=True, env="AGENSTRA_CONTROLLER_DB"
     )
     secret_key = Unicode(
@@ -74,9 +74,9 @@ class ControllerApp(ExtensionApp):
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "agenstra")
 
-    @default("db")
-    def _default_db(self) -> str:
-        return sqlite_url(Path(self.data_dir) / "controller.sqlite")
+    def registry_url(self) -> str:
+        # Not a trait default: data_dir may still change (AGENSTRA_*) after db is first read.
+        return self.db or sqlite_url(Path(self.data_dir) / "controller.sqlite")
 
     def initialize_settings(self) -> None:
         apply_env(self)
@@ -114,7 +114,7 @@ class Controller:
             if app.secret_key
             else SecretBox.from_key_file(data_dir / "controller.key")
         )
-        self.registry = Registry(app.db, box)
+        self.registry = Registry(app.registry_url(), box)
         self.api = ManagerAPI()
         self.local: LocalManager | None = None
         self.sio = socketio.AsyncServer(

@@ -25,6 +25,7 @@ from .providers import (
     EchoProvider,
     OpenAIProvider,
     Provider,
+    ReplayProvider,
     ShellProvider,
 )
 from .rest import api_routes
@@ -79,7 +80,7 @@ class ManagerApp(Application):
     ).tag(config=True)
     provider_classes = List(
         Type(klass=Provider),
-        [EchoProvider, ShellProvider, CliProvider, AcpProvider, OpenAIProvider],
+        [EchoProvider, ShellProvider, CliProvider, AcpProvider, OpenAIProvider, ReplayProvider],
         help="Providers this manager offers.",
     ).tag(config=True)
 
@@ -108,6 +109,9 @@ class ManagerApp(Application):
         if not 4 <= proposal["value"] <= 31:
             raise ValueError("bcrypt_rounds must be between 4 and 31")
         return proposal["value"]
+
+    def provider_class(self, name: str) -> type[Provider] | None:
+        return next((cls for cls in self.provider_classes if cls.name == name), None)
 
     @property
     def classes(self) -> list[type]:  # type: ignore[override]

@@ -5,6 +5,7 @@ from .base import Provider, ProviderError, Turn, TurnRecorder, TurnResult
 from .cli import CliProvider
 from .echo import EchoProvider
 from .openai import OpenAIProvider
+from .replay import ReplayProvider
 from .shell import ShellProvider
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "OpenAIProvider",
     "Provider",
     "ProviderError",
+    "ReplayProvider",
     "ShellProvider",
     "Turn",
     "TurnRecorder",

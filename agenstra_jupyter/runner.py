@@ -1,0 +1,76 @@
+"""`agenstra-jupyter`: run notebooks headlessly, record and replay their agent sessions.
+
+    agenstra-jupyter run NOTEBOOK [-o OUT] [-p NAME VALUE]... [--timeout S]
+                     [--url URL --token TOKEN] [--record SESSION | --replay SESSION
+                     [--replay-mode strict|lenient]]
+    agenstra-jupyter export AGENT -o NOTEBOOK --session SESSION [--url URL --token TOKEN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import sessions
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agenstra-jupyter", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="execute a notebook headlessly with nbclient")
+    run.add_argument("notebook", type=Path)
+    run.add_argument("-o", "--output", type=Path, help="write the executed notebook here")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"), help="set a variable of the 'parameters' cell")
+    run.add_argument("--timeout", type=float, default=600, help="seconds per cell (600)")
+    run.add_argument("--url", help="a running Jupyter server (default: start one)")
+    run.add_argument("--token", default=os.environ.get("AGENSTRA_TOKEN"),
+                     help="its token (or AGENSTRA_TOKEN)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--record", type=Path, help="record every agent turn to this session")
+    mode.add_argument("--replay", type=Path, help="answer every agent turn from this session")
+    run.add_argument("--replay-mode", choices=["strict", "lenient"], default="strict",
+                     help="lenient: turns not in the recording are answered live (echo/shell)")
+    export = commands.add_parser("export", help="an agent's conversation as notebook + session")
+    export.add_argument("agent")
+    export.add_argument("-o", "--output", type=Path, required=True)
+    export.add_argument("--session", type=Path, required=True)
+    export.add_argument("--url")
+    export.add_argument("--token", default=os.environ.get("AGENSTRA_TOKEN"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        if args.command == "run":
+            result = sessions.run_notebook(
+                args.notebook, args.output,
+                {name: sessions.parse_value(value) for name, value in args.parameter},
+                url=args.url, token=args.token, record=args.record, replay=args.replay,
+                replay_mode=args.replay_mode, cell_timeout=args.timeout, progress=progress,
+            )
+            progress(f"ok: {args.notebook}" + (f" -> {result.output}" if result.output else ""))
+        else:
+            from .client import connect
+
+            client = connect(args.url, args.token) if args.url else connect()
+            sessions.export_conversation(client, args.agent, args.output, args.session)
+            progress(f"ok: {args.output} and {args.session}")
+    except sessions.CellFailed as failed:
+        print(f"agenstra-jupyter: {failed}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"agenstra-jupyter: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,376 @@
+"""Reproducible agent sessions: run notebooks headlessly, record their agent turns, replay them.
+
+Session file (JSON lines, UTF-8), version 1:
+
+    {"type": "session", "version": 1, "created": "...Z", "notebook": "...", "agenstra": "0.1.0"}
+    {"type": "turn", "index": 0, "agent": "scribe", "agentId": "...", "clientId": "local",
+     "provider": "echo", "prompt": "...", "events": [{"kind": "assistantDelta",
+     "payload": {...}}, ...], "response": {"type": "text", "result": "...", ...},
+     "executionCount": 3, "startedAt": "...Z", "endedAt": "...Z", "durationMs": 12}
+
+The header comes first, then one line per completed turn in the order the notebook made
+them. Every change rewrites the file through a temporary file and an atomic rename, so a
+crash leaves the previous complete file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .protocol import utc_now
+
+SESSION_VERSION = 1
+RECORD_ENV = "AGENSTRA_RECORD"
+Progress = Callable[[str], None]
+
+
+# -- the session file ---------------------------------------------------------------------
+
+
+def read_session(path: Path | str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The header and the turns of a session file; ValueError if it is not one."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path} is empty")
+    try:
+        records = [json.loads(line) for line in lines]
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a session file ({exc})") from None
+    header = records[0]
+    if header.get("type") != "session":
+        raise ValueError(f"{path} is not a session file (no header)")
+    if header.get("version") != SESSION_VERSION:
+        raise ValueError(f"{path} has session format {header.get('version')}, "
+                         f"this agenstra reads {SESSION_VERSION}")
+    return header, [r for r in records[1:] if r.get("type") == "turn"]
+
+
+class SessionWriter:
+    """Appends turns to a session file, atomically (thread-safe)."""
+
+    def __init__(self, path: Path | str, notebook: str = "") -> None:
+        self.path = Path(path)
+        self.header = {"type": "session", "version": SESSION_VERSION, "created": utc_now(),
+                       "notebook": notebook, "agenstra": __version__}
+        self.turns: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        if self.path.exists():  # the runner wrote the header; the kernel adds the turns
+            try:
+                self.header, self.turns = read_session(self.path)
+            except ValueError:
+                pass
+        self._write()
+
+    def add(self, turn: dict[str, Any]) -> None:
+        with self._lock:
+            self.turns.append({"type": "turn", "index": len(self.turns), **turn})
+            self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for record in [self.header, *self.turns]:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+
+
+_recorder: SessionWriter | None = None
+
+
+def recorder() -> SessionWriter | None:
+    """The session this process records into (AGENSTRA_RECORD), if any."""
+    global _recorder
+    path = os.environ.get(RECORD_ENV)
+    if path and (_recorder is None or _recorder.path != Path(path)):
+        _recorder = SessionWriter(path)
+    return _recorder if path else None
+
+
+def execution_count() -> int | None:
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:
+        return None
+    return getattr(shell, "execution_count", None) if shell is not None else None
+
+
+# -- a Jupyter server for headless runs ------------------------------------------------------
+
+
+@dataclass
+class Server:
+    url: str  # with base path, ending in "/"
+    token: str
+    process: subprocess.Popen[bytes] | None = None
+    root: Path | None = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_server(data_dir: Path | None = None, env: dict[str, str] | None = None) -> Server:
+    """A Jupyter server with the extension (and its local manager), for this run only."""
+    import httpx
+
+    root = Path(tempfile.mkdtemp(prefix="agenstra-run-"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = secrets.token_hex(24)
+    server_env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(root / "runtime"), **(env or {})}
+    if data_dir is not None:
+        server_env["AGENSTRA_CONTROLLER_DATA_DIR"] = str(data_dir)
+    log = open(root / "jupyter.log", "wb")  # lives as long as the server
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+         f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={root}"],
+        stdout=log, stderr=log, env=server_env, cwd=root, start_new_session=True,
+    )
+    server = Server(f"http://127.0.0.1:{port}/", token, process, root)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            response = httpx.get(f"{server.url}agenstra/api/clients",
+                                 headers={"Authorization": f"token {token}"}, timeout=30)
+            if response.status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"The Jupyter server did not start; see {root / 'jupyter.log'}")
+
+
+# -- running notebooks ----------------------------------------------------------------------
+
+
+class CellFailed(Exception):
+    def __init__(self, cell_number: int, message: str) -> None:
+        super().__init__(f"cell {cell_number} failed: {message}")
+        self.cell_number = cell_number
+        self.message = message
+
+
+@dataclass
+class RunResult:
+    notebook: Any
+    output: Path | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def inject_parameters(book: Any, parameters: dict[str, Any]) -> int | None:
+    """Papermill's convention: a cell after the one tagged `parameters` overrides it.
+
+    Returns the position of the injected cell.
+    """
+    import nbformat
+
+    if not parameters:
+        return None
+    index = next((i for i, c in enumerate(book.cells)
+                  if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if index is None:
+        raise ValueError("Parameters given, but no cell is tagged 'parameters'")
+    source = "\n".join(f"{name} = {value!r}" for name, value in parameters.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    book.cells.insert(index + 1, cell)
+    return index + 1
+
+
+def parse_value(text: str) -> Any:
+    """`-p n 3` gives 3, `-p name abc` gives "abc": JSON if it parses, else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def run_notebook(
+    path: Path | str,
+    output: Path | str | None = None,
+    parameters: dict[str, Any] | None = None,
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    record: Path | str | None = None,
+    replay: Path | str | None = None,
+    replay_mode: str = "strict",
+    cell_timeout: float = 600,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Execute a notebook headlessly against a controller; see the module docstring."""
+    import nbformat
+
+    book = nbformat.read(path, as_version=4)
+    injected = inject_parameters(book, parameters or {})
+    say = progress or (lambda _: None)
+    server = None
+    env: dict[str, str] = {}
+    if record:
+        SessionWriter(Path(record).absolute(), notebook=str(path))  # header, no turns yet
+        env[RECORD_ENV] = str(Path(record).absolute())
+    if replay:
+        _, turns = read_session(replay)  # fail early on a bad file
+        server = start_server(Path(tempfile.mkdtemp(prefix="agenstra-replay-")),
+                              {"AGENSTRA_DEFAULT_PROVIDER": ""})
+        _prepare_replay(server, Path(replay).absolute(), turns, replay_mode, say)
+    elif url is None:
+        say("starting a Jupyter server with the agenstra extension")
+        server = start_server()
+    if server is not None:
+        url, token = server.url, server.token
+    env.update(AGENSTRA_URL=url or "", AGENSTRA_TOKEN=token or os.environ.get(
+        "AGENSTRA_TOKEN", ""))
+    try:
+        _execute(book, Path(path), env, cell_timeout, say)
+    except CellFailed as failed:
+        # Number cells as in the user's notebook, not counting the injected parameters.
+        if injected is not None and failed.cell_number > injected + 1:
+            raise CellFailed(failed.cell_number - 1, failed.message) from failed
+        raise
+    finally:
+        if server is not None:
+            server.stop()
+        if output is not None:
+            nbformat.write(book, output)
+    return RunResult(book, Path(output) if output else None)
+
+
+def _prepare_replay(server: Server, session: Path, turns: list[dict[str, Any]], mode: str,
+                    say: Progress) -> None:
+    """In the run's own manager: one `replay` agent per recorded agent, under its name."""
+    import httpx
+
+    agents: dict[str, dict[str, Any]] = {}
+    for turn in turns:
+        agents.setdefault(turn["agent"], turn)
+    headers = {"Authorization": f"token {server.token}"}
+    for name, first in agents.items():
+        config: dict[str, Any] = {"session": str(session), "agent": name, "mode": mode}
+        if mode == "lenient" and first.get("provider") in ("echo", "shell"):
+            config["fallback"] = {"provider": first["provider"], "config": {}}
+        response = httpx.post(f"{server.url}agenstra/api/clients/local/agents", headers=headers,
+                              json={"name": name, "provider": "replay", "config": config},
+                              timeout=60)
+        if response.status_code != 201:
+            raise RuntimeError(f"Cannot prepare the replay of {name}: {response.text}")
+        say(f"replaying {sum(t['agent'] == name for t in turns)} turn(s) of agent {name}")
+
+
+def _execute(book: Any, path: Path, env: dict[str, str], cell_timeout: float,
+             say: Progress) -> None:
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
+
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)  # the kernel inherits them
+    code_cells = [i for i, c in enumerate(book.cells) if c.cell_type == "code"]
+    client = NotebookClient(book, kernel_name=book.metadata.get("kernelspec", {}).get(
+        "name", "python3"), timeout=cell_timeout, store_widget_state=True,
+        resources={"metadata": {"path": str(path.parent.absolute())}})
+
+    clock = {"start": time.monotonic()}
+
+    def label(cell_index: int) -> str:
+        return f"[{code_cells.index(cell_index) + 1}/{len(code_cells)}] cell {cell_index + 1}"
+
+    def started(cell: Any, cell_index: int, **_: Any) -> None:
+        if cell.cell_type == "code":
+            clock["start"] = time.monotonic()
+            say(f"{label(cell_index)} …")
+
+    def finished(cell: Any, cell_index: int, **_: Any) -> None:
+        if cell.cell_type == "code":
+            say(f"{label(cell_index)} done in {time.monotonic() - clock['start']:.1f}s")
+
+    client.on_cell_start = started
+    client.on_cell_executed = finished
+    try:
+        client.execute()
+    except CellTimeoutError as exc:
+        raise CellFailed(_failing_cell(book), f"timed out after {cell_timeout:g}s") from exc
+    except CellExecutionError as exc:
+        raise CellFailed(_failing_cell(book), f"{exc.ename}: {exc.evalue}") from exc
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _failing_cell(book: Any) -> int:
+    for index, cell in enumerate(book.cells):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            return index + 1
+    executed = [i for i, c in enumerate(book.cells)
+                if c.cell_type == "code" and c.get("execution_count")]
+    return (executed[-1] + 2) if executed else 1
+
+
+# -- export -----------------------------------------------------------------------------------
+
+
+def export_conversation(client: Any, agent: str, notebook: Path | str,
+                        session: Path | str) -> Any:
+    """An agent's stored conversation as a runnable notebook (one %%agent cell per user turn,
+    outputs filled from the history) and its session file, ready for --replay."""
+    import nbformat
+
+    handle = client.agent(agent)
+    provider = next((a["provider"] for a in client.agents() if a["id"] == handle.id), "")
+    answers = {m["correlationId"]: m for m in handle.messages if m["from"] == "agent"}
+    book = nbformat.v4.new_notebook()
+    book.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                   "language": "python"}
+    book.cells.append(nbformat.v4.new_markdown_cell(
+        f"# Conversation with `{agent}`\n\nExported by agenstra-jupyter; replay it with "
+        f"`agenstra-jupyter run {Path(notebook).name} --replay {Path(session).name}`."))
+    book.cells.append(nbformat.v4.new_code_cell(f"%load_ext agenstra_jupyter\n%agent use {agent}"))
+    writer = SessionWriter(session, notebook=str(notebook))
+    writer.turns = []
+    for message in handle.messages:
+        if message["from"] != "user":
+            continue
+        answer = answers.get(message["correlationId"])
+        response = (answer or {}).get("response") or {"type": "error", "result": "no answer"}
+        cell = nbformat.v4.new_code_cell(f"%%agent\n{message['text']}")
+        if response.get("type") == "text":
+            from .magics import AgentAnswer
+
+            cell.outputs = [nbformat.v4.new_output(
+                "execute_result", data={"text/plain": repr(response["result"]),
+                                        "text/html": AgentAnswer(response["result"])._repr_html_(),
+                                        "text/markdown": response["result"]})]
+        book.cells.append(cell)
+        writer.add({"agent": agent, "agentId": handle.id, "clientId": handle.client_id,
+                    "provider": provider, "prompt": message["text"], "events": [],
+                    "response": response, "startedAt": message["timestamp"],
+                    "endedAt": (answer or message)["timestamp"], "durationMs": None})
+    nbformat.write(book, notebook)
+    return book
