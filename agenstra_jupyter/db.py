@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Column, Connection, Integer, MetaData, Table, event, insert, select, update
 from sqlalchemy.engine import make_url
@@ -49,6 +49,30 @@ async def open_engine(url: str, migrations: Sequence[Migration]) -> AsyncEngine:
     async with engine.begin() as conn:
         await conn.run_sync(_migrate, migrations)
     return engine
+
+
+class Database:
+    """An engine opened on a versioned schema; subclasses name their `migrations`."""
+
+    migrations: ClassVar[Sequence[Migration]]
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError(f"{type(self).__name__} is not open")
+        return self._engine
+
+    async def open(self) -> None:
+        self._engine = await open_engine(self.url, self.migrations)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
 
 
 _version_table = Table("schema_version", MetaData(), Column("version", Integer, nullable=False))

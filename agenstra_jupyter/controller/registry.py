@@ -22,10 +22,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import protocol
-from ..db import Migration, open_engine
+from ..db import Database, Migration
 from .secrets import SecretBox
 
 LOCAL_CLIENT_ID = "local"
@@ -85,25 +84,12 @@ class ClientRecord:
         }
 
 
-class Registry:
+class Registry(Database):
+    migrations = MIGRATIONS
+
     def __init__(self, url: str, box: SecretBox) -> None:
-        self.url = url
+        super().__init__(url)
         self._box = box
-        self._engine: AsyncEngine | None = None
-
-    @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise RuntimeError("Registry is not open")
-        return self._engine
-
-    async def open(self) -> None:
-        self._engine = await open_engine(self.url, MIGRATIONS)
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
 
     # -- clients -------------------------------------------------------------------------
 

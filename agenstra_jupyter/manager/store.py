@@ -8,10 +8,9 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import protocol
-from ..db import Migration, open_engine
+from ..db import Database, Migration
 from .models import AgentRecord, agents, messages
 
 
@@ -37,26 +36,10 @@ def _v2_correlation_index(conn: Connection) -> None:
 MIGRATIONS: list[Migration] = [_v1_initial, _v2_correlation_index]
 
 
-class Store:
+class Store(Database):
     """Agents and messages. One instance per manager process; safe to share across tasks."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._engine: AsyncEngine | None = None
-
-    @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            raise RuntimeError("Store is not open")
-        return self._engine
-
-    async def open(self) -> None:
-        self._engine = await open_engine(self.url, MIGRATIONS)
-
-    async def close(self) -> None:
-        if self._engine is not None:
-            await self._engine.dispose()
-            self._engine = None
+    migrations = MIGRATIONS
 
     # -- agents --------------------------------------------------------------------------
 
