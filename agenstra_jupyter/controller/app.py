@@ -14,7 +14,7 @@ from traitlets import Bool, Float, Int, List, Unicode, default
 from .. import protocol
 from ..config import apply_env
 from ..db import sqlite_url
-from .gateway import ClientsNamespace
+from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
 from .links import Backoff
 from .local import LocalManager
@@ -69,6 +69,15 @@ class ControllerApp(ExtensionApp):
     login_rate = Int(30, help="Logins a frontend socket may make per minute (0: no limit).").tag(
         config=True, env="AGENSTRA_LOGIN_RATE"
     )
+    chat_rate = Int(120, help="Chats a frontend socket may send per minute (0: no limit).").tag(
+        config=True, env="AGENSTRA_CHAT_RATE"
+    )
+    max_message_bytes = Int(
+        256 * 1024, help="Largest forwarded payload, in bytes of JSON (0: no limit)."
+    ).tag(config=True, env="AGENSTRA_MAX_MESSAGE_BYTES")
+    max_sockets_per_user = Int(
+        64, help="Frontend sockets one user may hold open (0: no limit)."
+    ).tag(config=True, env="AGENSTRA_MAX_SOCKETS_PER_USER")
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
@@ -121,6 +130,8 @@ class Controller:
             async_mode="tornado",
             cors_allowed_origins=[],  # origins are checked by Jupyter (JupyterHandler)
             async_handlers=False,  # one socket's events in order: a chat never overtakes a login
+            # Transport cap; forward payloads are checked against max_message_bytes.
+            max_http_buffer_size=max(app.max_message_bytes, 64 * 1024) * 2,
             logger=False,
             engineio_logger=False,
         )
@@ -128,7 +139,7 @@ class Controller:
             self.registry,
             self.ready,
             Backoff(app.reconnect_delay, app.reconnect_delay_max),
-            app.login_rate,
+            Limits(app.login_rate, app.chat_rate, app.max_message_bytes, app.max_sockets_per_user),
             self.log,
         )
         self.sio.register_namespace(self.gateway)

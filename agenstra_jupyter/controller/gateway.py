@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -12,9 +13,20 @@ import socketio
 
 from .. import protocol
 from ..protocol import ControllerEvent, ErrorCode, ManagerEvent, ProtocolError
+from . import metrics
 from .links import Backoff, LinkError, ManagerLink
 from .ratelimit import RateLimiter
 from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one frontend socket, or one user, may do (0: no limit)."""
+
+    logins_per_minute: int = 30
+    chats_per_minute: int = 120
+    max_message_bytes: int = 256 * 1024
+    sockets_per_user: int = 64
 
 
 @dataclass
@@ -22,6 +34,7 @@ class FrontendSession:
     sid: str
     user: str
     logins: RateLimiter
+    chats: RateLimiter
     client_id: str | None = None
     links: dict[tuple[str, str], ManagerLink] = field(default_factory=dict)
 
@@ -41,14 +54,14 @@ class ClientsNamespace(socketio.AsyncNamespace):
         registry: Registry,
         ready: Callable[[], Awaitable[None]],
         backoff: Backoff,
-        login_rate: int,
+        limits: Limits,
         log: logging.Logger,
     ) -> None:
         super().__init__(protocol.CLIENTS_NAMESPACE)
         self._registry = registry
         self._ready = ready
         self._backoff = backoff
-        self._login_rate = login_rate
+        self._limits = limits
         self._log = log
         self.sessions: dict[str, FrontendSession] = {}
 
@@ -58,12 +71,22 @@ class ClientsNamespace(socketio.AsyncNamespace):
         user = _user_of(environ)
         if user is None:
             raise socketio.exceptions.ConnectionRefusedError(protocol.UNAUTHORIZED_MESSAGE)
+        limits = self._limits
+        open_sockets = sum(1 for s in self.sessions.values() if s.user == user)
+        if limits.sockets_per_user and open_sockets >= limits.sockets_per_user:
+            metrics.ERRORS.labels(ErrorCode.RATE_LIMITED).inc()
+            raise socketio.exceptions.ConnectionRefusedError("Too many connections")
         await self._ready()
-        self.sessions[sid] = FrontendSession(sid, user, RateLimiter(self._login_rate, 60.0))
+        metrics.FRONTENDS.inc()
+        self.sessions[sid] = FrontendSession(
+            sid, user, RateLimiter(limits.logins_per_minute, 60.0),
+            RateLimiter(limits.chats_per_minute, 60.0),
+        )
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         session = self.sessions.pop(sid, None)
         if session is not None:
+            metrics.FRONTENDS.dec()
             links, session.links = list(session.links.values()), {}
             await asyncio.gather(*(link.close() for link in links))
 
@@ -90,6 +113,7 @@ class ClientsNamespace(socketio.AsyncNamespace):
             return await self._refuse(sid, ErrorCode.INTERNAL, "Internal error")
 
     async def _refuse(self, sid: str, code: str, message: str) -> dict[str, Any]:
+        metrics.ERRORS.labels(code).inc()
         await self.emit(ControllerEvent.ERROR, protocol.error_payload(code, message), to=sid)
         return protocol.ack_error(code, message)
 
@@ -112,6 +136,11 @@ class ClientsNamespace(socketio.AsyncNamespace):
 
     async def _forward(self, session: FrontendSession, data: Any) -> None:
         request: protocol.ForwardRequest = protocol.parse(protocol.ForwardRequest, data)
+        limit = self._limits.max_message_bytes
+        if limit and len(json.dumps(request.payload or {})) > limit:
+            raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"Payload larger than {limit} bytes")
+        if request.event == ManagerEvent.CHAT and not session.chats.allow():
+            raise ProtocolError(ErrorCode.RATE_LIMITED, "Too many messages; wait a moment")
         if session.client_id is None:
             raise ProtocolError(ErrorCode.NO_CLIENT, "Send setClient first")
         payload = dict(request.payload or {})
@@ -127,6 +156,9 @@ class ClientsNamespace(socketio.AsyncNamespace):
         if not link.wanted and request.event != ManagerEvent.LOGOUT:
             await self._login(session, link, None)
         payload.pop("password", None)
+        if request.event == ManagerEvent.CHAT:
+            self._log.info("forward chat client=%s agent=%s correlationId=%s", link.client_id,
+                           link.agent_id, payload.get("correlationId"))
         await link.send(request.event, payload)
         if request.event == ManagerEvent.LOGOUT:
             link.logged_out()

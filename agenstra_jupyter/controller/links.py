@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ import socketio
 
 from .. import protocol
 from ..protocol import ControllerEvent, ErrorCode, ManagerEvent
+from . import metrics
 from .registry import Registry
 
 # deliver(event, payload): send a controller event to the link's frontend socket.
@@ -74,6 +76,8 @@ class ManagerLink:
         self.wanted = False
         self.last_seq = 0
         self._login_result: asyncio.Future[bool] | None = None
+        self._state: str | None = None  # for the links-by-state gauge
+        self._chats: dict[str, float] = {}  # correlation id -> when it was forwarded
 
     # -- public --------------------------------------------------------------------------
 
@@ -101,6 +105,8 @@ class ManagerLink:
         if event != ManagerEvent.CHAT:
             await self._sio.emit(event, payload, namespace=protocol.AGENTS_NAMESPACE)
             return
+        if isinstance(payload, dict) and isinstance(payload.get("correlationId"), str):
+            self._chats[payload["correlationId"]] = time.monotonic()
         # A chat counts as sent once the manager has stored it (its acknowledgement).
         try:
             ack = await self._until_disconnected(
@@ -153,6 +159,7 @@ class ManagerLink:
         try:
             while not self._closed:
                 if not await self._connect():
+                    self._set_state("reconnecting")
                     attempt += 1
                     self._first_attempt.set()
                     await self._deliver(
@@ -162,9 +169,11 @@ class ManagerLink:
                     await asyncio.sleep(self._backoff.delay(attempt))
                     continue
                 if attempt:
+                    metrics.RECONNECTS.inc()
                     await self._deliver(
                         ControllerEvent.REMOTE_RECONNECTED, {"clientId": self.client_id}
                     )
+                self._set_state("connected")
                 attempt = 0
                 self._disconnected.clear()
                 self._connected.set()
@@ -180,9 +189,19 @@ class ManagerLink:
                         ControllerEvent.REMOTE_DISCONNECTED, {"clientId": self.client_id}
                     )
         finally:
+            self._set_state(None)
             self._connected.clear()
             self._disconnected.set()
             self._first_attempt.set()
+
+    def _set_state(self, state: str | None) -> None:
+        if state == self._state:
+            return
+        if self._state is not None:
+            metrics.LINKS.labels(self._state).dec()
+        if state is not None:
+            metrics.LINKS.labels(state).inc()
+        self._state = state
 
     async def _connect(self) -> bool:
         client = await self._registry.get_client(self.client_id)
@@ -237,6 +256,11 @@ class ManagerLink:
                 if seq <= self.last_seq:
                     return  # already forwarded before a reconnect
                 self.last_seq = seq
+            sent = self._chats.pop(payload.get("correlationId", ""), None)
+            if sent is not None and payload.get("from") == "agent":
+                metrics.TURN_SECONDS.observe(time.monotonic() - sent)
+            elif sent is not None:
+                self._chats[payload["correlationId"]] = sent  # the user message: keep waiting
         elif event == ManagerEvent.LOGIN_SUCCESS:
             self._resolve_login(True)
         elif event == ManagerEvent.LOGIN_ERROR:
@@ -244,6 +268,7 @@ class ManagerLink:
             self._resolve_login(False)
         elif event == ManagerEvent.LOGOUT_SUCCESS:
             self.wanted = False
+        metrics.FORWARDED.labels(event).inc()
         await self._deliver(
             ControllerEvent.FORWARDED_EVENT,
             {"event": event, "payload": payload, "clientId": self.client_id,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import protocol
 from ..protocol import ManagerEvent
+from . import metrics
 from .providers import Provider, ProviderError, Turn, TurnResult
 from .runtimes import RuntimeFailure
 from .store import Store
@@ -37,6 +39,7 @@ class _QueuedTurn:
     message: str
     correlation_id: str
     stream: bool
+    stored_at: float  # monotonic time the user message was stored
 
 
 def text_response(result: TurnResult) -> dict[str, Any]:
@@ -101,7 +104,8 @@ class AgentChannel:
             if existing is not None:
                 return existing
             announced = await self._persist_and_announce("user", correlation_id, text=message)
-        self._queue.put_nowait(_QueuedTurn(message, correlation_id, stream))
+        metrics.TURNS_IN_FLIGHT.inc()
+        self._queue.put_nowait(_QueuedTurn(message, correlation_id, stream, time.monotonic()))
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name=f"turns-{self.agent_id}")
         return announced
@@ -126,17 +130,27 @@ class AgentChannel:
         self, sender: protocol.Sender, correlation_id: str, **content: Any
     ) -> dict[str, Any]:
         message = await self._store.append_message(self.agent_id, sender, correlation_id, **content)
+        metrics.MESSAGES.labels(sender).inc()
         await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_MESSAGE, message)
         return message
 
     async def _work(self) -> None:
         while (queued := await self._queue.get()) is not None:
+            self._log.info("turn start agent=%s correlationId=%s", self.agent_id,
+                           queued.correlation_id)
             try:
                 response = await self._answer(queued)
                 await self.announce("agent", queued.correlation_id, response=response)
             except Exception:
                 # The store failed: the turn stays unanswered and is closed at next start.
                 self._log.exception("Could not record the answer of agent %s", self.agent_id)
+                response = {"type": "error"}
+            finally:
+                metrics.TURNS_IN_FLIGHT.dec()
+            took = time.monotonic() - queued.stored_at
+            metrics.TURN_SECONDS.observe(took)
+            self._log.info("turn end agent=%s correlationId=%s type=%s ms=%d", self.agent_id,
+                           queued.correlation_id, response.get("type"), took * 1000)
 
     async def _answer(self, queued: _QueuedTurn) -> dict[str, Any]:
         if self._closing:

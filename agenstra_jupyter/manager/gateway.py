@@ -11,6 +11,7 @@ import socketio
 
 from .. import protocol
 from ..protocol import ErrorCode, ManagerEvent, ProtocolError
+from . import metrics
 from .auth import handshake_key, key_matches
 from .providers import ProviderError
 from .service import AgentService
@@ -64,9 +65,12 @@ class AgentsNamespace(socketio.AsyncNamespace):
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         if not key_matches(self._api_key, handshake_key(environ, auth)):
+            metrics.ERRORS.labels(ErrorCode.UNAUTHORIZED).inc()
             raise socketio.exceptions.ConnectionRefusedError(protocol.UNAUTHORIZED_MESSAGE)
+        metrics.SOCKETS.inc()
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+        metrics.SOCKETS.dec()
         self._logged_in.pop(sid, None)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
@@ -81,8 +85,10 @@ class AgentsNamespace(socketio.AsyncNamespace):
                 raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "Send one payload object")
             return await handler(sid, args[1] if len(args) > 1 else None)
         except ProtocolError as exc:
+            metrics.ERRORS.labels(exc.code).inc()
             await self.emit(ManagerEvent.ERROR, exc.payload(), to=sid)
         except Exception:
+            metrics.ERRORS.labels(ErrorCode.INTERNAL).inc()
             self._log.exception("Handling %r failed", event)
             await self.emit(
                 ManagerEvent.ERROR,
@@ -98,6 +104,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
         agent = await self.service.authenticate(
             request.agentId, request.agentName, request.password
         )
+        metrics.LOGINS.labels("success" if agent else "failure").inc()
         if agent is None:
             await self.emit(ManagerEvent.LOGIN_ERROR, protocol.login_error(), to=sid)
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import prometheus_client
 from tornado import web
 
 from .. import __version__, protocol
@@ -75,6 +76,12 @@ def _int_argument(handler: ApiHandler, name: str, default: int, maximum: int | N
     return min(value, maximum) if maximum is not None else value
 
 
+class MetricsHandler(ApiHandler):
+    async def get(self) -> None:
+        self.set_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
+        self.finish(prometheus_client.generate_latest(prometheus_client.REGISTRY))
+
+
 class HealthHandler(ApiHandler):
     async def get(self) -> None:
         agents = await self.service.list_agents()
@@ -132,6 +139,7 @@ def api_routes(service: AgentService, api_key: str) -> list[tuple[str, type, dic
     agent = r"/api/agents/([A-Za-z0-9-]{1,64})"
     return [
         (r"/api/health", HealthHandler, args),
+        (r"/metrics", MetricsHandler, args),
         (r"/api/providers", ProvidersHandler, args),
         (r"/api/agents/?", AgentsHandler, args),
         (agent + r"/?", AgentHandler, args),
