@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -40,11 +41,18 @@ class FrontendSession:
 
 
 def _user_of(environ: dict[str, Any]) -> str | None:
-    """The Jupyter user who opened this socket (authenticated by JupyterHandler)."""
+    """Who opened this socket (authenticated by JupyterHandler), as a key for per-user caps.
+
+    Jupyter makes up a new anonymous user for each token-authenticated request, so token
+    holders are keyed by (a hash of) their token instead.
+    """
     handler = environ.get("tornado.handler")
     user = getattr(handler, "current_user", None) if handler is not None else None
     if user is None:
         return None
+    if getattr(handler, "token_authenticated", False):
+        token = handler.identity_provider.get_token(handler) or ""
+        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return getattr(user, "username", None) or str(user)
 
 
