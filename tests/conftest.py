@@ -162,14 +162,16 @@ class JupyterProcess:
         return int(found[0])
 
 
-def start_jupyter(root: Path, extra_env: dict | None = None) -> JupyterProcess:
+def start_jupyter(root: Path, extra_env: dict | None = None, port: int = 0,
+                  token: str = "") -> JupyterProcess:
     import socket
     import time
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    token = secrets.token_hex(16)
+    if not port:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    token = token or secrets.token_hex(16)
     data_dir = root / "agenstra"
     env = {**os.environ, "AGENSTRA_BCRYPT_ROUNDS": "4", "AGENSTRA_DOCKER_PULL": "never",
            "AGENSTRA_CONTROLLER_DATA_DIR": str(data_dir), "AGENSTRA_DEFAULT_PROVIDER": "shell",
