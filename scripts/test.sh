@@ -42,5 +42,5 @@ scripts/make-test-image.sh >/dev/null
 scripts/build-agent-image.sh >/dev/null
 export AGENSTRA_REQUIRE_DOCKER=1  # here Docker tests must run, not skip
 
-ruff check agenstra_jupyter tests
+ruff check agenstra_jupyter tests benchmarks
 python -m pytest "$@"

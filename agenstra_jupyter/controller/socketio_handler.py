@@ -13,9 +13,11 @@ from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
 
+from ..socketio_tornado import socketio_handler
+
 
 def jupyter_socketio_handler(sio: socketio.AsyncServer) -> type:
-    engineio_handler: Any = socketio.get_tornado_handler(sio)
+    engineio_handler: Any = socketio_handler(sio)
 
     class SocketIOHandler(engineio_handler, JupyterHandler):  # type: ignore[misc, valid-type]
         auth_resource = "agenstra"

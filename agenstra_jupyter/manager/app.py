@@ -18,6 +18,7 @@ from traitlets.config import Application, catch_config_error
 
 from .. import __version__, protocol
 from ..config import env_config
+from ..socketio_tornado import socketio_handler
 from .gateway import AgentsNamespace
 from .providers import (
     AcpProvider,
@@ -162,7 +163,7 @@ class ManagerApp(Application):
         await service.recover()
         app = web.Application(
             [
-                (f"/{protocol.MANAGER_SOCKETIO_PATH}/", socketio.get_tornado_handler(sio)),
+                (f"/{protocol.MANAGER_SOCKETIO_PATH}/", socketio_handler(sio)),
                 *api_routes(service, key),
             ],
             websocket_ping_interval=20,
