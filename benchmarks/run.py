@@ -22,6 +22,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,20 @@ BARE_SERVER = textwrap.dedent("""
     print("ready", flush=True)
     tornado.ioloop.IOLoop.current().start()
 """)
+
+
+WARMUP = 20
+
+
+async def sample(n: int, round_trip: Callable[[], Awaitable[Any]]) -> dict[str, float]:
+    """Time `n` round trips after WARMUP untimed ones."""
+    samples = []
+    for index in range(n + WARMUP):
+        started = time.perf_counter()
+        await round_trip()
+        if index >= WARMUP:
+            samples.append(time.perf_counter() - started)
+    return percentiles(samples)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -128,11 +143,9 @@ async def create_agent(server: Any, name: str) -> str:
 
 async def latency_controller(server: Any, n: int) -> dict[str, float]:
     frontend = await Frontend(server).connect(await create_agent(server, "lat"))
-    for _ in range(20):
-        await frontend.chat()
-    samples = [await frontend.chat() for _ in range(n)]
+    figures = await sample(n, frontend.chat)
     await frontend.sio.disconnect()
-    return percentiles(samples)
+    return figures
 
 
 async def latency_direct(n: int) -> dict[str, float]:
@@ -159,18 +172,17 @@ async def latency_direct(n: int) -> dict[str, float]:
                           transports=["websocket"])
         await sio.emit("login", {"agentId": agent["id"], "password": agent["password"]},
                        namespace="/agents")
-        samples = []
-        for index in range(n + 20):
+
+        async def round_trip() -> None:
             correlation = uuid.uuid4().hex
             answered = waiting[correlation] = asyncio.get_running_loop().create_future()
-            started = time.perf_counter()
             await sio.emit("chat", {"message": "ping", "correlationId": correlation,
                                     "stream": False}, namespace="/agents")
             await answered
-            if index >= 20:
-                samples.append(time.perf_counter() - started)
+
+        figures = await sample(n, round_trip)
         await sio.disconnect()
-        return percentiles(samples)
+        return figures
     finally:
         manager.terminate()
         manager.wait(30)
@@ -187,15 +199,14 @@ async def latency_bare(n: int) -> dict[str, float]:
         sio.on("echoed", received.put, namespace="/bench")
         await sio.connect(f"http://127.0.0.1:{port}", namespaces=["/bench"],
                           transports=["websocket"])
-        samples = []
-        for index in range(n + 20):
-            started = time.perf_counter()
+
+        async def round_trip() -> None:
             await sio.emit("echo", {"message": "ping"}, namespace="/bench")
             await received.get()
-            if index >= 20:
-                samples.append(time.perf_counter() - started)
+
+        figures = await sample(n, round_trip)
         await sio.disconnect()
-        return percentiles(samples)
+        return figures
     finally:
         server.terminate()
         server.wait(30)
