@@ -13,6 +13,7 @@ from .. import protocol
 from ..protocol import ErrorCode, ManagerEvent, ProtocolError
 from . import metrics
 from .auth import handshake_key, key_matches
+from .channel import AgentChannel
 from .providers import ProviderError
 from .service import AgentService
 
@@ -122,9 +123,9 @@ class AgentsNamespace(socketio.AsyncNamespace):
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"Message is larger than {self._max_message_bytes} bytes",
             )
-        agent = await self._current_agent(sid)
+        channel = self._current_channel(sid)
         try:
-            message = await self.service.channel(agent).submit(
+            message = await channel.submit(
                 request.message, request.correlationId or str(uuid.uuid4()), request.stream
             )
         except ProviderError as exc:
@@ -135,8 +136,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
 
     async def _cancel(self, sid: str, data: Any) -> None:
         request: protocol.CancelRequest = protocol.parse(protocol.CancelRequest, data)
-        agent = await self._current_agent(sid)
-        self.service.channel(agent).cancel(request.correlationId)
+        self._current_channel(sid).cancel(request.correlationId)
 
     async def _logout(self, sid: str, data: Any) -> None:
         protocol.parse(protocol.LogoutRequest, data)
@@ -146,13 +146,14 @@ class AgentsNamespace(socketio.AsyncNamespace):
         await self._leave_agent(sid)
         await self.emit(ManagerEvent.LOGOUT_SUCCESS, {"agentId": agent_id}, to=sid)
 
-    async def _current_agent(self, sid: str) -> Any:
+    def _current_channel(self, sid: str) -> AgentChannel:
+        """The channel of the agent this socket is logged into (none once it is deleted)."""
         agent_id = self._logged_in.get(sid)
-        agent = await self.service.store.get_agent(agent_id) if agent_id else None
-        if agent is None:
+        channel = self.service.existing_channel(agent_id) if agent_id else None
+        if channel is None:
             self._logged_in.pop(sid, None)
             raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "Log in to an agent first")
-        return agent
+        return channel
 
     async def _leave_agent(self, sid: str) -> None:
         agent_id = self._logged_in.pop(sid, None)

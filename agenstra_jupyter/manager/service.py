@@ -187,6 +187,10 @@ class AgentService:
         matches = await asyncio.to_thread(bcrypt.checkpw, candidate, stored)
         return agent if matches and agent else None
 
+    def existing_channel(self, agent_id: str) -> AgentChannel | None:
+        """The live channel of a logged-in agent, without touching the database."""
+        return self._channels.get(agent_id)
+
     def channel(self, agent: AgentRecord) -> AgentChannel:
         channel = self._channels.get(agent.id)
         if channel is None:

@@ -252,6 +252,6 @@ class CliProvider(Provider):
 async def _settle(task: asyncio.Future[str]) -> str:
     try:
         return await asyncio.wait_for(asyncio.shield(task), 2)
-    except (asyncio.TimeoutError, Exception):
+    except Exception:  # TimeoutError included: a stuck stderr reader never holds a turn up
         task.cancel()
         return ""
