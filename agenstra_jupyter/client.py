@@ -172,7 +172,7 @@ class Agent:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    async def _chat(self, message: str, timeout: float | None) -> dict[str, Any] | str:
+    async def _chat(self, message: str, timeout: float | None) -> str:
         correlation_id = str(uuid.uuid4())
         answer = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = answer
