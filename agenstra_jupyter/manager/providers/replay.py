@@ -82,8 +82,8 @@ class ReplayProvider(Provider):
     async def _live(self, turn: Turn) -> TurnResult:
         if self._fallback is None:
             fallback = self.agent.config["fallback"]
-            provider_class = self.parent.provider_class(fallback["provider"]) if hasattr(
-                self.parent, "provider_class") else None
+            lookup = getattr(self.parent, "provider_class", None)  # the ManagerApp
+            provider_class = lookup(fallback["provider"]) if lookup else None
             if provider_class is None:
                 raise ProviderError(f"No live provider {fallback['provider']!r} to fall back to")
             live_agent = _with_config(self.agent, fallback.get("config") or {})
