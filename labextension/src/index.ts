@@ -1,0 +1,121 @@
+/** The JupyterLab plugin: the Agent Chat sidebar, its command and its remembered agent. */
+
+import {
+  ILayoutRestorer,
+  JupyterFrontEnd,
+  JupyterFrontEndPlugin
+} from '@jupyterlab/application';
+import { Clipboard, ICommandPalette, Notification } from '@jupyterlab/apputils';
+import { URLExt } from '@jupyterlab/coreutils';
+import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { ServerConnection } from '@jupyterlab/services';
+import { IStateDB } from '@jupyterlab/statedb';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { ReadonlyJSONObject } from '@lumino/coreutils';
+import { io } from 'socket.io-client';
+
+import { ControllerApi } from './api';
+import { ChatConnection, ISocket } from './connection';
+import { ICodeActions } from './markdown';
+import { ISelection, SidebarModel } from './model';
+import { ChatPanel } from './panel';
+import { CLIENTS_NAMESPACE, SOCKETIO_PATH } from './protocol';
+import { ChatStore } from './state';
+
+const PLUGIN_ID = '@agenstra/jupyterlab:plugin';
+const PANEL_ID = 'agenstra-chat';
+const STATE_KEY = `${PLUGIN_ID}:selection`;
+const OPEN_COMMAND = 'agenstra:open-chat';
+
+const chatIcon = new LabIcon({
+  name: 'agenstra:chat',
+  svgstr:
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16">' +
+    '<path class="jp-icon3" fill="#616161" d="M4 3h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 ' +
+    '2 0 0 1-2-2V5a2 2 0 0 1 2-2zm3 6a1.5 1.5 0 1 0 0 3 1.5 1.5 0 0 0 0-3zm5 0a1.5 1.5 0 1 0 ' +
+    '0 3 1.5 1.5 0 0 0 0-3zm5 0a1.5 1.5 0 1 0 0 3 1.5 1.5 0 0 0 0-3z"/></svg>'
+});
+
+/** The controller's socket: same origin, Jupyter's login cookie (or token), websocket only. */
+export function openSocket(settings: ServerConnection.ISettings): ISocket {
+  const base = new URL(settings.baseUrl);
+  return io(base.origin + CLIENTS_NAMESPACE, {
+    path: URLExt.join(base.pathname, ...SOCKETIO_PATH),
+    transports: ['websocket'],
+    auth: settings.token ? { token: settings.token } : {},
+    withCredentials: true,
+    reconnectionDelay: 500,
+    reconnectionDelayMax: 10000,
+    randomizationFactor: 0.5
+  });
+}
+
+function codeActions(notebooks: INotebookTracker | null): ICodeActions {
+  return {
+    copy(code: string) {
+      Clipboard.copyToSystem(code);
+      Notification.info('Code copied', { autoClose: 2000 });
+    },
+    insert(code: string) {
+      const panel = notebooks?.currentWidget;
+      if (!panel) {
+        Notification.warning('Open a notebook to insert code into it', { autoClose: 4000 });
+        return;
+      }
+      NotebookActions.insertBelow(panel.content);
+      panel.content.activeCell?.model.sharedModel.setSource(code);
+      panel.content.activeCell?.editor?.focus();
+    }
+  };
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_ID,
+  description: 'A sidebar to chat with agenstra agents.',
+  autoStart: true,
+  requires: [IRenderMimeRegistry],
+  optional: [ILayoutRestorer, ICommandPalette, INotebookTracker, IStateDB],
+  activate: (
+    app: JupyterFrontEnd,
+    rendermime: IRenderMimeRegistry,
+    restorer: ILayoutRestorer | null,
+    palette: ICommandPalette | null,
+    notebooks: INotebookTracker | null,
+    state: IStateDB | null
+  ) => {
+    const settings = ServerConnection.makeSettings();
+    const api = new ControllerApi(settings);
+    const connection = new ChatConnection(openSocket(settings), new ChatStore(), (c, a, after) =>
+      api.messages(c, a, after)
+    );
+    const model = new SidebarModel(api, connection);
+    const panel = new ChatPanel(model, rendermime, codeActions(notebooks));
+    panel.id = PANEL_ID;
+    panel.title.icon = chatIcon;
+    panel.title.caption = 'Agent Chat';
+    app.shell.add(panel, 'left', { rank: 900 });
+    restorer?.add(panel, PANEL_ID);
+
+    app.commands.addCommand(OPEN_COMMAND, {
+      label: 'Open Agent Chat',
+      caption: 'Chat with agents in the sidebar',
+      icon: chatIcon,
+      execute: () => {
+        app.shell.activateById(PANEL_ID);
+        panel.node.querySelector<HTMLTextAreaElement>('textarea')?.focus();
+      }
+    });
+    palette?.addItem({ command: OPEN_COMMAND, category: 'Agent Chat' });
+
+    // The last selected agent comes back with the page.
+    model.selected.connect((_, selection: ISelection) => {
+      void state?.save(STATE_KEY, selection as unknown as ReadonlyJSONObject);
+    });
+    void Promise.all([app.restored, state?.fetch(STATE_KEY)]).then(([, saved]) =>
+      model.load((saved as unknown as ISelection) ?? undefined)
+    );
+  }
+};
+
+export default plugin;

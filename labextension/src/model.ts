@@ -1,0 +1,197 @@
+/**
+ * What the sidebar shows and does, apart from how it looks: managers and agents,
+ * the selection, creating and deleting agents, sending and cancelling.
+ */
+
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { ControllerApi } from './api';
+import { ChatConnection } from './connection';
+import { IAgent, IAgentCreate, ICatalog, IClient } from './protocol';
+import { agentKey, ChatStore, Transcript } from './state';
+
+export interface ISelection {
+  clientId: string | null;
+  agentId: string | null;
+}
+
+export interface INotice {
+  kind: 'error' | 'info';
+  message: string;
+}
+
+export class SidebarModel {
+  constructor(
+    readonly api: ControllerApi,
+    readonly connection: ChatConnection
+  ) {
+    this.store.changed.connect(this._emit, this);
+    connection.statusChanged.connect(() => {
+      const { error } = connection.status;
+      if (error) {
+        this.notice = { kind: 'error', message: error.message };
+      }
+      this._emit();
+      // Back online: whatever failed to open (the manager was away) is tried again.
+      void this.openSelected();
+    }, this);
+  }
+
+  clients: IClient[] = [];
+  agents: IAgent[] = [];
+  catalog: ICatalog | null = null;
+  selection: ISelection = { clientId: null, agentId: null };
+  notice: INotice | null = null;
+  loading = false;
+
+  get store(): ChatStore {
+    return this.connection.store;
+  }
+
+  /** Emits on any change the panel shows. */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** Emits the selection when the user changes it (to remember it). */
+  get selected(): ISignal<this, ISelection> {
+    return this._selected;
+  }
+
+  get selectedKey(): string | null {
+    const { clientId, agentId } = this.selection;
+    return clientId && agentId ? agentKey(clientId, agentId) : null;
+  }
+
+  get transcript(): Transcript | null {
+    const key = this.selectedKey;
+    return key ? this.store.transcript(key) : null;
+  }
+
+  get selectedAgent(): IAgent | undefined {
+    return this.agents.find(a => a.id === this.selection.agentId);
+  }
+
+  /** Loads managers and agents, keeping `preferred` (the remembered agent) when it exists. */
+  async load(preferred?: ISelection): Promise<void> {
+    await this._guard(async () => {
+      this.clients = await this.api.clients();
+      const clientId =
+        this.clients.find(c => c.id === preferred?.clientId)?.id ?? this.clients[0]?.id ?? null;
+      await this._useClient(clientId, preferred?.agentId ?? null);
+    });
+  }
+
+  async selectClient(clientId: string): Promise<void> {
+    await this._guard(() => this._useClient(clientId, null));
+    this._selected.emit(this.selection);
+  }
+
+  async selectAgent(agentId: string | null): Promise<void> {
+    this.selection = { ...this.selection, agentId };
+    this._selected.emit(this.selection);
+    this._emit();
+    await this.openSelected();
+  }
+
+  async refreshAgents(): Promise<void> {
+    await this._guard(() => this._useClient(this.selection.clientId, this.selection.agentId));
+  }
+
+  async createAgent(request: IAgentCreate): Promise<boolean> {
+    const clientId = this.selection.clientId;
+    if (!clientId) {
+      return false;
+    }
+    return this._guard(async () => {
+      const agent = await this.api.createAgent(clientId, request);
+      this.agents = await this.api.agents(clientId);
+      this.notice = { kind: 'info', message: `Agent ${agent.name} created` };
+      await this.selectAgent(agent.id);
+    });
+  }
+
+  async deleteAgent(): Promise<boolean> {
+    const { clientId, agentId } = this.selection;
+    if (!clientId || !agentId) {
+      return false;
+    }
+    return this._guard(async () => {
+      await this.api.deleteAgent(clientId, agentId);
+      await this.connection.close(clientId, agentId);
+      this.agents = await this.api.agents(clientId);
+      await this.selectAgent(this.agents[0]?.id ?? null);
+    });
+  }
+
+  /** Sends a message to the selected agent; false (with a notice) when it was not accepted. */
+  async send(text: string): Promise<boolean> {
+    const { clientId, agentId } = this.selection;
+    if (!clientId || !agentId || !text.trim()) {
+      return false;
+    }
+    return this._guard(() => this.connection.chat(clientId, agentId, text));
+  }
+
+  async cancel(): Promise<void> {
+    const { clientId, agentId } = this.selection;
+    if (clientId && agentId) {
+      await this._guard(() => this.connection.cancel(clientId, agentId));
+    }
+  }
+
+  async openSelected(): Promise<void> {
+    const { clientId, agentId } = this.selection;
+    if (clientId && agentId && this.connection.status.socket === 'connected') {
+      await this._guard(() => this.connection.open(clientId, agentId));
+    }
+  }
+
+  dismissNotice(): void {
+    this.notice = null;
+    this._emit();
+  }
+
+  private async _useClient(clientId: string | null, agentId: string | null): Promise<void> {
+    this.selection = { clientId, agentId: null };
+    this.agents = [];
+    this.catalog = null;
+    this._emit();
+    if (!clientId) {
+      return;
+    }
+    const [agents, catalog] = await Promise.all([
+      this.api.agents(clientId),
+      this.api.catalog(clientId)
+    ]);
+    this.agents = agents;
+    this.catalog = catalog;
+    const chosen = agents.find(a => a.id === agentId) ?? agents[0];
+    this.selection = { clientId, agentId: chosen?.id ?? null };
+    this._emit();
+    await this.openSelected();
+  }
+
+  /** Runs a user action: shows progress, turns failures into a notice. */
+  private async _guard(action: () => Promise<unknown>): Promise<boolean> {
+    this.loading = true;
+    this._emit();
+    try {
+      await action();
+      return true;
+    } catch (error: any) {
+      this.notice = { kind: 'error', message: error?.message ?? String(error) };
+      return false;
+    } finally {
+      this.loading = false;
+      this._emit();
+    }
+  }
+
+  private _emit(): void {
+    this._changed.emit();
+  }
+
+  private readonly _changed = new Signal<this, void>(this);
+  private readonly _selected = new Signal<this, ISelection>(this);
+}

@@ -1,0 +1,140 @@
+/**
+ * The wire contract as the browser sees it (DESIGN.md, namespace `/clients`).
+ *
+ * The Python side keeps the same names in `agenstra_jupyter/protocol.py`; this is the
+ * one place the extension spells them.
+ */
+
+export const CLIENTS_NAMESPACE = '/clients';
+export const SOCKETIO_PATH = ['agenstra', 'socket.io'];
+export const API_PATH = ['agenstra', 'api'];
+
+/** Events on the controller's `/clients` namespace. */
+export const ControllerEvent = {
+  setClient: 'setClient',
+  clientSet: 'clientSet',
+  forward: 'forward',
+  forwardedEvent: 'forwardedEvent',
+  error: 'error',
+  remoteDisconnected: 'remoteDisconnected',
+  remoteReconnecting: 'remoteReconnecting',
+  remoteReconnected: 'remoteReconnected'
+} as const;
+
+/** Manager events, carried inside `forward` and `forwardedEvent`. */
+export const ManagerEvent = {
+  login: 'login',
+  loginSuccess: 'loginSuccess',
+  loginError: 'loginError',
+  chat: 'chat',
+  chatMessage: 'chatMessage',
+  chatEvent: 'chatEvent',
+  cancel: 'cancel',
+  logout: 'logout',
+  logoutSuccess: 'logoutSuccess',
+  error: 'error'
+} as const;
+
+export const ChatEventKind = {
+  assistantDelta: 'assistantDelta',
+  toolCall: 'toolCall',
+  toolResult: 'toolResult',
+  status: 'status'
+} as const;
+
+export interface IErrorPayload {
+  message: string;
+  code: string;
+}
+
+export interface IAck {
+  ok: boolean;
+  error?: IErrorPayload;
+}
+
+/** A structured part of a stored agent answer (text, tool call, tool result). */
+export interface IPart {
+  kind: string;
+  text?: string;
+  toolCallId?: string;
+  name?: string;
+  args?: unknown;
+  result?: unknown;
+  status?: string;
+  isError?: boolean;
+}
+
+export interface IChatMessage {
+  id: string;
+  seq: number;
+  agentId: string;
+  from: 'user' | 'agent';
+  timestamp: string;
+  correlationId: string;
+  text?: string;
+  response?: { type: 'text' | 'error'; result: string; parts?: IPart[] };
+}
+
+export interface IChatEvent {
+  agentId: string;
+  correlationId: string;
+  kind: string;
+  payload: Record<string, any>;
+  sequence: number;
+}
+
+export interface IForwardedEvent {
+  event: string;
+  payload: any;
+  clientId: string;
+  agentId: string;
+}
+
+export interface IRemoteState {
+  clientId: string;
+  attempt?: number;
+}
+
+/** A manager as the controller's REST lists it. */
+export interface IClient {
+  id: string;
+  name: string;
+  endpoint?: string;
+  local?: boolean;
+}
+
+export interface IAgent {
+  id: string;
+  name: string;
+  provider: string;
+  runtime: string;
+  state?: string;
+  description?: string;
+  credentials?: boolean;
+}
+
+export interface IProviderInfo {
+  name: string;
+  description: string;
+  capabilities: string[];
+}
+
+export interface IRuntimeInfo {
+  name: string;
+  description: string;
+  available: boolean;
+  default: boolean;
+}
+
+export interface ICatalog {
+  providers: IProviderInfo[];
+  runtimes: IRuntimeInfo[];
+}
+
+export interface IAgentCreate {
+  name: string;
+  provider: string;
+  runtime?: string;
+  image?: string;
+  config?: Record<string, unknown>;
+}

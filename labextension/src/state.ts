@@ -1,0 +1,290 @@
+/**
+ * Chat state, free of DOM and sockets: transcripts kept in `seq` order without
+ * duplicates, live turns built from streamed events, unread counts.
+ */
+
+import { ISignal, Signal } from '@lumino/signaling';
+
+import {
+  ChatEventKind,
+  IChatEvent,
+  IChatMessage,
+  IPart,
+  ManagerEvent
+} from './protocol';
+
+/** A tool call of a turn, merged with its result once that arrives. */
+export interface IToolActivity {
+  id: string;
+  name: string;
+  args?: unknown;
+  result?: unknown;
+  isError?: boolean;
+  done: boolean;
+}
+
+/** An answer being streamed: what the agent said and did so far. */
+export interface ILiveTurn {
+  correlationId: string;
+  text: string;
+  tools: IToolActivity[];
+  status?: string;
+  lastSequence: number;
+}
+
+/** A message sent from this panel that the manager has not stored yet. */
+export interface IPendingMessage {
+  correlationId: string;
+  text: string;
+}
+
+/** One agent's conversation. */
+export class Transcript {
+  readonly messages: IChatMessage[] = [];
+  readonly live = new Map<string, ILiveTurn>();
+  readonly pending = new Map<string, IPendingMessage>();
+  private readonly _ids = new Set<string>();
+  private readonly _answered = new Set<string>();
+
+  /** The highest `seq` held: what a reconnecting login asks to resume after. */
+  get lastSeq(): number {
+    const last = this.messages[this.messages.length - 1];
+    return last ? last.seq : 0;
+  }
+
+  /** Turns sent but not answered yet, oldest first. */
+  get openTurns(): string[] {
+    const open = this.messages
+      .filter(m => m.from === 'user' && !this._answered.has(m.correlationId))
+      .map(m => m.correlationId);
+    for (const id of this.pending.keys()) {
+      if (!open.includes(id)) {
+        open.push(id);
+      }
+    }
+    return open;
+  }
+
+  get busy(): boolean {
+    return this.openTurns.length > 0;
+  }
+
+  /** Adds a stored message; false when it is held already (a replay after reconnect). */
+  add(message: IChatMessage): boolean {
+    if (!isChatMessage(message) || this._ids.has(message.id)) {
+      return false;
+    }
+    this._ids.add(message.id);
+    let index = this.messages.length;
+    while (index > 0 && this.messages[index - 1].seq > message.seq) {
+      index--;
+    }
+    this.messages.splice(index, 0, message);
+    if (message.from === 'user') {
+      this.pending.delete(message.correlationId);
+    } else {
+      this._answered.add(message.correlationId);
+      this.live.delete(message.correlationId);
+    }
+    return true;
+  }
+
+  /** Applies a streamed event; false when it is stale (its turn is answered, or seen). */
+  apply(event: IChatEvent): boolean {
+    if (!event || typeof event.correlationId !== 'string') {
+      return false;
+    }
+    if (this._answered.has(event.correlationId)) {
+      return false;
+    }
+    let turn = this.live.get(event.correlationId);
+    if (!turn) {
+      turn = { correlationId: event.correlationId, text: '', tools: [], lastSequence: -1 };
+      this.live.set(event.correlationId, turn);
+    }
+    if (typeof event.sequence === 'number') {
+      if (event.sequence <= turn.lastSequence) {
+        return false;
+      }
+      turn.lastSequence = event.sequence;
+    }
+    applyToTurn(turn, event.kind, event.payload ?? {});
+    return true;
+  }
+
+  /** Shows a message as sent until the manager's stored copy replaces it. */
+  addPending(correlationId: string, text: string): void {
+    this.pending.set(correlationId, { correlationId, text });
+  }
+
+  dropPending(correlationId: string): IPendingMessage | undefined {
+    const pending = this.pending.get(correlationId);
+    this.pending.delete(correlationId);
+    return pending;
+  }
+
+  /** Agent messages after `seq`: what the user has not seen. */
+  agentMessagesAfter(seq: number): number {
+    let count = 0;
+    for (let i = this.messages.length - 1; i >= 0 && this.messages[i].seq > seq; i--) {
+      if (this.messages[i].from === 'agent') {
+        count++;
+      }
+    }
+    return count;
+  }
+}
+
+function applyToTurn(turn: ILiveTurn, kind: string, payload: Record<string, any>): void {
+  if (kind === ChatEventKind.assistantDelta) {
+    turn.text += typeof payload.delta === 'string' ? payload.delta : '';
+  } else if (kind === ChatEventKind.status) {
+    turn.status = typeof payload.message === 'string' ? payload.message : undefined;
+  } else {
+    addToolActivity(turn.tools, kind, payload);
+  }
+}
+
+/** Records a tool call, or merges a result into its call (by toolCallId). */
+export function addToolActivity(
+  tools: IToolActivity[],
+  kind: string,
+  payload: Record<string, any>
+): void {
+  const id = String(payload.toolCallId ?? tools.length);
+  const name = String(payload.name ?? 'tool');
+  if (kind === ChatEventKind.toolCall) {
+    tools.push({ id, name, args: payload.args, done: false });
+  } else if (kind === ChatEventKind.toolResult) {
+    const result = { result: payload.result, isError: !!payload.isError, done: true };
+    const call = tools.find(t => t.id === id);
+    if (call) {
+      Object.assign(call, result);
+    } else {
+      tools.push({ id, name, ...result });
+    }
+  }
+}
+
+/** The tool activity of a stored answer, from its structured parts. */
+export function toolsOf(parts: IPart[]): IToolActivity[] {
+  const tools: IToolActivity[] = [];
+  parts.forEach(part => addToolActivity(tools, part.kind, part));
+  return tools;
+}
+
+function isChatMessage(message: any): message is IChatMessage {
+  return (
+    !!message &&
+    typeof message.id === 'string' &&
+    typeof message.seq === 'number' &&
+    (message.from === 'user' || message.from === 'agent')
+  );
+}
+
+/** Identifies an agent across managers. */
+export function agentKey(clientId: string, agentId: string): string {
+  return `${clientId}/${agentId}`;
+}
+
+/** Every transcript of this browser tab, and what of it the user has read. */
+export class ChatStore {
+  private readonly _transcripts = new Map<string, Transcript>();
+  private readonly _readSeq = new Map<string, number>();
+  private readonly _changed = new Signal<this, string>(this);
+  private _viewed: string | null = null;
+
+  /** Emits the key of the agent whose conversation changed. */
+  get changed(): ISignal<this, string> {
+    return this._changed;
+  }
+
+  transcript(key: string): Transcript {
+    let transcript = this._transcripts.get(key);
+    if (!transcript) {
+      transcript = new Transcript();
+      this._transcripts.set(key, transcript);
+    }
+    return transcript;
+  }
+
+  has(key: string): boolean {
+    return this._transcripts.has(key);
+  }
+
+  keys(): string[] {
+    return [...this._transcripts.keys()];
+  }
+
+  forget(key: string): void {
+    this._transcripts.delete(key);
+    this._readSeq.delete(key);
+    this._changed.emit(key);
+  }
+
+  /** Routes one manager event of an agent into its transcript. */
+  receive(key: string, event: string, payload: any): void {
+    const transcript = this.transcript(key);
+    let changed = false;
+    if (event === ManagerEvent.chatMessage) {
+      changed = transcript.add(payload);
+    } else if (event === ManagerEvent.chatEvent) {
+      changed = transcript.apply(payload);
+    }
+    if (changed) {
+      this._touch(key);
+    }
+  }
+
+  /** Adds stored history; it counts as read when nothing was read before. */
+  load(key: string, messages: IChatMessage[]): void {
+    const transcript = this.transcript(key);
+    messages.forEach(m => transcript.add(m));
+    if (!this._readSeq.has(key)) {
+      this._readSeq.set(key, transcript.lastSeq);
+    }
+    this._touch(key);
+  }
+
+  /** The agent the user is looking at (null: the panel is hidden). */
+  setViewed(key: string | null): void {
+    if (key === this._viewed) {
+      return;
+    }
+    this._viewed = key;
+    if (key !== null && this.unread(key) > 0) {
+      this._touch(key);
+    }
+  }
+
+  readSeq(key: string): number | undefined {
+    return this._readSeq.get(key);
+  }
+
+  /** Restores where reading stopped (from the state database). */
+  restoreReadSeq(key: string, seq: number): void {
+    this._readSeq.set(key, seq);
+  }
+
+  unread(key: string): number {
+    const transcript = this._transcripts.get(key);
+    const read = this._readSeq.get(key);
+    return transcript && read !== undefined ? transcript.agentMessagesAfter(read) : 0;
+  }
+
+  totalUnread(): number {
+    return this.keys().reduce((sum, key) => sum + this.unread(key), 0);
+  }
+
+  /** Signals a change; what the viewed agent shows counts as read. */
+  updated(key: string): void {
+    this._touch(key);
+  }
+
+  private _touch(key: string): void {
+    if (key === this._viewed) {
+      this._readSeq.set(key, this.transcript(key).lastSeq);
+    }
+    this._changed.emit(key);
+  }
+}
