@@ -3,9 +3,7 @@
 import { Button, HTMLSelect } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-import { IAgentCreate, ICatalog } from './protocol';
-
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+import { agentCreateRequest, IAgentCreate, ICatalog } from './protocol';
 
 export interface ICreateAgentProps {
   catalog: ICatalog;
@@ -27,7 +25,7 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
 
   const submit = async (event: React.FormEvent) => {
     event.preventDefault();
-    const request = toRequest(name, provider, runtime, image, config);
+    const request = agentCreateRequest(name, provider, runtime, image, config);
     if (typeof request === 'string') {
       setProblem(request);
       return;
@@ -75,40 +73,4 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
       </div>
     </form>
   );
-}
-
-/** The request the form describes, or what is wrong with it. */
-export function toRequest(
-  name: string,
-  provider: string,
-  runtime: string,
-  image: string,
-  config: string
-): IAgentCreate | string {
-  if (!NAME_PATTERN.test(name)) {
-    return 'Name: letters, digits, ".", "_" or "-", starting with a letter or digit (64 at most)';
-  }
-  if (!provider) {
-    return 'Choose a provider';
-  }
-  const request: IAgentCreate = { name, provider };
-  if (runtime) {
-    request.runtime = runtime;
-  }
-  if (runtime === 'docker' && image.trim()) {
-    request.image = image.trim();
-  }
-  if (config.trim()) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(config);
-    } catch {
-      return 'Config must be JSON';
-    }
-    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
-      return 'Config must be a JSON object';
-    }
-    request.config = parsed as Record<string, unknown>;
-  }
-  return request;
 }

@@ -138,3 +138,42 @@ export interface IAgentCreate {
   image?: string;
   config?: Record<string, unknown>;
 }
+
+/** Agent names the manager accepts (AGENT_NAME_PATTERN in protocol.py). */
+const AGENT_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** The request the form describes, or what is wrong with it. */
+export function agentCreateRequest(
+  name: string,
+  provider: string,
+  runtime: string,
+  image: string,
+  config: string
+): IAgentCreate | string {
+  if (!AGENT_NAME_PATTERN.test(name)) {
+    return 'Name: letters, digits, ".", "_" or "-", starting with a letter or digit (64 at most)';
+  }
+  if (!provider) {
+    return 'Choose a provider';
+  }
+  const request: IAgentCreate = { name, provider };
+  if (runtime) {
+    request.runtime = runtime;
+  }
+  if (runtime === 'docker' && image.trim()) {
+    request.image = image.trim();
+  }
+  if (config.trim()) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(config);
+    } catch {
+      return 'Config must be JSON';
+    }
+    if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
+      return 'Config must be a JSON object';
+    }
+    request.config = parsed as Record<string, unknown>;
+  }
+  return request;
+}
