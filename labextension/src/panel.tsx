@@ -76,9 +76,12 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
   const transcript = model.transcript;
   return (
     <>
-      <StatusLine status={model.connection.status} clientId={model.selection.clientId}
-        onRetry={() => model.connection.reconnect()} />
-      <Pickers model={model} onCreate={() => setCreating(!creating)} />
+      <div className="jp-AgenstraChat-header">
+        <StatusLine status={model.connection.status} clientId={model.selection.clientId}
+          onRetry={() => model.connection.reconnect()} />
+        <AgentActions model={model} onCreate={() => setCreating(!creating)} />
+      </div>
+      <Pickers model={model} />
       {creating && model.catalog && (
         <CreateAgentForm catalog={model.catalog} onCancel={() => setCreating(false)}
           onCreate={async request => {
@@ -142,13 +145,7 @@ function StatusLine(props: {
   );
 }
 
-function Pickers({ model, onCreate }: { model: SidebarModel; onCreate: () => void }): JSX.Element {
-  const { clientId, agentId } = model.selection;
-  const store = model.store;
-  const agentOptions = model.agents.map(agent => {
-    const unread = clientId ? store.unread(agentKey(clientId, agent.id)) : 0;
-    return { value: agent.id, label: unread ? `${agent.name} (${unread})` : agent.name };
-  });
+function AgentActions({ model, onCreate }: { model: SidebarModel; onCreate: () => void }): JSX.Element {
   const confirmDelete = async () => {
     const agent = model.selectedAgent;
     if (!agent) {
@@ -164,6 +161,25 @@ function Pickers({ model, onCreate }: { model: SidebarModel; onCreate: () => voi
     }
   };
   return (
+    <div className="jp-AgenstraChat-actions">
+      <ToolbarButtonComponent icon={addIcon} tooltip="New agent" onClick={onCreate}
+        enabled={!!model.catalog} />
+      <ToolbarButtonComponent icon={deleteIcon} tooltip="Delete agent"
+        onClick={() => void confirmDelete()} enabled={!!model.selection.agentId} />
+      <ToolbarButtonComponent icon={refreshIcon} tooltip="Refresh agents"
+        onClick={() => void model.load(model.selection)} />
+    </div>
+  );
+}
+
+function Pickers({ model }: { model: SidebarModel }): JSX.Element {
+  const { clientId, agentId } = model.selection;
+  const store = model.store;
+  const agentOptions = model.agents.map(agent => {
+    const unread = clientId ? store.unread(agentKey(clientId, agent.id)) : 0;
+    return { value: agent.id, label: unread ? `${agent.name} (${unread})` : agent.name };
+  });
+  return (
     <div className="jp-AgenstraChat-pickers">
       <HTMLSelect className="jp-AgenstraChat-client" aria-label="Manager"
         title="Manager" value={clientId ?? ''}
@@ -172,12 +188,6 @@ function Pickers({ model, onCreate }: { model: SidebarModel; onCreate: () => voi
       <HTMLSelect className="jp-AgenstraChat-agent" aria-label="Agent" title="Agent"
         value={agentId ?? ''} options={agentOptions} disabled={!agentOptions.length}
         onChange={e => void model.selectAgent(e.currentTarget.value)} />
-      <ToolbarButtonComponent icon={addIcon} tooltip="New agent" onClick={onCreate}
-        enabled={!!model.catalog} />
-      <ToolbarButtonComponent icon={deleteIcon} tooltip="Delete agent"
-        onClick={() => void confirmDelete()} enabled={!!agentId} />
-      <ToolbarButtonComponent icon={refreshIcon} tooltip="Refresh agents"
-        onClick={() => void model.load(model.selection)} />
     </div>
   );
 }

@@ -1,0 +1,377 @@
+"""The JupyterLab sidebar in real headless Chromium (Playwright), against a real server.
+
+Each test drives JupyterLab as a user would: the keyboard shortcut opens the panel, agents
+are created in its form, messages are typed and sent with Enter. Screenshots of the panel
+land in test-artifacts/labextension/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import JupyterProcess, start_jupyter, stop_jupyter
+
+CHROMIUM = os.environ.get("AGENSTRA_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "labextension"
+# Flags that keep Chromium off the network this machine does not have.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PANEL = "#agenstra-chat"
+MESSAGES = f"{PANEL} .jp-AgenstraChat-message[data-id]"
+TIMEOUT_MS = 30_000
+SELECTION_KEY = "@agenstra/jupyterlab:plugin:selection"  # where the panel remembers its agent
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _browser_reason() -> str | None:
+    if not shutil.which(CHROMIUM):
+        return f"no Chromium at {CHROMIUM} (scripts/test.sh installs Debian's chromium)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    return None
+
+
+@pytest.fixture
+def jp_asyncio_loop() -> Iterator[None]:
+    """Replaces pytest-jupyter's loop: Playwright runs its own loop here for the whole module."""
+    yield None
+
+
+@pytest.fixture
+def jp_server_cleanup() -> Iterator[None]:
+    """No in-process Jupyter server here: each test starts a real one in a subprocess."""
+    yield None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    reason = _browser_reason()
+    if reason:
+        if os.environ.get("AGENSTRA_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def lab_env(root: Path) -> dict[str, str]:
+    """Echo agents answer with what they got; JupyterLab keeps its state under `root`."""
+    return {"AGENSTRA_DEFAULT_PROVIDER": "echo",
+            "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces"),
+            "JUPYTERLAB_SETTINGS_DIR": str(root / "settings")}
+
+
+@pytest.fixture
+def lab(tmp_path) -> Iterator[JupyterProcess]:
+    server = start_jupyter(tmp_path, lab_env(tmp_path))
+    yield server
+    stop_jupyter(server)
+
+
+@pytest.fixture
+def page(browser, lab, request) -> Iterator:
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{lab.full_url}lab?token={lab.token}")
+    page.wait_for_selector(".jp-LabShell")
+    yield page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
+    context.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def open_panel(page) -> None:
+    """The keyboard shortcut (Alt+Shift+C) opens the panel; it connects on its own."""
+    page.locator("#jp-main-dock-panel").click(position={"x": 5, "y": 5})
+    page.keyboard.press("Alt+Shift+C")
+    page.wait_for_selector(f"{PANEL}:visible")
+    wait_state(page, "connected")
+
+
+def wait_state(page, state: str) -> None:
+    page.wait_for_selector(f'{PANEL} .jp-AgenstraChat-status[data-state="{state}"]')
+
+
+def wait_selected(page, agent_name: str) -> None:
+    page.wait_for_function(
+        "name => document.querySelector('#agenstra-chat select[aria-label=Agent]')"
+        "?.selectedOptions[0]?.textContent === name", arg=agent_name)
+
+
+def send(page, text: str) -> None:
+    box = page.locator(f"{PANEL} textarea[aria-label=Message]")
+    box.fill(text)
+    box.press("Enter")
+
+
+def wait_answer(page, text: str):
+    """The agent's stored answer containing `text`."""
+    answer = page.locator(f"{MESSAGES}.jp-mod-agent", has_text=text)
+    answer.last.wait_for()
+    return answer.last
+
+
+def shown_ids(page) -> list[str]:
+    return page.eval_on_selector_all(MESSAGES, "nodes => nodes.map(n => n.dataset.id)")
+
+
+def rest(server: JupyterProcess, path: str) -> Any:
+    response = httpx.get(f"{server.full_url}{path}",
+                         headers={"Authorization": f"token {server.token}"})
+    response.raise_for_status()
+    return response.json()
+
+
+def agent_id(server: JupyterProcess, name: str) -> str:
+    agents = rest(server, "agenstra/api/clients/local/agents")
+    return next(a["id"] for a in agents if a["name"] == name)
+
+
+def stored_ids(server: JupyterProcess, agent_name: str) -> list[str]:
+    """The agent's history as the controller's REST API returns it."""
+    path = f"agenstra/api/clients/local/agents/{agent_id(server, agent_name)}/messages"
+    return [m["id"] for m in rest(server, path)]
+
+
+def workspace(server: JupyterProcess) -> dict:
+    return rest(server, "lab/api/workspaces/default")
+
+
+def wait_until(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.2)
+
+
+def snap(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator(PANEL).screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+# -- tests -----------------------------------------------------------------------------
+
+
+def test_panel_opens_creates_an_agent_and_chats(page, lab):
+    open_panel(page)
+    wait_selected(page, "assistant")
+
+    # A new agent, from the manager's providers list.
+    page.click(f"{PANEL} [title='New agent']")
+    page.fill(f"{PANEL} input[aria-label='Agent name']", "helper")
+    page.select_option(f"{PANEL} select[aria-label=Provider]", "echo")
+    page.click(f"{PANEL} button:has-text('Create')")
+    wait_selected(page, "helper")
+
+    # Shift+Enter is a new line; Enter sends.
+    box = page.locator(f"{PANEL} textarea[aria-label=Message]")
+    box.fill("hello **sidebar**")
+    box.press("Shift+Enter")
+    box.type("second line")
+    assert box.input_value() == "hello **sidebar**\nsecond line"
+    assert page.locator(MESSAGES).count() == 0
+    box.press("Enter")
+    answer = wait_answer(page, "sidebar")
+    assert answer.locator("strong").inner_text() == "sidebar"  # rendered markdown
+    assert box.input_value() == ""
+    user = page.locator(f"{MESSAGES}.jp-mod-user").last
+    assert user.inner_text() == "hello **sidebar**\nsecond line"
+    snap(page, "chat")
+
+    # The last agent is remembered across a reload (JupyterLab saves it in the workspace).
+    helper = agent_id(lab, "helper")
+    wait_until(lambda: workspace(lab)["data"].get(SELECTION_KEY, {}).get("agentId") == helper)
+    page.reload()
+    page.wait_for_selector(".jp-LabShell")
+    open_panel(page)
+    wait_selected(page, "helper")
+    wait_answer(page, "sidebar")
+    assert len(shown_ids(page)) == 2
+
+    # Deleting asks first, then the agent and its history are gone.
+    page.click(f"{PANEL} [title='Delete agent']")
+    page.click(".jp-Dialog button:has-text('Delete')")
+    wait_selected(page, "assistant")
+    assert "helper" not in page.locator(f"{PANEL} select[aria-label=Agent]").inner_text()
+
+    # The palette offers the command.
+    page.keyboard.press("Control+Shift+C")
+    page.keyboard.type("Agent Chat")
+    page.wait_for_selector(".lm-CommandPalette-item:has-text('Open Agent Chat')")
+    page.keyboard.press("Escape")
+
+
+def test_bad_agent_form_input_is_explained_and_sends_nothing(page, lab):
+    open_panel(page)
+    page.click(f"{PANEL} [title='New agent']")
+    page.fill(f"{PANEL} input[aria-label='Agent name']", "ok-name")
+    page.fill(f"{PANEL} textarea[aria-label=Config]", "{not json")
+    page.click(f"{PANEL} button:has-text('Create')")
+    assert page.locator(f"{PANEL} .jp-AgenstraChat-formError").inner_text() == (
+        "Config must be JSON")
+    # The manager's own refusal (a taken name) is shown as a notice.
+    page.fill(f"{PANEL} input[aria-label='Agent name']", "assistant")
+    page.fill(f"{PANEL} textarea[aria-label=Config]", "")
+    page.click(f"{PANEL} button:has-text('Create')")
+    notice = page.locator(f"{PANEL} .jp-AgenstraChat-notice.jp-mod-error")
+    notice.wait_for()
+    assert "assistant" in notice.inner_text()
+    names = page.locator(f"{PANEL} select[aria-label=Agent] option").all_inner_texts()
+    assert names == ["assistant"]
+
+
+def test_agent_output_renders_inert(page, lab):
+    open_panel(page)
+    payload = ('<img src="x" onerror="window.__pwned = 1"> <script>window.__pwned = 2</script>'
+               ' [click](javascript:window.__pwned=3) <a href="#" onclick="window.__pwned=4">a</a>'
+               ' <iframe src="javascript:parent.__pwned=5"></iframe>')
+    send(page, payload)
+    answer = wait_answer(page, "click")
+    page.wait_for_timeout(500)  # let any handler that survived fire
+    assert page.evaluate("window.__pwned") is None
+    assert answer.locator("script, iframe, [onerror], [onclick]").count() == 0
+    assert answer.locator("a[href^='javascript']").count() == 0
+    answer.locator("a", has_text="click").click()
+    assert page.evaluate("window.__pwned") is None
+    # The user's own message shows the text itself.
+    assert page.locator(f"{MESSAGES}.jp-mod-user").last.inner_text() == payload
+    snap(page, "inert")
+
+
+def test_notebook_widget_message_appears_live_and_code_inserts(page, lab):
+    notebook = {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": "chat", "metadata": {},
+                   "outputs": [], "source": "from agenstra_jupyter.widgets import ChatWidget\n"
+                                            "ChatWidget('assistant')"}],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
+                                    "name": "python3"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    (Path(lab.data_dir).parent / "chat.ipynb").write_text(json.dumps(notebook))
+    page.goto(f"{lab.full_url}lab/tree/chat.ipynb")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    open_panel(page)
+
+    # Run the cell; type into the notebook widget and press its Send button.
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.keyboard.press("Shift+Enter")
+    widget_box = page.locator(".jp-OutputArea .widget-textarea textarea")
+    widget_box.wait_for(timeout=60_000)
+    widget_box.fill("from the notebook widget")
+    page.locator(".jp-OutputArea button:has-text('Send')").click()
+    # The sidebar, logged into the same agent, shows it live.
+    page.locator(f"{MESSAGES}.jp-mod-user", has_text="from the notebook widget").wait_for()
+    wait_answer(page, "from the notebook widget")
+    snap(page, "from-notebook")
+
+    # A code block of an answer goes into the notebook as a new cell.
+    send(page, "Run this:\n```python\nprint(6 * 7)\n```")
+    answer = wait_answer(page, "print")
+    cells = page.locator(".jp-Notebook .jp-Cell .jp-InputArea-editor")
+    before = cells.count()
+    answer.locator("[title='Insert into notebook']").click()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.jp-Notebook .jp-Cell .cm-content')]"
+        ".some(n => n.textContent.includes('print(6 * 7)'))")
+    assert cells.count() == before + 1
+
+
+def test_unread_badge_while_panel_hidden(page, lab):
+    open_panel(page)
+    send(page, "first")
+    wait_answer(page, "first")
+    page.click("li[data-id='filebrowser']")  # another sidebar panel hides the chat
+    page.wait_for_selector(f"{PANEL}", state="hidden")
+    client = lab.client()
+    try:
+        client.agent("assistant").chat("while you were away")
+    finally:
+        client.close()
+    tab = page.locator("li[data-id='agenstra-chat']")
+    page.wait_for_selector("li[data-id='agenstra-chat'][data-unread='1']")
+    assert "1 unread" in tab.get_attribute("title")
+    tab.click()
+    wait_answer(page, "while you were away")
+    page.wait_for_selector("li[data-id='agenstra-chat']:not([data-unread])")
+
+
+def test_killed_manager_reconnects_with_the_complete_transcript(page, lab):
+    open_panel(page)
+    send(page, "before the crash")
+    wait_answer(page, "before the crash")
+
+    os.kill(lab.manager_pid(), signal.SIGKILL)
+    wait_state(page, "remote-down")
+    assert "Manager unreachable" in page.locator(f"{PANEL} .jp-AgenstraChat-status").inner_text()
+    snap(page, "manager-down")
+    wait_state(page, "connected")  # the extension restarted it; the link logged back in
+
+    send(page, "after the crash")
+    wait_answer(page, "after the crash")
+    ids = shown_ids(page)
+    assert len(ids) == len(set(ids)) == 4
+    assert ids == stored_ids(lab, "assistant")
+    snap(page, "manager-back")
+
+
+def test_server_restart_resumes_without_gap_or_duplicate(browser, tmp_path, request):
+    """The browser's own socket drops; on reconnect it resumes after the last seq it holds."""
+    server = start_jupyter(tmp_path, lab_env(tmp_path))
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(f"{server.full_url}lab?token={server.token}")
+        page.wait_for_selector(".jp-LabShell")
+        open_panel(page)
+        send(page, "one")
+        wait_answer(page, "one")
+
+        port = int(server.url.rsplit(":", 1)[1])
+        stop_jupyter(server)
+        wait_state(page, "reconnecting")
+        snap(page, "server-down")
+        server = start_jupyter(tmp_path, lab_env(tmp_path), port=port, token=server.token)
+        # Sent by someone else while this browser was away.
+        client = server.client()
+        try:
+            client.agent("assistant").chat("two, sent elsewhere")
+        finally:
+            client.close()
+        wait_state(page, "connected")
+        wait_answer(page, "two, sent elsewhere")
+        send(page, "three")
+        wait_answer(page, "three")
+        ids = shown_ids(page)
+        assert len(ids) == len(set(ids)) == 6
+        assert ids == stored_ids(server, "assistant")
+        snap(page, "server-back")
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
+        context.close()
+        stop_jupyter(server)
