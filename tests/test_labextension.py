@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 PANEL = "#agenstra-chat"
 MESSAGES = f"{PANEL} .jp-AgenstraChat-message[data-id]"
 TIMEOUT_MS = 30_000
+FAKE_ACP_AGENT = [sys.executable, str(Path(__file__).parent / "fakes" / "acp_agent.py")]
 SELECTION_KEY = "@agenstra/jupyterlab:plugin:selection"  # where the panel remembers its agent
 
 pytestmark = pytest.mark.timeout(300)
@@ -260,6 +262,41 @@ def test_agent_output_renders_inert(page, lab):
     # The user's own message shows the text itself.
     assert page.locator(f"{MESSAGES}.jp-mod-user").last.inner_text() == payload
     snap(page, "inert")
+
+
+def test_streaming_tool_calls_and_cancel(page, lab):
+    """An ACP agent (the fake speaks the real protocol): live deltas, collapsed tools, cancel."""
+    open_panel(page)
+    page.click(f"{PANEL} [title='New agent']")
+    page.fill(f"{PANEL} input[aria-label='Agent name']", "acp")
+    page.select_option(f"{PANEL} select[aria-label=Provider]", "acp")
+    page.fill(f"{PANEL} textarea[aria-label=Config]", json.dumps({"command": FAKE_ACP_AGENT}))
+    page.click(f"{PANEL} button:has-text('Create')")
+    wait_selected(page, "acp")
+
+    send(page, "files")
+    answer = page.locator(f"{MESSAGES}.jp-mod-agent").last
+    answer.wait_for()
+    tools = answer.locator("details.jp-AgenstraChat-tool")
+    assert tools.count() == 2
+    assert tools.first.get_attribute("open") is None  # collapsed until clicked
+    assert "write outside" in tools.first.locator("summary").inner_text()
+    tools.first.locator("summary").click()
+    assert tools.first.locator("pre").first.is_visible()
+
+    send(page, "slow")
+    live = page.locator(f"{PANEL} .jp-AgenstraChat-message.jp-mod-live .jp-RenderedMarkdown")
+    live.wait_for()
+    first = len(live.inner_text())
+    page.wait_for_function(
+        "n => (document.querySelector('#agenstra-chat .jp-mod-live .jp-RenderedMarkdown')"
+        "?.innerText.length ?? 0) > n", arg=first)  # it grows while we watch
+    snap(page, "streaming")
+    page.click(f"{PANEL} button:has-text('Cancel')")
+    stopped = page.locator(f"{MESSAGES}.jp-mod-agent.jp-mod-error", has_text="ancel")
+    stopped.wait_for()
+    page.wait_for_selector(f"{PANEL} .jp-mod-live", state="detached")
+    assert page.locator(f"{PANEL} button:has-text('Cancel')").count() == 0
 
 
 def test_notebook_widget_message_appears_live_and_code_inserts(page, lab):

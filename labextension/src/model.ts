@@ -106,8 +106,7 @@ export class SidebarModel {
     return this._guard(async () => {
       const agent = await this.api.createAgent(clientId, request);
       this.agents = await this.api.agents(clientId);
-      this.notice = { kind: 'info', message: `Agent ${agent.name} created` };
-      await this.selectAgent(agent.id);
+      await this.selectAgent(agent.id); // the new agent, selected, is the confirmation
     });
   }
 
