@@ -299,6 +299,47 @@ def test_streaming_tool_calls_and_cancel(page, lab):
     assert page.locator(f"{PANEL} button:has-text('Cancel')").count() == 0
 
 
+# The WCAG contrast ratio of each element's text against the background it is drawn on.
+CONTRAST_JS = """selectors => {
+  const rgba = c => { const v = c.match(/[\\d.]+/g).map(Number); return [v[0], v[1], v[2], v[3] ?? 1]; };
+  const backdrop = el => {
+    for (; el; el = el.parentElement) {
+      const c = rgba(getComputedStyle(el).backgroundColor);
+      if (c[3] > 0.5) return c;
+    }
+    return [255, 255, 255, 1];
+  };
+  const luminance = c => c.slice(0, 3).map(v => {
+    v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  }).reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const ratio = el => {
+    const bg = backdrop(el), fg = rgba(getComputedStyle(el).color);
+    const text = [0, 1, 2].map(i => fg[i] * fg[3] + bg[i] * (1 - fg[3]));
+    const [hi, lo] = [luminance(text), luminance(bg)].sort((a, b) => b - a);
+    return (hi + 0.05) / (lo + 0.05);
+  };
+  return Object.fromEntries(selectors.map(s => [s, ratio(document.querySelector(s))]));
+}"""
+READABLE = [f"{MESSAGES}.jp-mod-user", f"{MESSAGES}.jp-mod-agent p",
+            f"{PANEL} textarea[aria-label=Message]", f"{PANEL} .jp-AgenstraChat-statusText"]
+
+
+def test_readable_in_light_and_dark_themes(page, lab):
+    open_panel(page)
+    send(page, "how readable is this?")
+    wait_answer(page, "readable")
+    for theme in ("light", "dark"):
+        if theme == "dark":
+            page.keyboard.press("Control+Shift+C")
+            page.keyboard.type("Use Theme: JupyterLab Dark")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
+        ratios = page.evaluate(CONTRAST_JS, READABLE)
+        low = {selector: round(r, 2) for selector, r in ratios.items() if r < 4.5}
+        assert not low, f"text below WCAG AA contrast in the {theme} theme: {low}"
+        snap(page, f"theme-{theme}")
+
+
 def test_notebook_widget_message_appears_live_and_code_inserts(page, lab):
     notebook = {
         "cells": [{"cell_type": "code", "execution_count": None, "id": "chat", "metadata": {},
@@ -313,7 +354,8 @@ def test_notebook_widget_message_appears_live_and_code_inserts(page, lab):
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     open_panel(page)
 
-    # Run the cell; type into the notebook widget and press its Send button.
+    # Once the kernel is up, run the cell; type into the widget and press its Send button.
+    page.locator(".jp-StatusBar-TextItem", has_text="| Idle").wait_for(timeout=60_000)
     page.locator(".jp-Notebook .jp-Cell").first.click()
     page.keyboard.press("Shift+Enter")
     widget_box = page.locator(".jp-OutputArea .widget-textarea textarea")

@@ -5,6 +5,7 @@ import { ServerConnection } from '@jupyterlab/services';
 
 import {
   API_PATH,
+  HISTORY_PAGE,
   IAgent,
   IAgentCreate,
   ICatalog,
@@ -51,9 +52,10 @@ export class ControllerApi {
     });
   }
 
+  /** One page of stored messages after `after` (seq). */
   messages(clientId: string, agentId: string, after: number): Promise<IChatMessage[]> {
     return this._request(
-      `clients/${enc(clientId)}/agents/${enc(agentId)}/messages?after=${after}`
+      `clients/${enc(clientId)}/agents/${enc(agentId)}/messages?after=${after}&limit=${HISTORY_PAGE}`
     );
   }
 

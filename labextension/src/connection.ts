@@ -12,6 +12,7 @@ import { UUID } from '@lumino/coreutils';
 
 import {
   ControllerEvent,
+  HISTORY_PAGE,
   IAck,
   IChatMessage,
   IErrorPayload,
@@ -66,7 +67,6 @@ export class ChatError extends Error {
 }
 
 const ACK_TIMEOUT_MS = 30000;
-const HISTORY_PAGE = 1000;
 
 export class ChatConnection {
   constructor(

@@ -151,11 +151,14 @@ export class SidebarModel {
     this._emit();
   }
 
+  /** Shows a manager's agents; the view is cleared only when the manager changes. */
   private async _useClient(clientId: string | null, agentId: string | null): Promise<void> {
-    this.selection = { clientId, agentId: null };
-    this.agents = [];
-    this.catalog = null;
-    this._emit();
+    if (clientId !== this.selection.clientId) {
+      this.selection = { clientId, agentId: null };
+      this.agents = [];
+      this.catalog = null;
+      this._emit();
+    }
     if (!clientId) {
       return;
     }

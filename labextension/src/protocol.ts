@@ -8,6 +8,8 @@
 export const CLIENTS_NAMESPACE = '/clients';
 export const SOCKETIO_PATH = ['agenstra', 'socket.io'];
 export const API_PATH = ['agenstra', 'api'];
+/** The most messages one history request returns (the manager's page size). */
+export const HISTORY_PAGE = 1000;
 
 /** Events on the controller's `/clients` namespace. */
 export const ControllerEvent = {
