@@ -301,7 +301,10 @@ def test_streaming_tool_calls_and_cancel(page, lab):
 
 # The WCAG contrast ratio of each element's text against the background it is drawn on.
 CONTRAST_JS = """selectors => {
-  const rgba = c => { const v = c.match(/[\\d.]+/g).map(Number); return [v[0], v[1], v[2], v[3] ?? 1]; };
+  const rgba = c => {
+    const v = c.match(/[\\d.]+/g).map(Number);
+    return [v[0], v[1], v[2], v[3] ?? 1];
+  };
   const backdrop = el => {
     for (; el; el = el.parentElement) {
       const c = rgba(getComputedStyle(el).backgroundColor);

@@ -122,9 +122,16 @@ export class ChatConnection {
     return opening;
   }
 
-  /** Sends a message; returns its correlationId. Throws ChatError when not accepted. */
-  async chat(clientId: string, agentId: string, message: string): Promise<string> {
-    const correlationId = UUID.uuid4();
+  /**
+   * Sends a message; returns its correlationId. Throws ChatError when not accepted.
+   * Sending again with the same correlationId is safe: the manager stores a turn once.
+   */
+  async chat(
+    clientId: string,
+    agentId: string,
+    message: string,
+    correlationId: string = UUID.uuid4()
+  ): Promise<string> {
     const transcript = this.store.transcript(agentKey(clientId, agentId));
     transcript.addPending(correlationId, message);
     this.store.updated(agentKey(clientId, agentId));

@@ -3,6 +3,7 @@
  * the selection, creating and deleting agents, sending and cancelling.
  */
 
+import { UUID } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ControllerApi } from './api';
@@ -123,13 +124,27 @@ export class SidebarModel {
     });
   }
 
-  /** Sends a message to the selected agent; false (with a notice) when it was not accepted. */
+  /**
+   * Sends a message to the selected agent; false (with a notice) when it was not accepted.
+   * Sending the same text again after a failure reuses its correlationId, so a message
+   * that did reach the manager before the failure is not stored twice.
+   */
   async send(text: string): Promise<boolean> {
     const { clientId, agentId } = this.selection;
     if (!clientId || !agentId || !text.trim()) {
       return false;
     }
-    return this._guard(() => this.connection.chat(clientId, agentId, text));
+    const key = this.selectedKey;
+    const retry = this._failed?.key === key && this._failed.text === text;
+    const correlationId = retry ? this._failed!.correlationId : UUID.uuid4();
+    this._failed = { key, text, correlationId };
+    const sent = await this._guard(() =>
+      this.connection.chat(clientId, agentId, text, correlationId)
+    );
+    if (sent) {
+      this._failed = null;
+    }
+    return sent;
   }
 
   async cancel(): Promise<void> {
@@ -194,6 +209,7 @@ export class SidebarModel {
     this._changed.emit();
   }
 
+  private _failed: { key: string | null; text: string; correlationId: string } | null = null;
   private readonly _changed = new Signal<this, void>(this);
   private readonly _selected = new Signal<this, ISelection>(this);
 }

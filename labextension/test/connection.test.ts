@@ -129,6 +129,14 @@ describe('ChatConnection', () => {
     expect(store.transcript(agentKey('local', 'a1')).pending.size).toBe(0);
   });
 
+  it('sends a retry under the same correlationId', async () => {
+    socket.connect();
+    const id = await connection.chat('local', 'a1', 'hi', 'fixed-id');
+    await connection.chat('local', 'a1', 'hi', id);
+    const chats = socket.take().filter(e => e.payload?.event === 'chat');
+    expect(chats.map(c => c.payload.payload.correlationId)).toEqual(['fixed-id', 'fixed-id']);
+  });
+
   it('refuses to send while offline instead of queueing silently', async () => {
     const error = await connection.chat('local', 'a1', 'hi').catch(e => e);
     expect(error.code).toBe('OFFLINE');
