@@ -13,6 +13,11 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
     return [{"module": "agenstra_jupyter", "app": ControllerApp}]
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """The prebuilt JupyterLab sidebar (built from labextension/ by the package build)."""
+    return [{"src": "labextension", "dest": "@agenstra/jupyterlab"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """`%load_ext agenstra_jupyter`: the %agent / %%agent magics."""
     from .magics import load_ipython_extension as load

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -176,6 +177,19 @@ def snap(page, name: str) -> None:
 
 
 # -- tests -----------------------------------------------------------------------------
+
+
+def test_the_installed_package_ships_the_extension_enabled():
+    import agenstra_jupyter
+
+    listed = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"],
+                            capture_output=True, text=True, check=True)
+    line = next(line for line in (listed.stdout + listed.stderr).splitlines()
+                if "@agenstra/jupyterlab" in line)
+    assert "enabled" in line and "OK" in line and "agenstra_jupyter" in line
+    (path,) = agenstra_jupyter._jupyter_labextension_paths()
+    built = Path(agenstra_jupyter.__file__).parent / path["src"]
+    assert json.loads((built / "package.json").read_text())["name"] == path["dest"]
 
 
 def test_panel_opens_creates_an_agent_and_chats(page, lab):
