@@ -119,6 +119,22 @@ def wait_state(page, state: str) -> None:
     page.wait_for_selector(f'{PANEL} .jp-AgenstraChat-status[data-state="{state}"]')
 
 
+def open_agent_form(page) -> None:
+    """`+` is enabled once the manager's providers list has arrived."""
+    page.click(f"{PANEL} [title='New agent'][aria-disabled='false']")
+    page.wait_for_selector(f"{PANEL} form.jp-AgenstraChat-create")
+
+
+def create_agent(page, name: str, provider: str = "echo", config: dict | None = None) -> None:
+    open_agent_form(page)
+    page.fill(f"{PANEL} input[aria-label='Agent name']", name)
+    page.select_option(f"{PANEL} select[aria-label=Provider]", provider)
+    if config is not None:
+        page.fill(f"{PANEL} textarea[aria-label=Config]", json.dumps(config))
+    page.click(f"{PANEL} button:has-text('Create')")
+    wait_selected(page, name)
+
+
 def wait_selected(page, agent_name: str) -> None:
     page.wait_for_function(
         "name => document.querySelector('#agenstra-chat select[aria-label=Agent]')"
@@ -197,11 +213,7 @@ def test_panel_opens_creates_an_agent_and_chats(page, lab):
     wait_selected(page, "assistant")
 
     # A new agent, from the manager's providers list.
-    page.click(f"{PANEL} [title='New agent']")
-    page.fill(f"{PANEL} input[aria-label='Agent name']", "helper")
-    page.select_option(f"{PANEL} select[aria-label=Provider]", "echo")
-    page.click(f"{PANEL} button:has-text('Create')")
-    wait_selected(page, "helper")
+    create_agent(page, "helper")
 
     # Shift+Enter is a new line; Enter sends.
     box = page.locator(f"{PANEL} textarea[aria-label=Message]")
@@ -241,9 +253,32 @@ def test_panel_opens_creates_an_agent_and_chats(page, lab):
     page.keyboard.press("Escape")
 
 
+def test_switching_managers(page, lab, start_manager):
+    """A second manager registered by URL: its agents are picked and chatted with apart."""
+    remote = start_manager("remote")
+    response = httpx.post(f"{lab.full_url}agenstra/api/clients",
+                          headers={"Authorization": f"token {lab.token}"},
+                          json={"name": "remote", "endpoint": remote.url, "apiKey": remote.api_key})
+    assert response.status_code == 201, response.text
+    open_panel(page)
+    page.select_option(f"{PANEL} select[aria-label=Manager]", label="remote")
+    page.wait_for_selector(f"{PANEL} .jp-AgenstraChat-empty")  # no agents there yet
+    create_agent(page, "far")
+    send(page, "over there")
+    wait_answer(page, "over there")
+
+    page.select_option(f"{PANEL} select[aria-label=Manager]", label="local")
+    wait_selected(page, "assistant")
+    assert page.locator(MESSAGES).count() == 0  # the local agent's (empty) history
+    page.select_option(f"{PANEL} select[aria-label=Manager]", label="remote")
+    wait_selected(page, "far")
+    wait_answer(page, "over there")
+    assert len(shown_ids(page)) == 2
+
+
 def test_bad_agent_form_input_is_explained_and_sends_nothing(page, lab):
     open_panel(page)
-    page.click(f"{PANEL} [title='New agent']")
+    open_agent_form(page)
     page.fill(f"{PANEL} input[aria-label='Agent name']", "ok-name")
     page.fill(f"{PANEL} textarea[aria-label=Config]", "{not json")
     page.click(f"{PANEL} button:has-text('Create')")
@@ -281,12 +316,7 @@ def test_agent_output_renders_inert(page, lab):
 def test_streaming_tool_calls_and_cancel(page, lab):
     """An ACP agent (the fake speaks the real protocol): live deltas, collapsed tools, cancel."""
     open_panel(page)
-    page.click(f"{PANEL} [title='New agent']")
-    page.fill(f"{PANEL} input[aria-label='Agent name']", "acp")
-    page.select_option(f"{PANEL} select[aria-label=Provider]", "acp")
-    page.fill(f"{PANEL} textarea[aria-label=Config]", json.dumps({"command": FAKE_ACP_AGENT}))
-    page.click(f"{PANEL} button:has-text('Create')")
-    wait_selected(page, "acp")
+    create_agent(page, "acp", "acp", {"command": FAKE_ACP_AGENT})
 
     send(page, "files")
     answer = page.locator(f"{MESSAGES}.jp-mod-agent").last

@@ -74,13 +74,19 @@ export class SidebarModel {
   }
 
   /** Loads managers and agents, keeping `preferred` (the remembered agent) when it exists. */
-  async load(preferred?: ISelection): Promise<void> {
-    await this._guard(async () => {
-      this.clients = await this.api.clients();
-      const clientId =
-        this.clients.find(c => c.id === preferred?.clientId)?.id ?? this.clients[0]?.id ?? null;
-      await this._useClient(clientId, preferred?.agentId ?? null);
-    });
+  load(preferred?: ISelection): Promise<void> {
+    this._started = true;
+    // One load at a time: a refresh must not race the start-up load of the remembered agent.
+    this._loading = this._loading.then(() =>
+      this._guard(async () => {
+        const wanted = preferred ?? this.selection;
+        this.clients = await this.api.clients();
+        const clientId =
+          this.clients.find(c => c.id === wanted.clientId)?.id ?? this.clients[0]?.id ?? null;
+        await this._useClient(clientId, wanted.agentId);
+      }).then(() => undefined)
+    );
+    return this._loading;
   }
 
   async selectClient(clientId: string): Promise<void> {
@@ -95,8 +101,10 @@ export class SidebarModel {
     await this.openSelected();
   }
 
-  async refreshAgents(): Promise<void> {
-    await this._guard(() => this._useClient(this.selection.clientId, this.selection.agentId));
+  /** Reloads managers and agents, keeping the selection where it still exists. */
+  refresh(): Promise<void> {
+    // Before the first load (the panel restored open at start-up) there is nothing to refresh.
+    return this._started ? this.load() : Promise.resolve();
   }
 
   async createAgent(request: IAgentCreate): Promise<boolean> {
@@ -209,6 +217,8 @@ export class SidebarModel {
     this._changed.emit();
   }
 
+  private _started = false;
+  private _loading: Promise<void> = Promise.resolve();
   private _failed: { key: string | null; text: string; correlationId: string } | null = null;
   private readonly _changed = new Signal<this, void>(this);
   private readonly _selected = new Signal<this, ISelection>(this);

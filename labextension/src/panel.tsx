@@ -44,7 +44,7 @@ export class ChatPanel extends ReactWidget {
   protected onAfterShow(msg: Message): void {
     super.onAfterShow(msg);
     this._updateViewed();
-    void this.model.refreshAgents();
+    void this.model.refresh(); // managers or agents may have come or gone
   }
 
   protected onAfterHide(msg: Message): void {
@@ -166,8 +166,8 @@ function AgentActions({ model, onCreate }: { model: SidebarModel; onCreate: () =
         enabled={!!model.catalog} />
       <ToolbarButtonComponent icon={deleteIcon} tooltip="Delete agent"
         onClick={() => void confirmDelete()} enabled={!!model.selection.agentId} />
-      <ToolbarButtonComponent icon={refreshIcon} tooltip="Refresh agents"
-        onClick={() => void model.load(model.selection)} />
+      <ToolbarButtonComponent icon={refreshIcon} tooltip="Refresh managers and agents"
+        onClick={() => void model.refresh()} />
     </div>
   );
 }

@@ -43,6 +43,16 @@ describe('SidebarModel', () => {
     expect(model.selection).toEqual({ clientId: 'local', agentId: 'a1' });
   });
 
+  it('lets a refresh wait for the start-up load, keeping the remembered agent', async () => {
+    const { model } = setUp();
+    await model.refresh(); // before start-up: nothing to do
+    expect(model.clients).toEqual([]);
+    const startUp = model.load({ clientId: 'local', agentId: 'a2' });
+    const refresh = model.refresh();
+    await Promise.all([startUp, refresh]);
+    expect(model.selection).toEqual({ clientId: 'local', agentId: 'a2' });
+  });
+
   it('retries a failed message under its first correlationId', async () => {
     const { model, socket } = setUp();
     await model.load();
