@@ -288,7 +288,7 @@ def test_bad_agent_form_input_is_explained_and_sends_nothing(page, lab):
     page.fill(f"{PANEL} input[aria-label='Agent name']", "assistant")
     page.fill(f"{PANEL} textarea[aria-label=Config]", "")
     page.click(f"{PANEL} button:has-text('Create')")
-    notice = page.locator(f"{PANEL} .jp-AgenstraChat-notice.jp-mod-error")
+    notice = page.locator(f"{PANEL} .jp-AgenstraChat-notice")
     notice.wait_for()
     assert "assistant" in notice.inner_text()
     names = page.locator(f"{PANEL} select[aria-label=Agent] option").all_inner_texts()

@@ -16,11 +16,6 @@ export interface ISelection {
   agentId: string | null;
 }
 
-export interface INotice {
-  kind: 'error' | 'info';
-  message: string;
-}
-
 export class SidebarModel {
   constructor(
     readonly api: ControllerApi,
@@ -29,8 +24,9 @@ export class SidebarModel {
     this.store.changed.connect(this._emit, this);
     connection.statusChanged.connect(() => {
       const { error } = connection.status;
-      if (error) {
-        this.notice = { kind: 'error', message: error.message };
+      if (error && error !== this._reported) {
+        this._reported = error; // shown once: a dismissed error does not come back
+        this.notice = error.message;
       }
       this._emit();
       // Back online: whatever failed to open (the manager was away) is tried again.
@@ -42,7 +38,8 @@ export class SidebarModel {
   agents: IAgent[] = [];
   catalog: ICatalog | null = null;
   selection: ISelection = { clientId: null, agentId: null };
-  notice: INotice | null = null;
+  /** The last failure, shown until dismissed. */
+  notice: string | null = null;
   loading = false;
 
   get store(): ChatStore {
@@ -205,7 +202,7 @@ export class SidebarModel {
       await action();
       return true;
     } catch (error: any) {
-      this.notice = { kind: 'error', message: error?.message ?? String(error) };
+      this.notice = error?.message ?? String(error);
       return false;
     } finally {
       this.loading = false;
@@ -217,6 +214,7 @@ export class SidebarModel {
     this._changed.emit();
   }
 
+  private _reported: unknown = null;
   private _started = false;
   private _loading: Promise<void> = Promise.resolve();
   private _failed: { key: string | null; text: string; correlationId: string } | null = null;

@@ -91,8 +91,8 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
           }} />
       )}
       {model.notice && (
-        <div className={`jp-AgenstraChat-notice jp-mod-${model.notice.kind}`} role="alert">
-          <span>{model.notice.message}</span>
+        <div className="jp-AgenstraChat-notice" role="alert">
+          <span>{model.notice}</span>
           <Button minimal small onClick={() => model.dismissNotice()} aria-label="Dismiss">×</Button>
         </div>
       )}

@@ -43,6 +43,15 @@ describe('SidebarModel', () => {
     expect(model.selection).toEqual({ clientId: 'local', agentId: 'a1' });
   });
 
+  it('shows a controller error once, not again after it was dismissed', async () => {
+    const { model, socket } = setUp();
+    socket.fire('error', { code: 'RATE_LIMITED', message: 'Too many messages' });
+    expect(model.notice).toBe('Too many messages');
+    model.dismissNotice();
+    socket.fire('remoteReconnecting', { clientId: 'local', attempt: 1 });
+    expect(model.notice).toBeNull();
+  });
+
   it('lets a refresh wait for the start-up load, keeping the remembered agent', async () => {
     const { model } = setUp();
     await model.refresh(); // before start-up: nothing to do
@@ -61,7 +70,7 @@ describe('SidebarModel', () => {
         ? { ok: false, error: { code: 'REMOTE_UNAVAILABLE', message: 'Manager unavailable' } }
         : { ok: true };
     expect(await model.send('hello')).toBe(false);
-    expect(model.notice).toEqual({ kind: 'error', message: 'Manager unavailable' });
+    expect(model.notice).toBe('Manager unavailable');
     socket.answer = () => ({ ok: true });
     expect(await model.send('hello')).toBe(true);
     expect(await model.send('hello')).toBe(true); // sent: a new message, a new id
