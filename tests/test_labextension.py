@@ -32,7 +32,7 @@ PANEL = "#agenstra-chat"
 MESSAGES = f"{PANEL} .jp-AgenstraChat-message[data-id]"
 TIMEOUT_MS = 30_000
 FAKE_ACP_AGENT = [sys.executable, str(Path(__file__).parent / "fakes" / "acp_agent.py")]
-SELECTION_KEY = "@agenstra/jupyterlab:plugin:selection"  # where the panel remembers its agent
+STATE_KEY = "@agenstra/jupyterlab:plugin:state"  # where the panel remembers its agent
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -232,7 +232,7 @@ def test_panel_opens_creates_an_agent_and_chats(page, lab):
 
     # The last agent is remembered across a reload (JupyterLab saves it in the workspace).
     helper = agent_id(lab, "helper")
-    wait_until(lambda: workspace(lab)["data"].get(SELECTION_KEY, {}).get("agentId") == helper)
+    wait_until(lambda: workspace(lab)["data"].get(STATE_KEY, {}).get("agentId") == helper)
     page.reload()
     page.wait_for_selector(".jp-LabShell")
     open_panel(page)
@@ -440,6 +440,13 @@ def test_unread_badge_while_panel_hidden(page, lab):
     tab = page.locator("li[data-id='agenstra-chat']")
     page.wait_for_selector("li[data-id='agenstra-chat'][data-unread='1']")
     assert "1 unread" in tab.get_attribute("title")
+
+    # Still unread after a reload: how far the agent was read is kept in the workspace.
+    key = f"local/{agent_id(lab, 'assistant')}"
+    wait_until(lambda: workspace(lab)["data"].get(STATE_KEY, {}).get("read", {}).get(key) == 2)
+    page.reload()
+    page.wait_for_selector(".jp-LabShell")
+    page.wait_for_selector("li[data-id='agenstra-chat'][data-unread='1']")
     tab.click()
     wait_answer(page, "while you were away")
     page.wait_for_selector("li[data-id='agenstra-chat']:not([data-unread])")

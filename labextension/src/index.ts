@@ -25,8 +25,13 @@ import { ChatStore } from './state';
 
 const PLUGIN_ID = '@agenstra/jupyterlab:plugin';
 const PANEL_ID = 'agenstra-chat';
-const STATE_KEY = `${PLUGIN_ID}:selection`;
+const STATE_KEY = `${PLUGIN_ID}:state`;
 const OPEN_COMMAND = 'agenstra:open-chat';
+
+/** What the panel keeps in JupyterLab's state database (saved with the workspace). */
+interface ISavedState extends ISelection {
+  read?: Record<string, number>;
+}
 
 const chatIcon = new LabIcon({
   name: 'agenstra:chat',
@@ -108,13 +113,24 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     palette?.addItem({ command: OPEN_COMMAND, category: 'Agent Chat' });
 
-    // The last selected agent comes back with the page.
-    model.selected.connect((_, selection: ISelection) => {
-      void state?.save(STATE_KEY, selection as unknown as ReadonlyJSONObject);
+    // The last selected agent, and how far each agent was read, come back with the page.
+    let saving = 0;
+    const remember = () => {
+      window.clearTimeout(saving);
+      saving = window.setTimeout(() => {
+        const saved: ISavedState = { ...model.selection, read: model.store.readPositions() };
+        void state?.save(STATE_KEY, saved as unknown as ReadonlyJSONObject);
+      }, 1000);
+    };
+    void Promise.all([app.restored, state?.fetch(STATE_KEY)]).then(([, value]) => {
+      const saved = value as unknown as ISavedState | undefined;
+      Object.entries(saved?.read ?? {}).forEach(([key, seq]) =>
+        model.store.restoreReadSeq(key, seq)
+      );
+      model.selected.connect(remember);
+      model.store.changed.connect(remember);
+      return model.load(saved);
     });
-    void Promise.all([app.restored, state?.fetch(STATE_KEY)]).then(([, saved]) =>
-      model.load((saved as unknown as ISelection) ?? undefined)
-    );
   }
 };
 

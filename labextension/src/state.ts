@@ -266,6 +266,11 @@ export class ChatStore {
     this._readSeq.set(key, seq);
   }
 
+  /** Where reading stopped, per agent: what the state database keeps across reloads. */
+  readPositions(): Record<string, number> {
+    return Object.fromEntries(this._readSeq);
+  }
+
   unread(key: string): number {
     const transcript = this._transcripts.get(key);
     const read = this._readSeq.get(key);
