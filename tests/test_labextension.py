@@ -424,6 +424,10 @@ def test_notebook_widget_message_appears_live_and_code_inserts(page, lab):
         "() => [...document.querySelectorAll('.jp-Notebook .jp-Cell .cm-content')]"
         ".some(n => n.textContent.includes('print(6 * 7)'))")
     assert cells.count() == before + 1
+    # ... and Copy puts the code on the clipboard.
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    answer.locator("[title='Copy']").click()
+    assert page.evaluate("navigator.clipboard.readText()").strip() == "print(6 * 7)"
 
 
 def test_unread_badge_while_panel_hidden(page, lab):

@@ -228,6 +228,9 @@ function TranscriptView(props: {
         <LiveTurnView key={turn.correlationId} turn={turn} rendermime={rendermime}
           actions={actions} />
       ))}
+      {transcript.busy && transcript.live.size === 0 && (
+        <div className="jp-AgenstraChat-working">Waiting for the agent…</div>
+      )}
     </div>
   );
 }
