@@ -19,7 +19,7 @@ if ((${#packages[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
-# Builds the JupyterLab extension too (npm install + tsc + jupyter-builder, when stale).
+# Builds the JupyterLab extension too (npm install + tsc + jupyter-builder).
 python -m pip install -q --disable-pip-version-check -e ".[test]"
 
 # The real agent CLIs the provider tests drive (against fake model APIs on 127.0.0.1).

@@ -163,7 +163,7 @@ class JupyterProcess:
 
 
 def start_jupyter(root: Path, extra_env: dict | None = None, port: int = 0,
-                  token: str = "", extra_args: tuple[str, ...] = ()) -> JupyterProcess:
+                  token: str = "") -> JupyterProcess:
     import socket
     import time
 
@@ -180,7 +180,7 @@ def start_jupyter(root: Path, extra_env: dict | None = None, port: int = 0,
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
          f"--port={port}", "--ServerApp.base_url=/jp/", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}", *extra_args],
+         f"--ServerApp.root_dir={root}"],
         stdout=log, stderr=log, env=env, cwd=root,
     )
     server = JupyterProcess(f"http://127.0.0.1:{port}", "/jp/", token, data_dir, env, process)
