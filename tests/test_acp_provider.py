@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from agenstra_jupyter.protocol import ChatEventKind, ManagerEvent
 
+from .fakes import ACP_AGENT_COMMAND
 from .fakes.vendors import Reply
 from .helpers import AgentsClient
 from .test_cli_providers import (  # noqa: F401  (fixtures)
@@ -18,11 +18,9 @@ from .test_cli_providers import (  # noqa: F401  (fixtures)
     vendor,
 )
 
-FAKE_AGENT = [sys.executable, str(Path(__file__).parent / "fakes" / "acp_agent.py")]
-
 
 async def acp_agent(manager, name: str, **config) -> tuple[dict, AgentsClient]:
-    config.setdefault("command", FAKE_AGENT)
+    config.setdefault("command", ACP_AGENT_COMMAND)
     agent = await manager.create_agent(name=name, provider="acp", config=config)
     client = await AgentsClient().connect(manager)
     await client.login(agent)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from .conftest import JupyterProcess, start_jupyter, stop_jupyter
+from .fakes import ACP_AGENT_COMMAND
 
 CHROMIUM = os.environ.get("AGENSTRA_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "labextension"
@@ -31,7 +33,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 PANEL = "#agenstra-chat"
 MESSAGES = f"{PANEL} .jp-AgenstraChat-message[data-id]"
 TIMEOUT_MS = 30_000
-FAKE_ACP_AGENT = [sys.executable, str(Path(__file__).parent / "fakes" / "acp_agent.py")]
 STATE_KEY = "@agenstra/jupyterlab:plugin:state"  # where the panel remembers its agent
 
 pytestmark = pytest.mark.timeout(300)
@@ -88,20 +89,29 @@ def lab(tmp_path) -> Iterator[JupyterProcess]:
     stop_jupyter(server)
 
 
-@pytest.fixture
-def page(browser, lab, request) -> Iterator:
+@contextmanager
+def lab_page(browser, server: JupyterProcess, name: str) -> Iterator:
+    """JupyterLab, logged in, in a fresh browser context; a screenshot of it at the end."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(f"{lab.full_url}lab?token={lab.token}")
-    page.wait_for_selector(".jp-LabShell")
-    yield page
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
-    context.close()
+    try:
+        page.goto(f"{server.full_url}lab?token={server.token}")
+        page.wait_for_selector(".jp-LabShell")
+        yield page
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def page(browser, lab, request) -> Iterator:
+    with lab_page(browser, lab, request.node.name) as page:
+        yield page
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -316,7 +326,7 @@ def test_agent_output_renders_inert(page, lab):
 def test_streaming_tool_calls_and_cancel(page, lab):
     """An ACP agent (the fake speaks the real protocol): live deltas, collapsed tools, cancel."""
     open_panel(page)
-    create_agent(page, "acp", "acp", {"command": FAKE_ACP_AGENT})
+    create_agent(page, "acp", "acp", {"command": ACP_AGENT_COMMAND})
 
     send(page, "files")
     answer = page.locator(f"{MESSAGES}.jp-mod-agent").last
@@ -478,37 +488,30 @@ def test_killed_manager_reconnects_with_the_complete_transcript(page, lab):
 def test_server_restart_resumes_without_gap_or_duplicate(browser, tmp_path, request):
     """The browser's own socket drops; on reconnect it resumes after the last seq it holds."""
     server = start_jupyter(tmp_path, lab_env(tmp_path))
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
     try:
-        page.goto(f"{server.full_url}lab?token={server.token}")
-        page.wait_for_selector(".jp-LabShell")
-        open_panel(page)
-        send(page, "one")
-        wait_answer(page, "one")
+        with lab_page(browser, server, request.node.name) as page:
+            open_panel(page)
+            send(page, "one")
+            wait_answer(page, "one")
 
-        port = int(server.url.rsplit(":", 1)[1])
-        stop_jupyter(server)
-        wait_state(page, "reconnecting")
-        snap(page, "server-down")
-        server = start_jupyter(tmp_path, lab_env(tmp_path), port=port, token=server.token)
-        # Sent by someone else while this browser was away.
-        client = server.client()
-        try:
-            client.agent("assistant").chat("two, sent elsewhere")
-        finally:
-            client.close()
-        wait_state(page, "connected")
-        wait_answer(page, "two, sent elsewhere")
-        send(page, "three")
-        wait_answer(page, "three")
-        ids = shown_ids(page)
-        assert len(ids) == len(set(ids)) == 6
-        assert ids == stored_ids(server, "assistant")
-        snap(page, "server-back")
+            port = int(server.url.rsplit(":", 1)[1])
+            stop_jupyter(server)
+            wait_state(page, "reconnecting")
+            snap(page, "server-down")
+            server = start_jupyter(tmp_path, lab_env(tmp_path), port=port, token=server.token)
+            # Sent by someone else while this browser was away.
+            client = server.client()
+            try:
+                client.agent("assistant").chat("two, sent elsewhere")
+            finally:
+                client.close()
+            wait_state(page, "connected")
+            wait_answer(page, "two, sent elsewhere")
+            send(page, "three")
+            wait_answer(page, "three")
+            ids = shown_ids(page)
+            assert len(ids) == len(set(ids)) == 6
+            assert ids == stored_ids(server, "assistant")
+            snap(page, "server-back")
     finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"))
-        context.close()
         stop_jupyter(server)

@@ -117,10 +117,8 @@ export class Transcript {
     this.pending.set(correlationId, { correlationId, text });
   }
 
-  dropPending(correlationId: string): IPendingMessage | undefined {
-    const pending = this.pending.get(correlationId);
+  dropPending(correlationId: string): void {
     this.pending.delete(correlationId);
-    return pending;
   }
 
   /** Agent messages after `seq`: what the user has not seen. */
@@ -255,10 +253,6 @@ export class ChatStore {
     if (key !== null && this.unread(key) > 0) {
       this._touch(key);
     }
-  }
-
-  readSeq(key: string): number | undefined {
-    return this._readSeq.get(key);
   }
 
   /** Restores where reading stopped (from the state database). */
