@@ -97,7 +97,8 @@ async def test_real_claude_agent_acp_adapter(cli_manager, vendor):  # noqa: F811
     vendor.script(Reply(text="Answer through the ACP adapter."))
     config = {"command": [str(CLI_BIN / "claude-agent-acp")],
               "env": {"ANTHROPIC_BASE_URL": vendor.url, "ANTHROPIC_API_KEY": SECRET,
-                      "CLAUDE_CODE_EXECUTABLE": str(CLI_BIN / "claude")}}
+                      "CLAUDE_CODE_EXECUTABLE": str(CLI_BIN / "claude")},
+              "loopbackPorts": [vendor.port]}
     agent = await cli_manager.create_agent(name="claudeacp", provider="acp", config=config)
     client = await AgentsClient().connect(cli_manager)
     await client.login(agent)

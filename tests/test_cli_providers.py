@@ -49,7 +49,8 @@ def cli_manager(start_manager):
 
 def claude_config(vendor: FakeVendor, **extra) -> dict:
     return {"preset": "claude", "env": {"ANTHROPIC_BASE_URL": vendor.url,
-                                        "ANTHROPIC_API_KEY": SECRET}, **extra}
+                                        "ANTHROPIC_API_KEY": SECRET},
+            "loopbackPorts": [vendor.port], **extra}
 
 
 async def cli_agent(manager, name: str, config: dict) -> tuple[dict, AgentsClient]:
@@ -207,8 +208,9 @@ async def test_codex_answers_resumes_and_reports_failures(cli_manager, vendor):
     need_cli("codex")
     vendor.script(Reply(text="Codex says hi."), Reply(text="Codex again."),
                   Reply(status=400, error_message="bad request from the fake"))
-    # HOME is the agent's workspace, so ~/.codex/config.toml is one of its files.
-    config = {"preset": "codex", "env": {"MOCK_KEY": SECRET}, "files": codex_files(vendor)}
+    # config.files are written into the agent's private HOME: ~/.codex/config.toml.
+    config = {"preset": "codex", "env": {"MOCK_KEY": SECRET}, "files": codex_files(vendor),
+              "loopbackPorts": [vendor.port]}
     _, client = await cli_agent(cli_manager, "codex1", config)
     first = await client.chat("hello", correlationId="a")
     assert first["response"]["result"] == "Codex says hi."
@@ -229,7 +231,7 @@ async def test_gemini_streams_deltas(cli_manager, vendor):
     settings = json.dumps({"security": {"auth": {"selectedType": "gemini-api-key"}}})
     config = {"preset": "gemini", "model": "gemini-2.5-flash",
               "env": {"GEMINI_API_KEY": SECRET, "GOOGLE_GEMINI_BASE_URL": vendor.url},
-              "files": {".gemini/settings.json": settings}}
+              "files": {".gemini/settings.json": settings}, "loopbackPorts": [vendor.port]}
     _, client = await cli_agent(cli_manager, "gemini1", config)
     answer = await client.chat("hello", correlationId="g")
     assert answer["response"]["result"] == "Gemini streams this."

@@ -20,6 +20,8 @@ async def test_claude_found_on_path_becomes_the_default_agent(jupyter, vendor,  
     need_cli("claude")
     monkeypatch.setenv("PATH", f"{CLI_BIN}:{os.environ['PATH']}")
     monkeypatch.setenv("ANTHROPIC_BASE_URL", vendor.url)
+    # Read when the default agent is made (the local manager is still starting now).
+    jupyter.controller.app.default_agent_config = {"loopbackPorts": [vendor.port]}
     monkeypatch.setenv("ANTHROPIC_API_KEY", SECRET)
     vendor.script(Reply(text="streaming slowly " * 30, chunk_delay=0.2))
     vendor.default = Reply(text="Claude, through the controller.")

@@ -75,7 +75,8 @@ async def docker_agent(manager, name: str, provider: str, config: dict, image: s
 async def test_claude_cli_in_a_container(cli_manager, vendor, agent_image):  # noqa: F811
     vendor.script(Reply(text="Hello from inside the container."))
     config = {"preset": "claude",
-              "env": {"ANTHROPIC_BASE_URL": vendor.url, "ANTHROPIC_API_KEY": SECRET}}
+              "env": {"ANTHROPIC_BASE_URL": vendor.url, "ANTHROPIC_API_KEY": SECRET},
+              "loopbackPorts": [vendor.port]}
     agent, client = await docker_agent(cli_manager, "boxedclaude", "cli", config, agent_image)
     answer = await client.chat("hello", correlationId="c", timeout=90)
     assert answer["response"]["result"] == "Hello from inside the container."

@@ -9,18 +9,18 @@ from typing import Any
 import socketio
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, List, Unicode, default
+from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 
 from .. import protocol
 from ..config import apply_env
 from ..db import sqlite_url
+from ..secrets import SecretBox, private_dir
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
 from .links import Backoff
 from .local import LocalManager
 from .manager_api import ManagerAPI
 from .registry import LOCAL_CLIENT_ID, Registry
-from .secrets import SecretBox
 from .socketio_handler import jupyter_socketio_handler
 
 
@@ -60,6 +60,10 @@ class ControllerApp(ExtensionApp):
     default_agent_runtime = Unicode("process", help="Runtime of the default agent.").tag(
         config=True, env="AGENSTRA_DEFAULT_RUNTIME"
     )
+    default_agent_config = Dict(
+        help="Config merged into the default agent's, e.g. {'loopbackPorts': [11434]} for a "
+        "local model server. AGENSTRA_DEFAULT_AGENT_CONFIG."
+    ).tag(config=True, env="AGENSTRA_DEFAULT_AGENT_CONFIG")
     reconnect_delay = Float(0.5, help="First delay before reconnecting to a manager (s).").tag(
         config=True, env="AGENSTRA_RECONNECT_DELAY"
     )
@@ -117,7 +121,7 @@ class Controller:
     def __init__(self, app: ControllerApp) -> None:
         self.app = app
         self.log = app.log
-        data_dir = Path(app.data_dir)
+        data_dir = private_dir(Path(app.data_dir))
         box = (
             SecretBox(app.secret_key.encode())
             if app.secret_key
@@ -181,7 +185,8 @@ class Controller:
         provider, config = await self._default_provider(client)
         created = await self.api.request(
             client.endpoint, client.api_key, "POST", "/api/agents",
-            json={"name": app.default_agent_name, "provider": provider, "config": config,
+            json={"name": app.default_agent_name, "provider": provider,
+                  "config": {**config, **app.default_agent_config},
                   "runtime": app.default_agent_runtime,
                   "description": "Created on first start"},
         )

@@ -63,8 +63,9 @@ class AgentService:
     async def describe(self) -> dict[str, Any]:
         runtimes = []
         for name, runtime in self.runtimes.items():
+            available = await runtime.available()  # first: it refreshes what info() reports
             info = runtime.info()
-            info.update(available=await runtime.available(), default=name == self.default_runtime)
+            info.update(available=available, default=name == self.default_runtime)
             runtimes.append(info)
         return {
             "providers": [cls.info() for cls in self.providers.values()],
@@ -84,9 +85,10 @@ class AgentService:
             raise AgentError(400, f"config is larger than {MAX_CONFIG_BYTES} bytes")
         config = dict(request.config)
         if provider.needs_network:
-            config.setdefault("network", "host")  # it must reach its model's API
+            config.setdefault("network", "egress")  # it must reach its model's API
         try:
             provider.validate_config(config)
+            self.runtimes[runtime].validate_config(config)
         except ValueError as exc:
             raise AgentError(400, str(exc)) from None
         password = secrets.token_urlsafe(24)

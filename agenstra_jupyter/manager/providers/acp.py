@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import posixpath
 import shutil
 from typing import Any
 
@@ -35,6 +34,24 @@ KNOWN_AGENTS: dict[str, list[str]] = {
     "goose": ["goose", "acp"],
 }
 WRITING_KINDS = {"edit", "delete", "move"}
+READING_KINDS = {"read", "search"}
+# Run inside the agent's runtime, so a path means what it means to the agent: the nearest
+# existing ancestor is resolved (symlinks followed), the rest is appended; a last component
+# that is a symlink is refused (O_NOFOLLOW). Modes: resolve (print it), read, write (stdin).
+# Exit codes: 3 a symlink, 4 outside the workspace, 5 missing.
+FILE_SCRIPT = r"""
+mode=$1 path=$2 root=$3 rest=
+case "$path" in /*) ;; *) path="$root/$path";; esac
+t=$path
+while [ ! -d "$t" ]; do rest="/$(basename -- "$t")$rest"; t=$(dirname -- "$t"); done
+real="$(cd -- "$t" && pwd -P)$rest"
+real=$(printf '%s' "$real" | sed 's://*:/:g')
+[ "$mode" = resolve ] && { printf '%s' "$real"; exit 0; }
+[ -L "$real" ] && exit 3
+case "$real/" in "$root"/*) ;; *) [ "$mode" = write ] && exit 4;; esac
+if [ "$mode" = read ]; then [ -f "$real" ] || exit 5; exec cat -- "$real"; fi
+mkdir -p -- "$(dirname -- "$real")" && exec cat > "$real"
+"""
 CANCEL_GRACE = 5.0  # seconds an agent gets to end a cancelled turn itself
 STDERR_KEPT = 16 * 1024
 
@@ -197,24 +214,38 @@ class AcpProvider(Provider):
 
     # -- the agent's requests (see _AcpClient) -------------------------------------------
 
-    def allowed_write(self, path: str) -> bool:
-        root = self.runtime.workspace_path(self.agent).rstrip("/") + "/"
-        return posixpath.normpath(path).startswith(root)
+    async def file_op(self, mode: str, path: str, content: str | None = None) -> Any:
+        """Run FILE_SCRIPT in the runtime for `path` (see its modes and exit codes)."""
+        root = self.runtime.workspace_path(self.agent).rstrip("/")
+        return await self.runtime.exec(
+            self.agent, ["sh", "-c", FILE_SCRIPT, "sh", mode, path, root],
+            stdin=content.encode() if content is not None else None,
+        )
 
-    def choose(self, tool_call: Any, options: list[Any]) -> str | None:
-        """The option the permission policy picks (None: refuse)."""
+    async def within_workspace(self, path: str) -> bool:
+        """Whether `path`, resolved as the agent sees it, lies inside its workspace."""
+        result = await self.file_op("resolve", path)
+        root = self.runtime.workspace_path(self.agent).rstrip("/") + "/"
+        return result.exit_code == 0 and (result.stdout + "/").startswith(root)
+
+    async def choose(self, tool_call: Any, options: list[Any]) -> str | None:
+        """The option the permission policy picks (None: refuse).
+
+        `workspace` allows reads, searches and edits whose resolved paths are all inside
+        the workspace; commands, fetches and anything else are refused.
+        """
         policy = self.agent.config.get("permissions", "workspace")
         allowed = policy == "allow" or (
-            policy == "workspace" and self._within_workspace(tool_call)
+            policy == "workspace" and await self._within_workspace(tool_call)
         )
         wanted = ("allow_once", "allow_always") if allowed else ("reject_once", "reject_always")
         return next((o.option_id for o in options if o.kind in wanted), None)
 
-    def _within_workspace(self, tool_call: Any) -> bool:
-        if (tool_call.kind or "other") not in WRITING_KINDS:
-            return True  # reads and commands: the runtime's sandbox bounds them
+    async def _within_workspace(self, tool_call: Any) -> bool:
+        if (tool_call.kind or "other") not in WRITING_KINDS | READING_KINDS:
+            return False
         paths = [location.path for location in tool_call.locations or []]
-        return bool(paths) and all(self.allowed_write(path) for path in paths)
+        return bool(paths) and all([await self.within_workspace(path) for path in paths])
 
 
 class _AcpClient:
@@ -244,7 +275,7 @@ class _AcpClient:
                                  **_: Any) -> Any:
         from acp.schema import AllowedOutcome, DeniedOutcome, RequestPermissionResponse
 
-        option_id = self._provider.choose(tool_call, options)
+        option_id = await self._provider.choose(tool_call, options)
         recorder = self._provider._recorder
         if recorder is not None:
             verdict = "allowed" if option_id and "allow" in option_id.lower() else "refused"
@@ -260,8 +291,7 @@ class _AcpClient:
         import acp
         from acp.schema import ReadTextFileResponse
 
-        provider = self._provider
-        result = await provider.runtime.exec(provider.agent, ["cat", "--", path])
+        result = await self._provider.file_op("read", path)
         if result.exit_code != 0:
             raise acp.RequestError(-32002, f"Cannot read {path}")
         lines = result.stdout.splitlines(keepends=True)
@@ -273,10 +303,11 @@ class _AcpClient:
         import acp
         from acp.schema import WriteTextFileResponse
 
-        provider = self._provider
-        if not provider.allowed_write(path):
+        result = await self._provider.file_op("write", path, content)
+        if result.exit_code == 4:
             raise acp.RequestError(-32000, "Writes outside the workspace are not allowed")
-        await provider.runtime.write_file(provider.agent, path, content)
+        if result.exit_code != 0:
+            raise acp.RequestError(-32000, f"Cannot write {path}")
         return WriteTextFileResponse()
 
 

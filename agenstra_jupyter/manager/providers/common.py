@@ -8,6 +8,15 @@ from pathlib import PurePosixPath
 from typing import Any
 
 MAX_ERROR_CHARS = 300
+# The manager's and Jupyter's own credentials: never handed to an agent by name.
+RESERVED_ENV_PREFIXES = ("AGENSTRA_", "JUPYTER", "JPY_")
+
+
+def manager_variable(name: str) -> str | None:
+    """A variable of the manager's environment that config may pass to an agent."""
+    if name.upper().startswith(RESERVED_ENV_PREFIXES):
+        return None
+    return os.environ.get(name)
 
 
 def check_str_list(config: dict[str, Any], key: str) -> None:
@@ -27,6 +36,9 @@ def check_str_dict(config: dict[str, Any], key: str) -> None:
 def check_program_config(config: dict[str, Any]) -> None:
     """`env`, `passEnv` and `files` (settings written into the workspace)."""
     check_str_list(config, "passEnv")
+    for name in [*config.get("passEnv", []), config.get("apiKeyEnv", "")]:
+        if isinstance(name, str) and name.upper().startswith(RESERVED_ENV_PREFIXES):
+            raise ValueError(f"{name} is the manager's own variable: it is never passed on")
     for key in ("env", "files"):
         check_str_dict(config, key)
     for path in config.get("files", {}):
@@ -38,7 +50,9 @@ def check_program_config(config: dict[str, Any]) -> None:
 def program_environment(config: dict[str, Any], base: dict[str, str] | None = None) -> dict:
     """The agent program's extra environment: named manager variables, then config.env."""
     env = dict(base or {})
-    env.update({name: os.environ[name] for name in config.get("passEnv", []) if name in os.environ})
+    for name in config.get("passEnv", []):
+        if (value := manager_variable(name)) is not None:
+            env[name] = value
     env.update(config.get("env", {}))
     return env
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 from typing import Any
 
 import httpx
 
 from .base import Provider, ProviderError, Turn, TurnRecorder, TurnResult
-from .common import check_program_config, program_environment, short_error
+from .common import check_program_config, manager_variable, program_environment, short_error
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE = {408, 409, 429, 500, 502, 503, 504}
@@ -72,7 +71,7 @@ class OpenAIProvider(Provider):
 
     def _api_key(self) -> str | None:
         name = self.agent.config.get("apiKeyEnv", "OPENAI_API_KEY")
-        return program_environment(self.agent.config).get(name) or os.environ.get(name)
+        return program_environment(self.agent.config).get(name) or manager_variable(name)
 
     async def run_turn(self, turn: Turn) -> TurnResult:
         config = self.agent.config

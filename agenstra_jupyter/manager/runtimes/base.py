@@ -69,6 +69,10 @@ class Runtime(LoggingConfigurable):
         256 * 1024, help="Bytes of stdout (and of stderr) kept from a command; the rest is dropped."
     ).tag(config=True, env="AGENSTRA_OUTPUT_LIMIT")
 
+    @classmethod
+    def validate_config(cls, config: dict[str, Any]) -> None:
+        """Raise ValueError with a short message if this runtime cannot honour `config`."""
+
     async def available(self) -> bool:
         """Whether this runtime can run agents on this host right now."""
         return True
@@ -102,8 +106,8 @@ class Runtime(LoggingConfigurable):
         raise NotImplementedError
 
     async def write_file(self, agent: AgentRecord, path: str, content: str) -> None:
-        """Write a text file in the agent's environment (relative paths: its workspace)."""
-        script = 'mkdir -p "$(dirname "$1")" && cat > "$1"'
+        """Write a text file in the agent's environment (relative paths: its HOME)."""
+        script = 'cd "${HOME:-.}" 2>/dev/null; mkdir -p "$(dirname "$1")" && cat > "$1"'
         result = await self.exec(agent, ["sh", "-c", script, "sh", path], stdin=content.encode())
         if result.exit_code != 0:
             raise RuntimeFailure(f"Could not write {path} in the agent's workspace")

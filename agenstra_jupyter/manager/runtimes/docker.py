@@ -17,6 +17,7 @@ from traitlets import Enum, Float, Int, Unicode
 
 from ..models import AgentRecord
 from .base import STREAM_LIMIT, AgentProcess, Runtime, RuntimeFailure
+from .netns import SandboxNetwork, validate_network
 
 AGENT_LABEL = "agenstra.agent-id"
 NAME_LABEL = "agenstra.agent-name"
@@ -134,9 +135,16 @@ class DockerRuntime(Runtime):
     user = Unicode("1000:1000", help="uid:gid agents run as (never root).").tag(
         config=True, env="AGENSTRA_DOCKER_USER"
     )
-    network_mode = Unicode(
-        "none", help="Network of agent containers: none (default), host, bridge or a name."
+    network_mode = Enum(
+        ["none", "egress"],
+        default_value="none",
+        help="Network of agents whose config names none: none, or egress (a bridge network, "
+        "never the host's). AGENSTRA_DOCKER_NETWORK.",
     ).tag(config=True, env="AGENSTRA_DOCKER_NETWORK")
+    egress_network = Unicode(
+        "agenstra-egress", help="The bridge network egress agents join (created when missing; "
+        "no inter-container traffic). AGENSTRA_DOCKER_EGRESS_NETWORK."
+    ).tag(config=True, env="AGENSTRA_DOCKER_EGRESS_NETWORK")
     mem_limit = Unicode("1g", help="Memory limit per agent container.").tag(
         config=True, env="AGENSTRA_DOCKER_MEMORY"
     )
@@ -153,6 +161,7 @@ class DockerRuntime(Runtime):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self._client: Any = None
+        self._networks: dict[str, SandboxNetwork] = {}
 
     @property
     def client(self) -> Any:
@@ -165,6 +174,13 @@ class DockerRuntime(Runtime):
                 else docker.from_env()
             )
         return self._client
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "sandbox": "container", "network": "bridge"}
+
+    @classmethod
+    def validate_config(cls, config: dict[str, Any]) -> None:
+        validate_network(config)
 
     def workspace_path(self, agent: AgentRecord) -> str:
         return WORKSPACE
@@ -187,11 +203,13 @@ class DockerRuntime(Runtime):
         await self._call(self._start_sync, agent)
 
     async def stop(self, agent: AgentRecord) -> None:
+        await self._detach_network(agent)
         container = await self._call(self._find, agent)
         if container is not None and container.status == "running":
             await self._call(container.stop, timeout=2)
 
     async def remove(self, agent: AgentRecord) -> None:
+        await self._detach_network(agent)
         container = await self._call(self._find, agent)
         if container is not None:
             await self._call(container.remove, force=True)
@@ -203,9 +221,37 @@ class DockerRuntime(Runtime):
         """The agent's container (running), found by label; started if needed."""
         container = await self._call(self._find, agent)
         if container is None or container.status != "running":
+            await self._detach_network(agent)
             await self.start(agent)
             container = await self._call(self._find, agent)
+        await self._attach_network(agent, container)
         return container
+
+    async def _attach_network(self, agent: AgentRecord, container: Any) -> None:
+        """Inside an egress container, refuse the host and private ranges; relay the
+        config's loopbackPorts. Both need the manager on the Docker host, as root."""
+        ports = list(agent.config.get("loopbackPorts", []))
+        egress = self._network_for_name(agent) != "none"
+        if agent.id in self._networks or not (egress or ports):
+            return
+        network = SandboxNetwork()
+        try:
+            await self._call(container.reload)
+            await network.attach(int(container.attrs["State"]["Pid"]), egress, ports,
+                                 slirp=False)
+        except (RuntimeFailure, OSError, KeyError, ValueError):
+            if ports:
+                raise RuntimeFailure("config.loopbackPorts needs the manager on the Docker "
+                                     "host, running as root") from None
+            self.log.warning("Agent %s: could not refuse host and private addresses inside "
+                             "its container (the manager is not root on the Docker host)",
+                             agent.name)
+        self._networks[agent.id] = network
+
+    async def _detach_network(self, agent: AgentRecord) -> None:
+        network = self._networks.pop(agent.id, None)
+        if network is not None:
+            await network.close()
 
     async def spawn(
         self, agent: AgentRecord, argv: list[str], env: Mapping[str, str] | None = None
@@ -264,6 +310,10 @@ class DockerRuntime(Runtime):
 
     def _start_sync(self, agent: AgentRecord) -> None:
         container = self._find(agent)
+        if container is not None and container.attrs["HostConfig"]["NetworkMode"] == "host":
+            # Made by an older version: host networking reaches every loopback service.
+            container.remove(force=True)
+            container = None
         if container is None:
             container = self._create(agent)
         if container.status != "running":
@@ -296,7 +346,7 @@ class DockerRuntime(Runtime):
             user=self.user,
             working_dir=WORKSPACE,
             volumes={volume.name: {"bind": WORKSPACE, "mode": "rw"}},
-            network_mode=agent.config.get("network", self.network_mode),
+            network_mode=self._network_for(agent),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             mem_limit=self.mem_limit,
@@ -305,6 +355,26 @@ class DockerRuntime(Runtime):
             init=True,
             detach=True,
         )
+
+    def _network_for_name(self, agent: AgentRecord) -> str:
+        wanted = agent.config.get("network", self.network_mode)
+        # "host" appears only in configs of older versions: it now means egress.
+        return self.egress_network if wanted in ("egress", "host") else "none"
+
+    def _network_for(self, agent: AgentRecord) -> str:
+        """'none', or the egress bridge network (made once, without inter-container traffic)."""
+        if self._network_for_name(agent) == "none":
+            return "none"
+        import docker.errors
+
+        try:
+            self.client.networks.get(self.egress_network)
+        except docker.errors.NotFound:
+            self.client.networks.create(
+                self.egress_network, driver="bridge", labels={AGENT_LABEL: "egress"},
+                options={"com.docker.network.bridge.enable_icc": "false"},
+            )
+        return self.egress_network
 
     def _give_workspace_to_agent_user(self, image: str, volume: str) -> None:
         """A new named volume is root-owned: hand it to the agent user once, with CAP_CHOWN only."""

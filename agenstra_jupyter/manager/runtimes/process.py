@@ -1,33 +1,50 @@
 """The embedded default runtime: each agent is a workspace directory on this host.
 
-Commands run as subprocesses from argument lists, sandboxed with bubblewrap when it is
-installed: the host is read-only, the manager's data is hidden, the agent's workspace
-is the only writable path, and the network is off unless the agent asks for it.
+Every command runs in a bubblewrap sandbox built from an allow-list (runtimes/sandbox.py)
+with resource limits, in network namespaces of its own (runtimes/netns.py). Without a
+working sandbox the runtime refuses to run agents, unless the operator opted out with
+AGENSTRA_SANDBOX=none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from traitlets import Enum, Unicode
+from traitlets import Enum, Int, List, Unicode
 
 from ..models import AgentRecord
 from .base import STREAM_LIMIT, AgentProcess, Runtime, RuntimeFailure
+from .netns import SandboxNetwork, missing_tool, validate_network
+from .sandbox import (
+    SLIRP_DNS,
+    Limits,
+    SandboxSpec,
+    bwrap_argv,
+    resolve_program,
+    sandbox_environment,
+    secret_paths,
+)
 
-# What a sandboxed command may see of the manager's environment; the rest (API keys
-# among it) stays out unless an agent's config passes it explicitly.
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+INSTALL_HINT = (
+    "Agents cannot run: no working sandbox on this host ({reason}). Install it with "
+    "`apt-get install bubblewrap slirp4netns` (or your distribution's packages), or set "
+    "AGENSTRA_SANDBOX=none to run agents unsandboxed at your own risk."
+)
 
 
 class LocalProcess(AgentProcess):
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process,
+                 network: SandboxNetwork | None = None) -> None:
         self._process = process
+        self._network = network
         self.stdout = process.stdout  # type: ignore[assignment]
         self.stderr = process.stderr  # type: ignore[assignment]
 
@@ -44,14 +61,23 @@ class LocalProcess(AgentProcess):
             stdin.close()
 
     async def wait(self) -> int:
-        return await self._process.wait()
+        code = await self._process.wait()
+        await self._close_network()
+        return code
 
     async def kill(self) -> None:
         if self._process.returncode is None:
-            # The process leads its own session: kill the whole group it started.
+            # bwrap leads its own process group; its PID namespace dies with it, taking
+            # every process the agent started (setsid or not) along.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
             await self._process.wait()
+        await self._close_network()
+
+    async def _close_network(self) -> None:
+        network, self._network = self._network, None
+        if network is not None:
+            await network.close()
 
 
 class ProcessRuntime(Runtime):
@@ -61,28 +87,71 @@ class ProcessRuntime(Runtime):
     workspace_root = Unicode(
         "", help="Directory holding one workspace per agent (default: DATA_DIR/workspaces)."
     ).tag(config=True, env="AGENSTRA_WORKSPACE_ROOT")
+    state_root = Unicode(
+        "", help="Directory holding each agent's private HOME (default: DATA_DIR/agents)."
+    ).tag(config=True, env="AGENSTRA_AGENT_STATE_ROOT")
     sandbox = Enum(
-        ["auto", "bwrap", "none"],
-        default_value="auto",
-        help="auto: bubblewrap when installed, else a plain subprocess; bwrap: require it.",
+        ["bwrap", "none"],
+        default_value="bwrap",
+        help="bwrap: every agent command runs in a bubblewrap sandbox, and agents do not run "
+        "when it cannot be made; none: no sandbox at all (only for hosts that isolate the "
+        "manager themselves). AGENSTRA_SANDBOX.",
     ).tag(config=True, env="AGENSTRA_SANDBOX")
-    hidden_path = Unicode(
-        "", help="A host path the sandbox hides (the manager's data directory)."
+    protected_paths = List(
+        Unicode(), help="Host paths no sandbox may show besides HOME and Jupyter's directories "
+        "(the manager adds its data directory)."
     ).tag(config=True)
+    memory_limit = Unicode(
+        "2g", help="Memory (data segment) per agent process, e.g. 512m, 2g; 0: no limit. "
+        "AGENSTRA_PROCESS_MEMORY."
+    ).tag(config=True, env="AGENSTRA_PROCESS_MEMORY")
+    pids_limit = Int(
+        512, help="Processes an agent may run at once (0: no limit; the kernel does not apply "
+        "it when the manager runs as root). AGENSTRA_PROCESS_PIDS."
+    ).tag(config=True, env="AGENSTRA_PROCESS_PIDS")
+    file_size_limit = Unicode(
+        "4g", help="Largest file an agent process may write; 0: no limit. "
+        "AGENSTRA_PROCESS_FILE_SIZE."
+    ).tag(config=True, env="AGENSTRA_PROCESS_FILE_SIZE")
+    cpu_time_limit = Int(
+        7200, help="CPU seconds per agent process (0: no limit). AGENSTRA_PROCESS_CPU_TIME."
+    ).tag(config=True, env="AGENSTRA_PROCESS_CPU_TIME")
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self._running: dict[str, set[LocalProcess]] = {}
-        self._warned_unsandboxed = False
+        self._sandbox_works = False
+        self._problem: str | None = None
+
+    @classmethod
+    def validate_config(cls, config: dict[str, Any]) -> None:
+        validate_network(config)
 
     def workspace(self, agent: AgentRecord) -> Path:
         return Path(self.workspace_root) / agent.id
+
+    @property
+    def agents_root(self) -> Path:
+        """Where each agent's private state lives (state_root, or beside the workspaces)."""
+        if not self.workspace_root:
+            raise RuntimeFailure("The process runtime has no workspace_root")
+        return Path(self.state_root or Path(self.workspace_root).parent / "agents")
+
+    def home(self, agent: AgentRecord) -> Path:
+        return self.agents_root / agent.id / "home"
 
     def workspace_path(self, agent: AgentRecord) -> str:
         return str(self.workspace(agent))
 
     async def start(self, agent: AgentRecord) -> None:
-        self.workspace(agent).mkdir(parents=True, exist_ok=True)
+        problem = await self.sandbox_problem()
+        if problem:
+            raise RuntimeFailure(problem)
+        await asyncio.to_thread(self._make_dirs, agent)
+
+    def _make_dirs(self, agent: AgentRecord) -> None:
+        for path in (self.workspace(agent), self.home(agent)):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def stop(self, agent: AgentRecord) -> None:
         for process in list(self._running.get(agent.id, ())):
@@ -94,99 +163,180 @@ class ProcessRuntime(Runtime):
                 await process.kill()
 
     async def available(self) -> bool:
-        try:
-            self._sandbox_kind()
-        except RuntimeFailure:
-            return False
-        return True
+        return await self.sandbox_problem() is None
 
     def info(self) -> dict[str, object]:
-        try:
-            sandbox = self._sandbox_kind()
-        except RuntimeFailure:
-            sandbox = "missing"
-        return {**super().info(), "sandbox": sandbox}
+        """What the last check found (`available()` runs it): shown by every frontend."""
+        if self.sandbox == "none":
+            sandbox = "none"
+        else:
+            sandbox = "bwrap" if self._sandbox_works else "missing"
+        network = "slirp4netns" if shutil.which("slirp4netns") else "missing"
+        info: dict[str, object] = {**super().info(), "sandbox": sandbox, "network": network}
+        if self._problem:
+            info["problem"] = self._problem
+        return info
+
+    async def sandbox_problem(self) -> str | None:
+        """None when agents can run here; else what is wrong and how to fix it."""
+        if self.sandbox == "none" or self._sandbox_works:
+            self._problem = None
+            return None
+        if not shutil.which("bwrap"):
+            reason = "bubblewrap is not installed"
+        else:
+            probe = await asyncio.create_subprocess_exec(
+                "bwrap", "--unshare-all", "--ro-bind", "/", "/", "--", "true",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )
+            _, stderr = await probe.communicate()
+            if probe.returncode == 0:
+                self._sandbox_works, self._problem = True, None
+                return None
+            last = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["failed"]
+            reason = f"bubblewrap cannot create namespaces: {last[0]}"
+        self._problem = INSTALL_HINT.format(reason=reason)
+        return self._problem
 
     async def remove(self, agent: AgentRecord) -> None:
         await self.stop(agent)
         await asyncio.to_thread(shutil.rmtree, self.workspace(agent), True)
+        await asyncio.to_thread(shutil.rmtree, self.agents_root / agent.id, True)
 
     async def spawn(
         self, agent: AgentRecord, argv: list[str], env: Mapping[str, str] | None = None
     ) -> AgentProcess:
         if not argv or not all(isinstance(arg, str) for arg in argv):
             raise RuntimeFailure("A command is a non-empty list of strings")
-        workspace = self.workspace(agent)
-        workspace.mkdir(parents=True, exist_ok=True)
-        command = self._sandboxed(agent, workspace, argv)
+        await self.start(agent)
+        spec = await asyncio.to_thread(self._spec, agent, argv)
+        ports = list(agent.config.get("loopbackPorts", []))
+        if self.sandbox == "none":
+            local = await self._exec(spec.program.argv, spec, env)
+        else:
+            local = await self._exec_sandboxed(spec, ports, env)
+        running = self._running.setdefault(agent.id, set())
+        running.add(local)
+        process_done = asyncio.ensure_future(local._process.wait())
+        process_done.add_done_callback(lambda _: running.discard(local))
+        return local
+
+    def _spec(self, agent: AgentRecord, argv: list[str]) -> SandboxSpec:
+        secrets = secret_paths([*self.protected_paths, self.workspace_root, self.agents_root])
+        search_path = os.environ.get("PATH", os.defpath)
+        return SandboxSpec(
+            workspace=self.workspace(agent),
+            home=self.home(agent),
+            program=resolve_program(argv, search_path, secrets),
+            secrets=secrets,
+            limits=self._limits(),
+            network=agent.config.get("network", "none") != "none",
+            resolv_conf=self._resolv_conf(),
+        )
+
+    def _limits(self) -> Limits:
+        return Limits(memory=_bytes(self.memory_limit), processes=self.pids_limit,
+                      file_size=_bytes(self.file_size_limit), cpu_seconds=self.cpu_time_limit)
+
+    def _resolv_conf(self) -> Path:
+        path = self.agents_root / "resolv.conf"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(f"nameserver {SLIRP_DNS}\n")
+        return path
+
+    async def _exec_sandboxed(self, spec: SandboxSpec, ports: list[int],
+                              env: Mapping[str, str] | None) -> LocalProcess:
+        if not spec.network and not ports:
+            return await self._exec(bwrap_argv(spec), spec, env)
+        missing = missing_tool(spec.network, ports)
+        if missing:
+            raise RuntimeFailure(
+                f"This agent has network access, which needs {missing}: install it "
+                "(`apt-get install slirp4netns`) or create the agent with network 'none'"
+            )
+        # The sandbox starts behind a gate; its network is made, then the gate opens.
+        status_r, status_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        block_r, block_w = os.pipe()
+        try:
+            local = await self._exec(bwrap_argv(spec, (ready_w, block_r, status_w)), spec, env,
+                                     pass_fds=(status_w, ready_w, block_r))
+        except BaseException:
+            for fd in (status_r, ready_r, block_w):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (status_w, ready_w, block_r):
+                os.close(fd)
+        try:
+            pid = await _child_pid(status_r)
+            await _wait_ready(ready_r)
+            network = SandboxNetwork()
+            await network.attach(pid, spec.network, ports)
+            local._network = network
+            os.write(block_w, b"go\n")
+        except BaseException as exc:
+            await local.kill()
+            if isinstance(exc, (OSError, RuntimeFailure)):
+                said = await local.stderr.read(2000)
+                self.log.warning("sandbox start failed: %s; bwrap said %r", exc, said)
+                raise RuntimeFailure(f"The sandbox did not start: {exc}") from None
+            raise
+        finally:
+            os.close(block_w)
+        return local
+
+    async def _exec(self, argv: list[str], spec: SandboxSpec, env: Mapping[str, str] | None,
+                    pass_fds: tuple[int, ...] = ()) -> LocalProcess:
         try:
             process = await asyncio.create_subprocess_exec(
-                *command,
-                cwd=workspace,
-                env=self._environment(workspace, env),
+                *argv,
+                cwd=spec.workspace,
+                env=sandbox_environment(spec, env),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 limit=STREAM_LIMIT,
+                pass_fds=pass_fds,
             )
         except FileNotFoundError:
             raise RuntimeFailure(f"Command not found: {argv[0]}") from None
         except PermissionError:
             raise RuntimeFailure(f"Command not executable: {argv[0]}") from None
-        local = LocalProcess(process)
-        running = self._running.setdefault(agent.id, set())
-        running.add(local)
-        process_done = asyncio.ensure_future(process.wait())
-        process_done.add_done_callback(lambda _: running.discard(local))
-        return local
+        return LocalProcess(process)
 
-    def _environment(self, workspace: Path, extra: Mapping[str, str] | None) -> dict[str, str]:
-        env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
-        env.update(HOME=str(workspace), TERM="dumb", AGENSTRA_WORKSPACE=str(workspace))
-        env.update(extra or {})
-        return env
 
-    def _sandbox_kind(self) -> str:
-        if self.sandbox == "none":
-            return "none"
-        if shutil.which("bwrap"):
-            return "bwrap"
-        if self.sandbox == "bwrap":
-            raise RuntimeFailure("The bwrap sandbox is required but bubblewrap is not installed")
-        return "none"
+async def _child_pid(status_fd: int) -> int:
+    """The sandbox's pid, from bwrap's first status line."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    # The transport goes on reading (bwrap writes its exit status later) and closes at EOF.
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 os.fdopen(status_fd, "rb", buffering=0))
+    try:
+        line = await asyncio.wait_for(reader.readline(), 30)
+        return int(json.loads(line)["child-pid"])
+    except (asyncio.TimeoutError, ValueError, KeyError, TypeError):
+        raise RuntimeFailure("The sandbox did not start") from None
 
-    def _sandboxed(self, agent: AgentRecord, workspace: Path, argv: list[str]) -> list[str]:
-        if self._sandbox_kind() == "none":
-            if not self._warned_unsandboxed:
-                self.log.warning("bubblewrap not found: agent commands run unsandboxed")
-                self._warned_unsandboxed = True
-            return argv
-        # Order matters: a tmpfs hides what is under it, later binds punch through it.
-        args = [
-            "bwrap",
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--tmpfs",
-            "/tmp",
-        ]
-        if self.hidden_path and not Path(self.hidden_path).is_relative_to("/tmp"):
-            args += ["--tmpfs", self.hidden_path]
-        args += [
-            "--bind",
-            str(workspace),
-            str(workspace),
-            "--chdir",
-            str(workspace),
-            "--unshare-all",
-            "--die-with-parent",
-            "--new-session",
-        ]
-        if agent.config.get("network", "none") != "none":
-            args.append("--share-net")
-        return [*args, "--", *argv]
+
+async def _wait_ready(ready_fd: int) -> None:
+    try:
+        said = await asyncio.wait_for(asyncio.to_thread(os.read, ready_fd, 1), 30)
+    except asyncio.TimeoutError:
+        said = b""
+    finally:
+        os.close(ready_fd)
+    if said != b"1":
+        raise RuntimeFailure("the sandbox ended before it was ready")
+
+
+def _bytes(size: str) -> int:
+    """'512m', '2g', '1024' -> bytes (0: no limit)."""
+    text = size.strip().lower()
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text or 0)
