@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import socketio
+from jupyter_core.utils import ensure_async
 
 from .. import protocol
 from ..protocol import ControllerEvent, ErrorCode, ManagerEvent, ProtocolError
@@ -30,10 +31,16 @@ class Limits:
     sockets_per_user: int = 64
 
 
+# Forwarded events that only read (log in and replay history, log out); any other event
+# makes an agent act, so it needs "execute".
+READ_EVENTS = frozenset({ManagerEvent.LOGIN, ManagerEvent.LOGOUT})
+
+
 @dataclass
 class FrontendSession:
     sid: str
     user: str
+    handler: Any  # the JupyterHandler that opened the socket: what the authorizer is asked about
     logins: RateLimiter
     chats: RateLimiter
     client_id: str | None = None
@@ -54,6 +61,17 @@ def _user_of(environ: dict[str, Any]) -> str | None:
         token = handler.identity_provider.get_token(handler) or ""
         return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
     return getattr(user, "username", None) or str(user)
+
+
+async def _is_authorized(handler: Any, action: str) -> bool:
+    """Ask Jupyter's authorizer now (never a cached answer), as jupyter_server's own handlers do."""
+    return bool(await ensure_async(handler.authorizer.is_authorized(
+        handler, handler.current_user, action, handler.auth_resource)))
+
+
+async def _authorize(session: FrontendSession, action: str) -> None:
+    if not await _is_authorized(session.handler, action):
+        raise ProtocolError(ErrorCode.UNAUTHORIZED, protocol.UNAUTHORIZED_MESSAGE)
 
 
 class ClientsNamespace(socketio.AsyncNamespace):
@@ -79,6 +97,10 @@ class ClientsNamespace(socketio.AsyncNamespace):
         user = _user_of(environ)
         if user is None:
             raise socketio.exceptions.ConnectionRefusedError(protocol.UNAUTHORIZED_MESSAGE)
+        handler = environ["tornado.handler"]
+        if not await _is_authorized(handler, "read"):
+            metrics.ERRORS.labels(ErrorCode.UNAUTHORIZED).inc()
+            raise socketio.exceptions.ConnectionRefusedError(protocol.UNAUTHORIZED_MESSAGE)
         limits = self._limits
         open_sockets = sum(1 for s in self.sessions.values() if s.user == user)
         if limits.sockets_per_user and open_sockets >= limits.sockets_per_user:
@@ -87,7 +109,7 @@ class ClientsNamespace(socketio.AsyncNamespace):
         await self._ready()
         metrics.FRONTENDS.inc()
         self.sessions[sid] = FrontendSession(
-            sid, user, RateLimiter(limits.logins_per_minute, 60.0),
+            sid, user, handler, RateLimiter(limits.logins_per_minute, 60.0),
             RateLimiter(limits.chats_per_minute, 60.0),
         )
 
@@ -132,6 +154,7 @@ class ClientsNamespace(socketio.AsyncNamespace):
             await self.on_disconnect(sid)
 
     async def _set_client(self, session: FrontendSession, data: Any) -> None:
+        await _authorize(session, "read")
         request: protocol.SetClientRequest = protocol.parse(protocol.SetClientRequest, data)
         if await self._registry.get_client(request.clientId) is None:
             raise ProtocolError(ErrorCode.UNKNOWN_CLIENT, "Unknown client")
@@ -144,6 +167,7 @@ class ClientsNamespace(socketio.AsyncNamespace):
 
     async def _forward(self, session: FrontendSession, data: Any) -> None:
         request: protocol.ForwardRequest = protocol.parse(protocol.ForwardRequest, data)
+        await _authorize(session, "read" if request.event in READ_EVENTS else "execute")
         limit = self._limits.max_message_bytes
         if limit and len(json.dumps(request.payload or {})) > limit:
             raise ProtocolError(ErrorCode.PAYLOAD_TOO_LARGE, f"Payload larger than {limit} bytes")
