@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 packages=()
 command -v dockerd >/dev/null || packages+=(docker.io)
 command -v bwrap >/dev/null || packages+=(bubblewrap)
+command -v slirp4netns >/dev/null || packages+=(slirp4netns)
+command -v ip >/dev/null || packages+=(iproute2)
 dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
 [[ -x /usr/bin/chromium ]] || packages+=(chromium)
 command -v npm >/dev/null || packages+=(nodejs npm)
@@ -45,6 +47,7 @@ scripts/build-agent-image.sh >/dev/null
 export AGENSTRA_REQUIRE_DOCKER=1  # here Docker tests must run, not skip
 
 export AGENSTRA_REQUIRE_BROWSER=1  # the sidebar's tests must run in Chromium, not skip
+export AGENSTRA_REQUIRE_SANDBOX=1  # the isolation suite must run, not skip
 
 ruff check agenstra_jupyter tests benchmarks
 (cd labextension && npm install --no-audit --no-fund --loglevel=error \

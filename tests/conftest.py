@@ -63,6 +63,18 @@ def docker_available() -> None:
     pytest.skip(f"Docker tests need a daemon: {reason}")
 
 
+@pytest.fixture(scope="session")
+def sandbox_available() -> None:
+    """bubblewrap and slirp4netns, which the process runtime's sandbox is made of."""
+    missing = [tool for tool in ("bwrap", "slirp4netns") if shutil.which(tool) is None]
+    if not missing:
+        return
+    reason = f"{' and '.join(missing)} not installed (scripts/test.sh installs them)"
+    if os.environ.get("AGENSTRA_REQUIRE_SANDBOX") == "1":
+        pytest.fail(f"The sandbox is required here: {reason}")
+    pytest.skip(reason)
+
+
 # -- Jupyter server with the controller extension (pytest-jupyter) -------------------------
 
 

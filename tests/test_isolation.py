@@ -32,10 +32,7 @@ from .fakes.vendors import Reply, ToolUse
 from .helpers import AgentsClient
 from .test_cli_providers import CLI_BIN, need_cli, vendor  # noqa: F401
 
-needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None or shutil.which("slirp4netns") is None,
-    reason="bubblewrap and slirp4netns are not installed (scripts/test.sh installs them)",
-)
+needs_bwrap = pytest.mark.usefixtures("sandbox_available")
 MARK = secrets.token_hex(6)
 SSH_KEY = f"-----BEGIN OPENSSH PRIVATE KEY----- ssh-secret-{MARK}"
 AWS_KEY = f"aws-secret-{MARK}"
@@ -90,9 +87,7 @@ class RealMachine:
 
 
 @pytest.fixture(scope="module")
-def machine():
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap is not installed (scripts/test.sh installs it)")
+def machine(sandbox_available):
     machine = RealMachine()
     yield machine
     machine.close()

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from .helpers import AgentsClient
 
-needs_bwrap = pytest.mark.skipif(
-    shutil.which("bwrap") is None,
-    reason="bubblewrap is not installed (scripts/test.sh installs it)",
-)
+needs_bwrap = pytest.mark.usefixtures("sandbox_available")
 
 
 async def shell_agent(manager, **config):
