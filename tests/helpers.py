@@ -22,6 +22,7 @@ from agenstra_jupyter.protocol import (
     ControllerEvent,
     ManagerEvent,
 )
+from agenstra_jupyter.redact import REDACTED
 
 READY_PREFIX = "agenstra-manager listening on "
 WAIT = 20.0  # seconds any single expectation may take before the test fails
@@ -265,3 +266,81 @@ class FrontendClient:
 
     async def close(self) -> None:
         await self.sio.disconnect()
+
+
+# -- a secret in every config field (tests/test_secrets.py, tests/test_hostile.py) --------
+
+# One distinct value per place a secret can sit in a config.
+SECRETS = {
+    "env": "env-secret-5d1c9a7e",
+    "envKey": "sk-env-key-3b8f2a61",
+    "file": "file-secret-90e4c2b8",
+    "apiKey": "apikey-secret-6a2d4f1e",
+    "flagValue": "flag-secret-c7b3e915",
+    "flagPair": "pair-secret-4f0a8d2c",
+    "envPair": "envpair-secret-b19e6c3a",
+    "header": "header-secret-2e7d5b90",
+    "bearer": "bearer-secret-8c4a1f6d",
+    "bareToken": "ghp_baretoken7e2c9b14",
+    "urlPassword": "urlpass-secret-1a9f3e7c",
+    "queryToken": "query-secret-6d2b8e40",
+    "nested": "nested-secret-0f5c7a93",
+}
+
+# A custom CLI that proves it got the decrypted env and file: it answers their digests.
+# (config.files land in the workspace or the agent's HOME, depending on the runtime.)
+SCRIPT = (
+    "import hashlib,json,os,sys; sys.stdin.read(); "
+    "h=lambda s: hashlib.sha256(s.encode()).hexdigest(); "
+    "f=[p for p in ('settings.json', os.path.join(os.environ.get('HOME', '.'), "
+    "'settings.json')) if os.path.exists(p)][0]; "
+    "print(json.dumps({'type':'result','subtype':'success','is_error':False,"
+    "'result': h(os.environ['FOO'])+' '+h(open(f).read())}))"
+)
+
+
+def secret_config() -> dict:
+    s = SECRETS
+    secret_args = [
+        "--api-key", s["flagValue"], f"--token={s['flagPair']}", f"GITHUB_TOKEN={s['envPair']}",
+        f"x-api-key: {s['header']}", f"Authorization: Bearer {s['bearer']}", s["bareToken"],
+        "--model", "m1",
+    ]
+    return {
+        "preset": "custom", "format": "claude", "network": "none",
+        "command": ["python3", "-c", SCRIPT, *secret_args],
+        "args": secret_args,
+        "env": {"FOO": s["env"], "OPENAI_API_KEY": s["envKey"]},
+        "files": {"settings.json": s["file"]},
+        "apiKey": s["apiKey"],
+        "baseUrl": f"https://bob:{s['urlPassword']}@api.example.com/v1"
+                   f"?access_token={s['queryToken']}&model=m1",
+        "extra": {"env": {"NESTED": s["nested"]}},
+    }
+
+
+MASKED_ARGS = [
+    "--api-key", REDACTED, f"--token={REDACTED}", f"GITHUB_TOKEN={REDACTED}",
+    f"x-api-key: {REDACTED}", f"Authorization: Bearer {REDACTED}", REDACTED, "--model", "m1",
+]
+MASKED_CONFIG = {
+    "preset": "custom", "format": "claude", "network": "none",
+    "command": ["python3", "-c", SCRIPT, *MASKED_ARGS],
+    "args": MASKED_ARGS,
+    "env": {"FOO": REDACTED, "OPENAI_API_KEY": REDACTED},
+    "files": {"settings.json": REDACTED},
+    "apiKey": REDACTED,
+    "baseUrl": f"https://{REDACTED}@api.example.com/v1?access_token={REDACTED}&model=m1",
+    "extra": {"env": {"NESTED": REDACTED}},
+}
+
+
+def leaked(text: str | bytes) -> list[str]:
+    data = text.encode() if isinstance(text, str) else text
+    return [name for name, value in SECRETS.items() if value.encode() in data]
+
+
+def database_bytes(path: Path) -> bytes:
+    """The database file and its -wal/-shm as they lie on disk, read byte for byte."""
+    companions = [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm")]
+    return b"".join(p.read_bytes() for p in companions if p.exists())

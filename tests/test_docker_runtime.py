@@ -32,7 +32,8 @@ async def test_shell_agent_in_a_locked_down_container_survives_a_manager_restart
     start_manager, tmp_path, docker_client
 ):
     db = f"sqlite:///{tmp_path / 'docker.sqlite'}"
-    manager = start_manager("first", db=db)
+    key = {"AGENSTRA_MANAGER_KEY_FILE": str(tmp_path / "docker.key")}  # it goes with the db
+    manager = start_manager("first", db=db, env=key)
     agent = await manager.create_agent(name="boxed", provider="shell", runtime="docker",
                                        image=TEST_IMAGE)
     client = await AgentsClient().connect(manager)
@@ -53,7 +54,7 @@ async def test_shell_agent_in_a_locked_down_container_survives_a_manager_restart
     assert not any("docker.sock" in (m.get("Source") or "") for m in mounts)
 
     assert manager.stop() == 0
-    again = start_manager("second", db=db, api_key=manager.api_key)
+    again = start_manager("second", db=db, api_key=manager.api_key, env=key)
     (found,) = containers_of(docker_client, agent["id"])
     assert found.id == container.id  # found again by its label, not re-created
     client = await AgentsClient().connect(again)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from agenstra_jupyter.protocol import ErrorCode
 
 from .conftest import start_jupyter, stop_jupyter
+from .helpers import database_bytes, leaked, secret_config
 
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -203,11 +204,17 @@ def test_floods_and_caps(guarded_server):
         other.disconnect()
 
 
-def test_no_secret_in_logs_events_or_rest(guarded_server, tmp_path):
-    agent = next(a for a in rest(guarded_server, "GET", "/clients/local/agents").json())
+def test_no_secret_in_logs_events_or_rest(guarded_server):
+    # An agent with a secret in every config field: env, files, args, URLs, apiKey.
+    created = rest(guarded_server, "POST", "/clients/local/agents",
+                   json={"name": "secretive", "provider": "echo", "config": secret_config()})
+    assert created.status_code == 201, created.text
+    agent = created.json()
     client = frontend(guarded_server)
     client.call("setClient", {"clientId": "local"})
     client.call("forward", {"event": "login", "agentId": agent["id"]}, timeout=30)
+    client.call("forward", {"event": "chat", "agentId": agent["id"],
+                            "payload": {"message": "hi", "correlationId": "s1"}}, timeout=30)
     events = []
     try:
         while True:
@@ -215,6 +222,7 @@ def test_no_secret_in_logs_events_or_rest(guarded_server, tmp_path):
     except socketio.exceptions.TimeoutError:
         pass
     client.disconnect()
+    assert any(e[1].get("event") == "chatMessage" for e in events if e[0] == "forwardedEvent")
     data_dir = guarded_server.data_dir
     registry = sqlite3.connect(data_dir / "controller.sqlite")
     encrypted = [row[0] for row in registry.execute("select password from agent_credentials")]
@@ -224,9 +232,15 @@ def test_no_secret_in_logs_events_or_rest(guarded_server, tmp_path):
     box = Fernet((data_dir / "controller.key").read_bytes().strip())
     secrets = [box.decrypt(token.encode()).decode() for token in encrypted]
     seen = json.dumps(events) + (data_dir.parent / "jupyter.log").read_text()
-    seen += rest(guarded_server, "GET", "/clients").text
-    seen += rest(guarded_server, "GET", "/clients/local/agents").text
+    for path in ("/clients", "/clients/local", "/clients/local/agents",
+                 f"/clients/local/agents/{agent['id']}",
+                 f"/clients/local/agents/{agent['id']}/messages"):
+        seen += rest(guarded_server, "GET", path).text
+    seen += created.text + rest(guarded_server, "POST",
+                                f"/clients/local/agents/{agent['id']}/restart").text
     assert secrets and not [s for s in secrets if s in seen]
+    assert leaked(seen) == []
+    assert leaked(database_bytes(data_dir / "local-manager" / "manager.sqlite")) == []
 
 
 def test_metrics_on_both_tiers(guarded_server):

@@ -63,7 +63,8 @@ def test_help_lists_the_options():
 
 async def test_restart_on_the_same_database_keeps_everything(start_manager, tmp_path):
     db = f"sqlite:///{tmp_path / 'shared.sqlite'}"
-    first = start_manager("one", db=db)
+    key = {"AGENSTRA_MANAGER_KEY_FILE": str(tmp_path / "shared.key")}  # it goes with the db
+    first = start_manager("one", db=db, env=key)
     agent = await first.create_agent(name="keeper", provider="shell")
     client = await AgentsClient().connect(first)
     await client.login(agent)
@@ -71,7 +72,7 @@ async def test_restart_on_the_same_database_keeps_everything(start_manager, tmp_
     await client.close()
     assert first.stop() == 0
 
-    second = start_manager("two", db=db, api_key=first.api_key)
+    second = start_manager("two", db=db, api_key=first.api_key, env=key)
     async with second.http() as http:
         agents = (await http.get("/api/agents")).json()
     assert [a["name"] for a in agents] == ["keeper"]
@@ -105,7 +106,8 @@ async def test_sigterm_mid_turn_answers_it_and_closes_the_database(start_manager
 
 async def test_sigkill_mid_turn_is_answered_at_the_next_start(start_manager, tmp_path):
     db = f"sqlite:///{tmp_path / 'crash.sqlite'}"
-    manager = start_manager("before", db=db)
+    key = {"AGENSTRA_MANAGER_KEY_FILE": str(tmp_path / "crash.key")}  # it goes with the db
+    manager = start_manager("before", db=db, env=key)
     agent = await manager.create_agent(name="crash", provider="echo", config={"delay": 30})
     client = await AgentsClient().connect(manager)
     await client.login(agent)
@@ -114,7 +116,7 @@ async def test_sigkill_mid_turn_is_answered_at_the_next_start(start_manager, tmp
     manager.kill()
     await client.close()
 
-    restarted = start_manager("after", db=db, api_key=manager.api_key)
+    restarted = start_manager("after", db=db, api_key=manager.api_key, env=key)
     observer = await AgentsClient().connect(restarted)
     await observer.login(agent)
     user, answer = await observer.log.wait_count(ManagerEvent.CHAT_MESSAGE, 2)

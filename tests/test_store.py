@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 from agenstra_jupyter.db import _migrate
 from agenstra_jupyter.manager.models import AgentRecord
-from agenstra_jupyter.manager.store import MIGRATIONS, Store
+from agenstra_jupyter.manager.store import Store, migrations
+from agenstra_jupyter.secrets import SecretBox
+
+
+@pytest.fixture
+def box() -> SecretBox:
+    return SecretBox(Fernet.generate_key())
 
 
 def indexes(path) -> set[str]:
@@ -16,11 +24,11 @@ def indexes(path) -> set[str]:
         return {row[0] for row in db.execute("select name from sqlite_master where type='index'")}
 
 
-async def test_a_version_1_database_is_migrated_and_keeps_its_data(tmp_path):
+async def test_a_version_1_database_is_migrated_and_keeps_its_data(tmp_path, box):
     path = tmp_path / "old.sqlite"
     engine = create_engine(f"sqlite:///{path}")
     with engine.begin() as conn:
-        _migrate(conn, MIGRATIONS[:1])  # what the first release created
+        _migrate(conn, migrations(box)[:1])  # what the first release created
         conn.execute(text(
             "insert into agents (id, name, provider, runtime, config, description, "
             "password_hash, state, provider_state, created_at, updated_at) values "
@@ -33,7 +41,7 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_data(tmp_path):
         assert db.execute("select version from schema_version").fetchone() == (1,)
     assert "ix_messages_agent_correlation" not in indexes(path)
 
-    store = Store(f"sqlite:///{path}")
+    store = Store(f"sqlite:///{path}", box)
     await store.open()
     try:
         assert (await store.get_agent("a")).name == "old"
@@ -44,30 +52,31 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_data(tmp_path):
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("select version from schema_version").fetchone() == (len(MIGRATIONS),)
+        version = db.execute("select version from schema_version").fetchone()
+        assert version == (len(migrations(box)),)
         assert db.execute("pragma journal_mode").fetchone() == ("wal",)
     assert "ix_messages_agent_correlation" in indexes(path)
 
 
-async def test_a_newer_schema_is_refused(tmp_path):
+async def test_a_newer_schema_is_refused(tmp_path, box):
     path = tmp_path / "new.sqlite"
-    store = Store(f"sqlite:///{path}")
+    store = Store(f"sqlite:///{path}", box)
     await store.open()
     await store.close()
     with sqlite3.connect(path) as db:
         db.execute("update schema_version set version = 99")
     try:
-        await Store(f"sqlite:///{path}").open()
+        await Store(f"sqlite:///{path}", box).open()
     except RuntimeError as exc:
         assert "newer" in str(exc)
     else:
         raise AssertionError("a newer schema must not be opened")
 
 
-async def test_seq_is_dense_under_concurrent_writers(tmp_path):
+async def test_seq_is_dense_under_concurrent_writers(tmp_path, box):
     import asyncio
 
-    store = Store(f"sqlite:///{tmp_path / 'c.sqlite'}")
+    store = Store(f"sqlite:///{tmp_path / 'c.sqlite'}", box)
     await store.open()
     now = "2026-01-01T00:00:00.000Z"
     await store.create_agent(AgentRecord(id="a", name="a", provider="echo", runtime="process",

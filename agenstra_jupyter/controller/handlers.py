@@ -15,6 +15,7 @@ from tornado import web
 
 from .. import protocol
 from ..protocol import ErrorCode, ProtocolError
+from ..redact import redact
 from .manager_api import ManagerError
 from .registry import ClientNameTaken, ClientRecord
 
@@ -84,6 +85,16 @@ class ControllerHandler(APIHandler):
                     502, "The manager rejected the stored API key", ErrorCode.REMOTE_UNAVAILABLE
                 ) from None
             raise CodedHTTPError(exc.status, exc.message, exc.code) from None
+
+
+def agent_view(agent: dict[str, Any], credentials: bool) -> dict[str, Any]:
+    """A manager's agent as this API shows it: never a password, its config masked.
+
+    Masked again here: the manager may be an older or foreign one that masks less.
+    """
+    view = {key: value for key, value in agent.items() if key != "password"}
+    view["config"] = redact(agent.get("config") or {})
+    return {**view, "credentials": credentials}
 
 
 def validate_endpoint(endpoint: str) -> str:
@@ -158,7 +169,7 @@ class AgentsHandler(ControllerHandler):
         client = await self.client(client_id)
         agents = await self.manager(client, "GET", "/api/agents")
         known = await self.controller.registry.known_agents(client_id)
-        self.send([{**agent, "credentials": agent["id"] in known} for agent in agents])
+        self.send([agent_view(agent, agent["id"] in known) for agent in agents])
 
     @web.authenticated
     @authorized
@@ -172,7 +183,7 @@ class AgentsHandler(ControllerHandler):
         await self.controller.registry.save_password(
             client_id, created["id"], created["name"], password
         )
-        self.send({**created, "credentials": True}, status=201)
+        self.send(agent_view(created, True), status=201)
 
 
 class AgentHandler(ControllerHandler):
@@ -182,7 +193,7 @@ class AgentHandler(ControllerHandler):
         client = await self.client(client_id)
         agent = await self.manager(client, "GET", f"/api/agents/{agent_id}")
         known = await self.controller.registry.known_agents(client_id)
-        self.send({**agent, "credentials": agent_id in known})
+        self.send(agent_view(agent, agent_id in known))
 
     @web.authenticated
     @authorized
@@ -202,7 +213,9 @@ class AgentActionHandler(ControllerHandler):
     @authorized
     async def post(self, client_id: str, agent_id: str, action: str) -> None:
         client = await self.client(client_id)
-        self.send(await self.manager(client, "POST", f"/api/agents/{agent_id}/{action}"))
+        agent = await self.manager(client, "POST", f"/api/agents/{agent_id}/{action}")
+        known = await self.controller.registry.known_agents(client_id)
+        self.send(agent_view(agent, agent_id in known))
 
 
 class MessagesHandler(ControllerHandler):

@@ -25,7 +25,8 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import protocol
 from ..db import Database, Migration
-from .secrets import SecretBox
+from ..redact import redact_string
+from ..secrets import SecretBox, SecretKeyError
 
 LOCAL_CLIENT_ID = "local"
 
@@ -75,10 +76,11 @@ class ClientRecord:
     created_at: str
 
     def to_wire(self) -> dict[str, Any]:
+        """The client as REST shows it: never its API key, nor credentials in its endpoint."""
         return {
             "id": self.id,
             "name": self.name,
-            "endpoint": self.endpoint,
+            "endpoint": redact_string(self.endpoint),
             "local": self.local,
             "createdAt": self.created_at,
         }
@@ -90,6 +92,18 @@ class Registry(Database):
     def __init__(self, url: str, box: SecretBox) -> None:
         super().__init__(url)
         self._box = box
+
+    async def open(self) -> None:
+        """Open and migrate; SecretKeyError at once if the stored secrets need another key."""
+        await super().open()
+        try:
+            await self.list_clients()  # decrypts every stored API key
+        except SecretKeyError:
+            await self.close()
+            raise SecretKeyError(
+                "The registry's secrets cannot be decrypted with this key (controller.key "
+                "or AGENSTRA_SECRET_KEY changed?)"
+            ) from None
 
     # -- clients -------------------------------------------------------------------------
 

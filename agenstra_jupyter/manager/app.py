@@ -12,12 +12,14 @@ from typing import Any
 
 import socketio
 from jupyter_core.paths import jupyter_data_dir
+from sqlalchemy.engine import make_url
 from tornado import httpserver, netutil, web
 from traitlets import Int, List, Type, Unicode, default, validate
 from traitlets.config import Application, catch_config_error
 
 from .. import __version__, protocol
 from ..config import env_config
+from ..secrets import SecretBox, SecretKeyError, private_dir
 from ..socketio_tornado import socketio_handler
 from .gateway import AgentsNamespace
 from .providers import (
@@ -61,6 +63,11 @@ class ManagerApp(Application):
     db = Unicode(help="SQLAlchemy database URL (default: sqlite in DATA_DIR).").tag(
         config=True, env="AGENSTRA_DB"
     )
+    key_file = Unicode(
+        help="Fernet key file encrypting agent configs (env, files, API keys) in the "
+        "database; created owner-only on first run (default: DATA_DIR/manager.key; "
+        "environment variable AGENSTRA_MANAGER_KEY_FILE)."
+    ).tag(config=True, env="AGENSTRA_MANAGER_KEY_FILE")
     default_runtime = Unicode("process", help="Runtime of agents created without one.").tag(
         config=True, env="AGENSTRA_RUNTIME"
     )
@@ -91,6 +98,7 @@ class ManagerApp(Application):
         "api-key": "ManagerApp.api_key",
         "db": "ManagerApp.db",
         "data-dir": "ManagerApp.data_dir",
+        "key-file": "ManagerApp.key_file",
         "runtime": "ManagerApp.default_runtime",
         "history-limit": "ManagerApp.history_limit",
         "log-level": "Application.log_level",
@@ -104,6 +112,10 @@ class ManagerApp(Application):
     @default("db")
     def _default_db(self) -> str:
         return f"sqlite:///{Path(self.data_dir) / 'manager.sqlite'}"
+
+    @default("key_file")
+    def _default_key_file(self) -> str:
+        return str(Path(self.data_dir) / "manager.key")
 
     @validate("bcrypt_rounds")
     def _valid_rounds(self, proposal: dict[str, Any]) -> int:
@@ -134,8 +146,7 @@ class ManagerApp(Application):
     async def serve(self, ready: asyncio.Future[int] | None = None) -> None:
         """Run until SIGTERM/SIGINT (or until `stop()`); `ready` receives the bound port."""
         self._stopping = asyncio.Event()
-        store = Store(self.db)
-        await store.open()
+        store = await self._open_store()
         runtimes = self._make_runtimes()
         if self.default_runtime not in runtimes:
             raise SystemExit(f"Unknown runtime {self.default_runtime!r}: {sorted(runtimes)}")
@@ -193,6 +204,23 @@ class ManagerApp(Application):
     def stop(self) -> None:
         self._stopping.set()
 
+    async def _open_store(self) -> Store:
+        """The database, owner-only in an owner-only DATA_DIR, its configs sealed with the key.
+
+        A key that is not the database's stops the manager here, with the reason.
+        """
+        private_dir(Path(self.data_dir))
+        database = make_url(self.db).render_as_string(hide_password=True)
+        try:
+            store = Store(self.db, SecretBox.from_key_file(Path(self.key_file)))
+            await store.open()
+        except SecretKeyError as exc:
+            raise SystemExit(
+                f"agenstra-manager cannot start: {exc} (key file {self.key_file}, "
+                f"database {database}). Use the key this database was created with."
+            ) from None
+        return store
+
     async def _disconnect_all(self, sio: socketio.AsyncServer) -> None:
         """Close every client socket; a peer that never answers the close cannot hold us up."""
         if not sio.eio.sockets:
@@ -223,7 +251,10 @@ class ManagerApp(Application):
             if isinstance(runtime, ProcessRuntime):
                 if not runtime.workspace_root:
                     runtime.workspace_root = str(Path(self.data_dir) / "workspaces")
-                runtime.hidden_path = self.data_dir
+                if not runtime.state_root:
+                    runtime.state_root = str(Path(self.data_dir) / "agents")
+                runtime.protected_paths = [*runtime.protected_paths, self.data_dir,
+                                           self.key_file]
             runtimes[cls.name] = runtime
         return runtimes
 

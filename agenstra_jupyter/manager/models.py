@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
 
+from ..redact import redact
+
 metadata = MetaData()
 
 agents = Table(
@@ -17,6 +19,7 @@ agents = Table(
     Column("provider", String(64), nullable=False),
     Column("runtime", String(64), nullable=False),
     Column("image", String(256)),
+    # Sealed: {"sealed": <Fernet token of the config's JSON>} (the store encrypts it).
     Column("config", JSON, nullable=False, default=dict),
     Column("description", Text, nullable=False, default=""),
     Column("password_hash", String(128), nullable=False),
@@ -43,25 +46,6 @@ messages = Table(
 )
 
 
-# Keys whose values are secrets wherever they appear in an agent's config.
-SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
-REDACTED = "********"
-
-
-def redact(value: Any) -> Any:
-    """Copy of a config structure with secret-looking values masked."""
-    if isinstance(value, dict):
-        return {
-            key: REDACTED
-            if isinstance(key, str) and any(m in key.upper() for m in SECRET_MARKERS)
-            else redact(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(item) for item in value]
-    return value
-
-
 @dataclass
 class AgentRecord:
     id: str
@@ -78,11 +62,11 @@ class AgentRecord:
     provider_state: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: Any) -> AgentRecord:
-        return cls(**dict(row._mapping))
+    def from_row(cls, row: Any, **overrides: Any) -> AgentRecord:
+        return cls(**{**dict(row._mapping), **overrides})
 
     def to_wire(self) -> dict[str, Any]:
-        """The agent as REST shows it: no password hash, secrets in config masked."""
+        """The agent as REST shows it: no password hash, config masked (see `redact`)."""
         return {
             "id": self.id,
             "name": self.name,

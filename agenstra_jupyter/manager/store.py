@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, insert, literal, select, text, update
@@ -11,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import protocol
 from ..db import Database, Migration
+from ..secrets import SecretBox, SecretKeyError
 from .models import AgentRecord, agents, messages
 
 
@@ -33,18 +36,56 @@ def _v2_correlation_index(conn: Connection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_correlation_index]
+def _v3_seal_configs(box: SecretBox, conn: Connection) -> None:
+    # Configs were plaintext JSON up to v2 (env values, files, API keys readable in the file).
+    for row in conn.execute(select(agents.c.id, agents.c.config)).all():
+        sealed = seal_config(box, row.config)
+        conn.execute(update(agents).where(agents.c.id == row.id).values(config=sealed))
+
+
+def migrations(box: SecretBox) -> list[Migration]:
+    """The schema's steps; sealing the configs of older databases needs the key."""
+    return [_v1_initial, _v2_correlation_index, partial(_v3_seal_configs, box)]
+
+
+def seal_config(box: SecretBox, config: dict[str, Any]) -> dict[str, str]:
+    """A whole config encrypted, so every secret in it (env, files, keys, args) is covered."""
+    return {"sealed": box.encrypt(json.dumps(config))}
+
+
+def open_config(box: SecretBox, stored: Any) -> dict[str, Any]:
+    if not isinstance(stored, dict) or not isinstance(stored.get("sealed"), str):
+        raise SecretKeyError("An agent config in the database is not sealed")
+    return json.loads(box.decrypt(stored["sealed"]))
 
 
 class Store(Database):
-    """Agents and messages. One instance per manager process; safe to share across tasks."""
+    """Agents and messages. One instance per manager process; safe to share across tasks.
 
-    migrations = MIGRATIONS
+    Agent configs are stored sealed with `box` and are plaintext in every AgentRecord.
+    """
+
+    def __init__(self, url: str, box: SecretBox) -> None:
+        super().__init__(url)
+        self._box = box
+        self.migrations = migrations(box)
+
+    async def open(self) -> None:
+        """Open and migrate; SecretKeyError if the stored configs need another key."""
+        await super().open()
+        try:
+            await self.list_agents()
+        except SecretKeyError:
+            await self.close()
+            raise
 
     # -- agents --------------------------------------------------------------------------
 
+    def _record(self, row: Any) -> AgentRecord:
+        return AgentRecord.from_row(row, config=open_config(self._box, row.config))
+
     async def create_agent(self, record: AgentRecord) -> AgentRecord:
-        values = {**record.__dict__}
+        values = {**record.__dict__, "config": seal_config(self._box, record.config)}
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(insert(agents).values(**values))
@@ -55,7 +96,7 @@ class Store(Database):
     async def list_agents(self) -> list[AgentRecord]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(agents).order_by(agents.c.created_at))
-            return [AgentRecord.from_row(row) for row in rows]
+            return [self._record(row) for row in rows]
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
         return await self._one_agent(agents.c.id == agent_id)
@@ -66,10 +107,12 @@ class Store(Database):
     async def _one_agent(self, where: Any) -> AgentRecord | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(agents).where(where))).first()
-            return AgentRecord.from_row(row) if row else None
+            return self._record(row) if row else None
 
     async def update_agent(self, agent_id: str, **values: Any) -> None:
         values["updated_at"] = protocol.utc_now()
+        if "config" in values:
+            values["config"] = seal_config(self._box, values["config"])
         async with self.engine.begin() as conn:
             await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
 

@@ -1,11 +1,14 @@
 /**
  * Agent text rendered by JupyterLab's own markdown renderer, untrusted so its
- * sanitizer strips anything that could run; code blocks get copy and insert buttons.
+ * sanitizer strips anything that could run, then stripped of anything that would load by
+ * itself (remote images wait for a click); code blocks get copy and insert buttons.
  */
 
 import { IRenderMimeRegistry, MimeModel } from '@jupyterlab/rendermime';
 import { addIcon, copyIcon } from '@jupyterlab/ui-components';
 import * as React from 'react';
+
+import { enableImageLoading, withoutRemoteLoads } from './images';
 
 const MARKDOWN = 'text/markdown';
 
@@ -23,12 +26,13 @@ export interface IMarkdownProps {
 export function Markdown({ text, rendermime, actions }: IMarkdownProps): JSX.Element {
   const host = React.useRef<HTMLDivElement>(null);
   React.useEffect(() => {
-    const renderer = rendermime.createRenderer(MARKDOWN);
+    const renderer = guarded(rendermime).createRenderer(MARKDOWN);
     const model = new MimeModel({ data: { [MARKDOWN]: text }, trusted: false });
     let disposed = false;
     void renderer.renderModel(model).then(() => {
       if (!disposed && host.current) {
         addCodeButtons(renderer.node, actions);
+        enableImageLoading(renderer.node);
         host.current.replaceChildren(renderer.node);
       }
     });
@@ -38,6 +42,18 @@ export function Markdown({ text, rendermime, actions }: IMarkdownProps): JSX.Ele
     };
   }, [text, rendermime]);
   return <div className="jp-AgenstraChat-markdown" ref={host} />;
+}
+
+const clones = new WeakMap<IRenderMimeRegistry, IRenderMimeRegistry>();
+
+/** `rendermime` with a sanitizer that also blocks remote loads, made once per registry. */
+function guarded(rendermime: IRenderMimeRegistry): IRenderMimeRegistry {
+  let clone = clones.get(rendermime);
+  if (!clone) {
+    clone = rendermime.clone({ sanitizer: withoutRemoteLoads(rendermime.sanitizer) });
+    clones.set(rendermime, clone);
+  }
+  return clone;
 }
 
 function addCodeButtons(root: HTMLElement, actions: ICodeActions): void {
