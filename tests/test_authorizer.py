@@ -55,6 +55,7 @@ async def history(jupyter, agent_id: str) -> list[dict]:
 def assert_refused(response) -> None:
     assert response.status_code == 403, (response.request.method, response.request.url)
     assert response.json()["code"] == ErrorCode.UNAUTHORIZED
+    assert response.json()["message"] == UNAUTHORIZED_MESSAGE  # one message, whatever was asked
 
 
 async def test_a_reader_reads_but_cannot_manage_or_chat(jupyter):

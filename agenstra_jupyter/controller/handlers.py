@@ -44,6 +44,8 @@ class ControllerHandler(APIHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, CodedHTTPError):
             code, message = exc.code, exc.log_message
+        elif status_code in (401, 403):  # one message for every auth failure
+            code, message = ErrorCode.UNAUTHORIZED, protocol.UNAUTHORIZED_MESSAGE
         elif status_code < 500:
             code = STATUS_CODES.get(status_code, ErrorCode.INVALID_PAYLOAD)
             message = getattr(exc, "log_message", None) or self._reason
