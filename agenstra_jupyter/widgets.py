@@ -7,6 +7,9 @@ output is rendered as sanitised markdown; a streaming answer updates only its ow
 
 from __future__ import annotations
 
+import html
+import logging
+import re
 import threading
 from typing import Any
 
@@ -24,6 +27,14 @@ BUBBLE = {
     "error": "margin:4px 20% 4px 0;padding:6px 10px;border-radius:8px;"
              "background:var(--jp-error-color3, #ffebee)",
 }
+NOTICE = ("margin:2px 0;padding:3px 8px;border-radius:2px;font-size:90%;line-height:1.4;"
+          "background:var(--jp-layout-color2, #f5f5f5);color:var(--jp-ui-font-color1, #212121);"
+          "border-left:3px solid ")
+NOTICE_COLOR = {"warning": "var(--jp-warn-color1, #f57c00)",
+                "error": "var(--jp-error-color1, #d32f2f)"}
+UNSANDBOXED = "Agents on this manager run without a sandbox (AGENSTRA_SANDBOX=none)"
+NO_SANDBOX = "Agents cannot run: no working sandbox on this host"
+log = logging.getLogger(__name__)
 STATES = {"connected": "● connected", "reconnecting": "◌ reconnecting…",
           "disconnected": "○ disconnected"}
 
@@ -38,6 +49,21 @@ def bubble_html(message: dict[str, Any]) -> str:
                     if p.get("kind") in (ChatEventKind.TOOL_CALL, ChatEventKind.TOOL_RESULT))
     body = markdown_html(response.get("result", ""))
     return f'<div style="{BUBBLE["agent"]}">{tools}{body}</div>'
+
+
+def sandbox_notice_html(catalog: dict[str, Any], runtime: str | None) -> str:
+    """A warning when the runtime's agents are not sandboxed, an error when they cannot run."""
+    runtimes = catalog.get("runtimes") or []
+    name = runtime or next((r.get("name") for r in runtimes if r.get("default")), None)
+    info = next((r for r in runtimes if r.get("name") == name), {})
+    if info.get("sandbox") == "missing":
+        level, text = "error", str(info.get("problem") or NO_SANDBOX)
+    elif info.get("sandbox") == "none":
+        level, text = "warning", UNSANDBOXED
+    else:
+        return ""
+    body = re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+    return f'<div style="{NOTICE}{NOTICE_COLOR[level]}" data-level="{level}">⚠ {body}</div>'
 
 
 class _LiveTurn:
@@ -61,6 +87,7 @@ class ChatWidget(widgets.VBox):
         self.picker = widgets.Dropdown(options=names, value=agent or (names[0] if names else None),
                                        description="Agent")
         self.status = widgets.HTML(STATES.get(self.client.state, self.client.state))
+        self.sandbox = widgets.HTML()  # shown only while agents are not sandboxed
         self.transcript = widgets.VBox(layout=widgets.Layout(max_height="480px",
                                                              overflow_y="auto"))
         self.input = widgets.Textarea(placeholder="Message the agent…",
@@ -69,7 +96,7 @@ class ChatWidget(widgets.VBox):
         self.cancel_button = widgets.Button(description="Cancel", button_style="warning")
         self.error = widgets.HTML()
         super().__init__([
-            widgets.HBox([self.picker, self.status]), self.transcript, self.input,
+            widgets.HBox([self.picker, self.status]), self.sandbox, self.transcript, self.input,
             widgets.HBox([self.send_button, self.cancel_button]), self.error,
         ], **kwargs)
         self.agent: Agent | None = None
@@ -96,6 +123,18 @@ class ChatWidget(widgets.VBox):
             for message in list(self.agent.messages):
                 self._add_message(message)
             self._unsubscribe = self.agent.subscribe(self._on_event)
+            agent = self.agent
+        self.sandbox.value = self._sandbox_notice(agent)
+
+    def _sandbox_notice(self, agent: Agent) -> str:
+        try:
+            listing = self.client.agents(agent.client_id)
+            catalog = self.client.providers(agent.client_id)
+        except Exception as exc:  # an older or unreachable manager: no notice, no failure
+            log.debug("no sandbox state for %s: %s", agent.name, exc)
+            return ""
+        runtime = next((a.get("runtime") for a in listing if a.get("id") == agent.id), None)
+        return sandbox_notice_html(catalog, runtime)
 
     def send(self, text: str | None = None) -> None:
         message = (self.input.value if text is None else text).strip()

@@ -55,6 +55,16 @@ async def test_acp_permissions_deny_writes_outside_the_workspace(manager):
     await client.close()
 
 
+async def test_acp_paths_are_judged_after_symlinks_and_commands_are_not_auto_approved(manager):
+    _, client = await acp_agent(manager, "acp-escape")
+    answer = await client.chat("escape")
+    # An edit through a link leading out, and any command, are refused; a read whose path
+    # resolves outside (the link's target) is refused too, and a symlink is never opened.
+    assert answer["response"]["result"] == (
+        "edit-via-link=no execute=no read-inside=no write-via-link=error read-link=error")
+    await client.close()
+
+
 async def test_acp_permission_policy_deny_refuses_everything(manager):
     _, client = await acp_agent(manager, "acp3", permissions="deny")
     answer = await client.chat("files")

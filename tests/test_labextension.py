@@ -515,3 +515,73 @@ def test_server_restart_resumes_without_gap_or_duplicate(browser, tmp_path, requ
             snap(page, "server-back")
     finally:
         stop_jupyter(server)
+
+
+class _ImageServer:
+    """A web server on 127.0.0.1 that records every request: what agent output fetched."""
+
+    SVG = (b'<svg xmlns="http://www.w3.org/2000/svg" width="160" height="40">'
+           b'<rect width="160" height="40" fill="teal"/><text x="10" y="26" fill="white">'
+           b"loaded on click</text></svg>")
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        requests: list[str] = []
+        self.requests = requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                requests.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/svg+xml")
+                self.send_header("Content-Length", str(len(_ImageServer.SVG)))
+                self.end_headers()
+                self.wfile.write(_ImageServer.SVG)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_remote_images_wait_for_a_click(page, lab):
+    """Agent output loads no remote URL by itself (a zero-click leak): an image is a
+    placeholder whose button loads it; other auto-loading HTML is stripped."""
+    images = _ImageServer()
+    try:
+        open_panel(page)
+        send(page, f"look ![the chart]({images.url}/leak.svg?data=secret) and"
+                   f' <img src="{images.url}/raw.svg" alt="raw">'
+                   f' <video poster="{images.url}/poster.svg"></video>'
+                   f' <audio src="{images.url}/audio.mp3" autoplay></audio>'
+                   f' <input type="image" src="{images.url}/input.svg">'
+                   f' <div style="background:url({images.url}/bg.svg)">styled</div> done')
+        answer = wait_answer(page, "styled")
+        placeholders = answer.locator(".jp-AgenstraChat-image")
+        assert placeholders.count() == 2
+        assert placeholders.first.locator("code").inner_text() == (
+            f"{images.url}/leak.svg?data=secret")
+        assert "the chart" in placeholders.first.inner_text()
+        page.wait_for_timeout(1000)  # time for any fetch to arrive
+        assert images.requests == []
+        assert answer.locator("img").count() == 0
+        snap(page, "images-blocked")
+
+        placeholders.first.locator("button", has_text="Load image").click()
+        image = answer.locator("img[alt='the chart']")
+        image.wait_for()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0",
+                               arg=image.element_handle())
+        assert images.requests == ["/leak.svg?data=secret"]  # that one only, once asked
+        assert answer.locator(".jp-AgenstraChat-image").count() == 1
+        snap(page, "images-loaded")
+    finally:
+        images.close()

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from agenstra_jupyter.client import AgenstraError
 from agenstra_jupyter.widgets import ChatWidget
 
 
@@ -109,3 +110,25 @@ def test_agent_picker_switches_transcripts(client):
     assert widget.transcript.children == ()
     widget.picker.value = "w-one"
     assert len(widget.transcript.children) == 2 and "for one" in bubbles(widget)[0]
+
+
+def test_sandbox_state_is_shown_under_the_header(client, monkeypatch):
+    """Nothing while sandboxed; a warning when the operator turned it off; quiet on errors."""
+    client.create_agent("w-sandbox", provider="echo", runtime="process")
+    catalog = {"providers": [], "runtimes": [
+        {"name": "process", "available": True, "default": True, "sandbox": "bwrap"}]}
+    monkeypatch.setattr(client, "providers", lambda client_id=None: catalog)
+    widget = ChatWidget("w-sandbox", client=client)
+    assert widget.children[1] is widget.sandbox and widget.sandbox.value == ""
+
+    catalog["runtimes"][0]["sandbox"] = "none"
+    widget.use("w-sandbox")
+    assert "without a sandbox (AGENSTRA_SANDBOX=none)" in widget.sandbox.value
+    assert 'data-level="warning"' in widget.sandbox.value
+
+    def unreachable(client_id=None):
+        raise AgenstraError("The manager is unreachable")
+
+    monkeypatch.setattr(client, "providers", unreachable)
+    widget.use("w-sandbox")
+    assert widget.sandbox.value == ""

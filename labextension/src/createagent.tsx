@@ -1,9 +1,13 @@
-/** The form creating an agent; providers and runtimes come from the manager's catalogue. */
+/**
+ * The form creating an agent; providers and runtimes come from the manager's catalogue.
+ * Every runtime is listed with its sandbox state; those that cannot run are disabled, with why.
+ */
 
 import { Button, HTMLSelect } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { agentCreateRequest, IAgentCreate, ICatalog } from './protocol';
+import { NETWORK_HINT, runtimeLabel, withNetwork } from './sandbox';
 
 export interface ICreateAgentProps {
   catalog: ICatalog;
@@ -13,6 +17,7 @@ export interface ICreateAgentProps {
 
 export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentProps): JSX.Element {
   const runtimes = catalog.runtimes.filter(r => r.available);
+  const unavailable = catalog.runtimes.filter(r => !r.available);
   const [name, setName] = React.useState('');
   const [provider, setProvider] = React.useState(catalog.providers[0]?.name ?? '');
   const [runtime, setRuntime] = React.useState(
@@ -20,12 +25,18 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
   );
   const [image, setImage] = React.useState('');
   const [config, setConfig] = React.useState('');
+  const [network, setNetwork] = React.useState('');
+  const [ports, setPorts] = React.useState('');
   const [problem, setProblem] = React.useState<string | null>(null);
   const described = catalog.providers.find(p => p.name === provider);
+  const chosen = catalog.runtimes.find(r => r.name === runtime);
 
   const submit = async (event: React.FormEvent) => {
     event.preventDefault();
-    const request = agentCreateRequest(name, provider, runtime, image, config);
+    let request = agentCreateRequest(name, provider, runtime, image, config);
+    if (typeof request !== 'string' && runtime === 'process') {
+      request = withNetwork(request, network, ports);
+    }
     if (typeof request === 'string') {
       setProblem(request);
       return;
@@ -51,9 +62,37 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
       <label>
         Runtime
         <HTMLSelect aria-label="Runtime" value={runtime}
-          options={runtimes.map(r => ({ value: r.name, label: `${r.name}: ${r.description}` }))}
+          options={catalog.runtimes.map(r => ({
+            value: r.name, label: runtimeLabel(r), disabled: !r.available
+          }))}
           onChange={e => setRuntime(e.currentTarget.value)} />
       </label>
+      {unavailable.map(r => (
+        <div key={r.name} className="jp-AgenstraChat-hint jp-mod-unavailable">
+          {r.name}: <CodeText text={r.problem || 'not available on this manager'} />
+        </div>
+      ))}
+      {runtime === 'process' && (
+        <>
+          <label>
+            Network
+            <HTMLSelect aria-label="Network" value={network}
+              options={[{ value: '', label: 'provider default' }, 'none', 'egress']}
+              onChange={e => setNetwork(e.currentTarget.value)} />
+          </label>
+          <label>
+            Loopback ports
+            <input className="jp-mod-styled" value={ports} placeholder="e.g. 11434"
+              aria-label="Loopback ports" onChange={e => setPorts(e.currentTarget.value)} />
+          </label>
+          <div className="jp-AgenstraChat-hint">{NETWORK_HINT}</div>
+          {chosen?.network === 'missing' && network !== 'none' && (
+            <div className="jp-AgenstraChat-hint jp-mod-unavailable">
+              slirp4netns is not installed: agents with network egress cannot run
+            </div>
+          )}
+        </>
+      )}
       {runtime === 'docker' && (
         <label>
           Image
@@ -73,4 +112,9 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
       </div>
     </form>
   );
+}
+
+/** Text with `code` spans (the manager's install hints), shown as code. */
+export function CodeText({ text }: { text: string }): JSX.Element {
+  return <>{text.split('`').map((part, i) => (i % 2 ? <code key={i}>{part}</code> : part))}</>;
 }

@@ -16,10 +16,11 @@ import { Message } from '@lumino/messaging';
 import * as React from 'react';
 
 import { IConnectionStatus } from './connection';
-import { CreateAgentForm } from './createagent';
+import { CodeText, CreateAgentForm } from './createagent';
 import { ICodeActions, Markdown } from './markdown';
 import { IChatMessage } from './protocol';
 import { SidebarModel } from './model';
+import { sandboxWarning } from './sandbox';
 import { agentKey, ILiveTurn, IToolActivity, toolsOf, Transcript } from './state';
 
 export class ChatPanel extends ReactWidget {
@@ -82,6 +83,7 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
         <AgentActions model={model} onCreate={() => setCreating(!creating)} />
       </div>
       <Pickers model={model} />
+      <SandboxStrip model={model} />
       {creating && model.catalog && (
         <CreateAgentForm catalog={model.catalog} onCancel={() => setCreating(false)}
           onCreate={async request => {
@@ -188,6 +190,20 @@ function Pickers({ model }: { model: SidebarModel }): JSX.Element {
       <HTMLSelect className="jp-AgenstraChat-agent" aria-label="Agent" title="Agent"
         value={agentId ?? ''} options={agentOptions} disabled={!agentOptions.length}
         onChange={e => void model.selectAgent(e.currentTarget.value)} />
+    </div>
+  );
+}
+
+/** Whether this manager's agents are sandboxed, while they are not: it stays shown. */
+function SandboxStrip({ model }: { model: SidebarModel }): JSX.Element | null {
+  const warning = sandboxWarning(model.catalog, model.selectedAgent?.runtime);
+  if (!warning) {
+    return null;
+  }
+  return (
+    <div className={`jp-AgenstraChat-sandbox jp-mod-${warning.level}`} data-level={warning.level}
+      role={warning.level === 'error' ? 'alert' : 'status'}>
+      <CodeText text={warning.text} />
     </div>
   );
 }

@@ -126,6 +126,12 @@ export interface IRuntimeInfo {
   description: string;
   available: boolean;
   default: boolean;
+  /** bwrap: sandboxed; none: the operator opted out; missing: agents cannot run. */
+  sandbox?: 'bwrap' | 'none' | 'missing' | 'container';
+  /** How an agent with network 'egress' reaches out (missing: it cannot run). */
+  network?: string;
+  /** Why agents cannot run here, and what to install. */
+  problem?: string;
 }
 
 export interface ICatalog {

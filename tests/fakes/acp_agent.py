@@ -4,6 +4,7 @@ What it does depends on the prompt:
   hello    streams "Hello from ACP" in chunks
   count    answers how many prompts this session has seen (session continuity)
   files    asks to write outside and inside its cwd (permissions), writes and reads back
+  escape   tries symlinks out of its cwd (permission, write, read) and asks to execute
   slow     streams slowly until cancelled, then ends with stopReason "cancelled"
   crash    exits at once, with a message on stderr
 """
@@ -65,6 +66,8 @@ class FakeAgent:
             await self.say(session_id, f"prompt number {self.prompts[session_id]}")
         elif text == "files":
             await self.files(session_id)
+        elif text == "escape":
+            await self.escape(session_id)
         elif text == "slow":
             for _ in range(600):
                 if session_id in self.cancelled:
@@ -100,6 +103,36 @@ class FakeAgent:
             await self.conn.session_update(session_id=session_id, update=acp.update_tool_call(
                 name, status="completed",
                 content=[acp.tool_content(acp.text_block(result))]))
+        await self.say(session_id, " ".join(verdicts))
+
+    async def ask(self, session_id, kind, path):
+        answer = await self.conn.request_permission(
+            session_id=session_id,
+            tool_call=ToolCallUpdate(tool_call_id=kind, kind=kind, title=f"{kind} {path}",
+                                     locations=[ToolCallLocation(path=path)]),
+            options=[PermissionOption(option_id="yes", name="Allow", kind="allow_once"),
+                     PermissionOption(option_id="no", name="Reject", kind="reject_once")])
+        return getattr(answer.outcome, "option_id", None) or "none"
+
+    async def escape(self, session_id):
+        import os
+
+        cwd = self.cwd[session_id]
+        os.symlink("/etc", f"{cwd}/out")
+        os.symlink("/etc/hostname", f"{cwd}/host")
+        verdicts = [f"edit-via-link={await self.ask(session_id, 'edit', f'{cwd}/out/x.txt')}",
+                    f"execute={await self.ask(session_id, 'execute', cwd)}",
+                    f"read-inside={await self.ask(session_id, 'read', f'{cwd}/host')}"]
+        for name, call in [
+            ("write-via-link", self.conn.write_text_file(session_id=session_id,
+                                                         path=f"{cwd}/out/x.txt", content="x")),
+            ("read-link", self.conn.read_text_file(session_id=session_id, path=f"{cwd}/host")),
+        ]:
+            try:
+                await call
+                verdicts.append(f"{name}=done")
+            except Exception:
+                verdicts.append(f"{name}=error")
         await self.say(session_id, " ".join(verdicts))
 
 
