@@ -15,7 +15,7 @@ from typing import Any
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from .client import AgenstraClient, AgenstraError, connect
-from .render import markdown_html
+from .render import inert_markdown, markdown_html
 
 USAGE = "usage: %agent list | %agent use NAME | %agent NAME message… | %%agent [NAME]"
 
@@ -27,7 +27,7 @@ class AgentAnswer(str):
         return markdown_html(str(self))
 
     def _repr_markdown_(self) -> str:
-        return str(self)
+        return inert_markdown(str(self))  # the notebook renders it later: no remote loads
 
 
 class AgentList(list):

@@ -200,3 +200,13 @@ def test_export_writes_inert_markdown_and_safe_html(jupyter_server, tmp_path):
     assert re.search(r"<[A-Za-z]", data["text/markdown"]) is None
     assert fetched(data["text/html"]) == []
     assert "[image: leak]" in data["text/html"]
+
+
+def test_magic_answers_give_notebooks_inert_markdown():
+    from agenstra_jupyter.magics import AgentAnswer
+
+    answer = AgentAnswer(f"see ![chart]({REMOTE}) and <img src='{REMOTE}'>")
+    markdown = answer._repr_markdown_()
+    assert "![" not in markdown and re.search(r"<[A-Za-z]", markdown) is None
+    assert f"[image: chart]({REMOTE})" in markdown
+    assert str(answer).startswith("see ![chart]")  # the value itself is the agent's text
