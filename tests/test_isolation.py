@@ -172,6 +172,10 @@ def attack_script(machine: RealMachine, extra: str = "") -> str:
               f"try_read link-{MARK}", f"ln -sf / root-{MARK}",
               f"try_read root-{MARK}/etc/shadow"]
     lines.append(f"env | grep -E 'AGENSTRA_API_KEY|JUPYTER_TOKEN|{ENV_SECRET}' && leak env")
+    # Writing a kernel setting back unchanged: harmless if it works, and it must not.
+    lines.append("v=$(cat /proc/sys/vm/stat_interval); "
+                 "(echo \"$v\" > /proc/sys/vm/stat_interval) 2>/dev/null && leak writes /proc/sys")
+    lines.append("[ \"$(df -k /tmp | awk 'NR==2 {print $2}')\" -le 1048576 ] || leak big /tmp")
     lines.append(extra)
     lines.append("echo probes-ran")
     return "\n".join(lines)

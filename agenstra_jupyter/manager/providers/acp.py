@@ -38,15 +38,19 @@ READING_KINDS = {"read", "search"}
 # Run inside the agent's runtime, so a path means what it means to the agent: the nearest
 # existing ancestor is resolved (symlinks followed), the rest is appended; a last component
 # that is a symlink is refused (O_NOFOLLOW). Modes: resolve (print it), read, write (stdin).
-# Exit codes: 3 a symlink, 4 outside the workspace, 5 missing.
+# Exit codes: 3 a symlink, 4 outside the workspace, 5 missing, 6 a path it will not judge.
 FILE_SCRIPT = r"""
 mode=$1 path=$2 root=$3 rest=
 case "$path" in /*) ;; *) path="$root/$path";; esac
 t=$path
 while [ ! -d "$t" ]; do rest="/$(basename -- "$t")$rest"; t=$(dirname -- "$t"); done
+case "$rest/" in */../*|*/./*) exit 6;; esac
 real="$(cd -- "$t" && pwd -P)$rest"
 real=$(printf '%s' "$real" | sed 's://*:/:g')
-[ "$mode" = resolve ] && { printf '%s' "$real"; exit 0; }
+if [ "$mode" = resolve ]; then
+  [ -L "$real" ] && real=$(readlink -f -- "$real")  # judged by where it leads
+  printf '%s' "$real"; exit 0
+fi
 [ -L "$real" ] && exit 3
 case "$real/" in "$root"/*) ;; *) [ "$mode" = write ] && exit 4;; esac
 if [ "$mode" = read ]; then [ -f "$real" ] || exit 5; exec cat -- "$real"; fi

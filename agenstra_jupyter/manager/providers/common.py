@@ -7,6 +7,8 @@ import os
 from pathlib import PurePosixPath
 from typing import Any
 
+from ..runtimes.sandbox import loader_variable
+
 MAX_ERROR_CHARS = 300
 # The manager's and Jupyter's own credentials: never handed to an agent by name.
 RESERVED_ENV_PREFIXES = ("AGENSTRA_", "JUPYTER", "JPY_")
@@ -41,6 +43,9 @@ def check_program_config(config: dict[str, Any]) -> None:
             raise ValueError(f"{name} is the manager's own variable: it is never passed on")
     for key in ("env", "files"):
         check_str_dict(config, key)
+    for name in config.get("env", {}):
+        if loader_variable(name):
+            raise ValueError(f"config.env may not set {name} (it would steer the sandbox)")
     for path in config.get("files", {}):
         parts = PurePosixPath(path).parts
         if not parts or PurePosixPath(path).is_absolute() or ".." in parts:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -81,6 +82,7 @@ class SandboxNetwork:
 
     def __init__(self) -> None:
         self._slirp: asyncio.subprocess.Process | None = None
+        self._slirp_exit: int | None = None  # closing it (or dying) ends slirp4netns
         self._servers: list[asyncio.Server] = []
         self._relays: set[asyncio.Task[None]] = set()
 
@@ -111,6 +113,9 @@ class SandboxNetwork:
         self._servers = []
         for task in list(self._relays):
             task.cancel()
+        if self._slirp_exit is not None:
+            os.close(self._slirp_exit)
+            self._slirp_exit = None
         slirp, self._slirp = self._slirp, None
         if slirp is not None and slirp.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -119,11 +124,13 @@ class SandboxNetwork:
 
     async def _start_slirp(self, pid: int) -> None:
         ready_r, ready_w = os.pipe()
+        exit_r, self._slirp_exit = os.pipe()
         try:
             self._slirp = await asyncio.create_subprocess_exec(
                 "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
-                "--ready-fd", str(ready_w), str(pid), "tap0",
-                pass_fds=(ready_w,), stdin=asyncio.subprocess.DEVNULL,
+                "--enable-sandbox", "--enable-seccomp", "--ready-fd", str(ready_w),
+                "--exit-fd", str(exit_r), str(pid), "tap0",
+                pass_fds=(ready_w, exit_r), stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             )
             os.close(ready_w)
@@ -133,6 +140,7 @@ class SandboxNetwork:
             ready = b""
         finally:
             os.close(ready_r)
+            os.close(exit_r)
             if ready_w >= 0:
                 os.close(ready_w)
         if ready != b"1":
@@ -202,18 +210,30 @@ async def _user_namespace_ready(pid: int, timeout: float = 5.0) -> None:
 
 
 async def _host_addresses() -> list[str]:
-    """This host's own IPv4 addresses (a service on 0.0.0.0 answers on each of them)."""
+    """This host's own IPv4 addresses and networks (a service on 0.0.0.0 answers on each)
+    and its gateways."""
+    interfaces = await _ip_json("-4", "addr", "show")
+    routes = await _ip_json("-4", "route", "show", "default")
+    found = []
+    for address in (a for i in interfaces for a in i.get("addr_info", [])):
+        local = address.get("local", "")
+        if local and not local.startswith("127."):
+            network = ipaddress.ip_interface(f"{local}/{address.get('prefixlen', 32)}").network
+            found += [f"{local}/32", str(network)]
+    found += [f"{r['gateway']}/32" for r in routes if r.get("gateway")]
+    return list(dict.fromkeys(found))
+
+
+async def _ip_json(*args: str) -> list[dict[str, Any]]:
     probe = await asyncio.create_subprocess_exec(
-        "ip", "-j", "-4", "addr", "show", stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        "ip", "-j", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
     )
     out, _ = await probe.communicate()
     try:
-        interfaces = json.loads(out or b"[]")
+        found = json.loads(out or b"[]")
     except ValueError:
         return []
-    return [f"{a['local']}/32" for i in interfaces for a in i.get("addr_info", [])
-            if a.get("local") and not a["local"].startswith("127.")]
+    return found if isinstance(found, list) else []
 
 
 async def _gateways(pid: int) -> list[str]:

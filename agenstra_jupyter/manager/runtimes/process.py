@@ -116,6 +116,10 @@ class ProcessRuntime(Runtime):
     cpu_time_limit = Int(
         7200, help="CPU seconds per agent process (0: no limit). AGENSTRA_PROCESS_CPU_TIME."
     ).tag(config=True, env="AGENSTRA_PROCESS_CPU_TIME")
+    tmp_size = Unicode(
+        "1g", help="Size of each sandbox's private /tmp (held in memory); 0: the kernel's "
+        "default. AGENSTRA_PROCESS_TMP_SIZE."
+    ).tag(config=True, env="AGENSTRA_PROCESS_TMP_SIZE")
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -222,12 +226,15 @@ class ProcessRuntime(Runtime):
         return local
 
     def _spec(self, agent: AgentRecord, argv: list[str]) -> SandboxSpec:
-        secrets = secret_paths([*self.protected_paths, self.workspace_root, self.agents_root])
+        writable = [Path(self.workspace_root), self.agents_root]
+        secrets = secret_paths([*self.protected_paths, *writable])
         search_path = os.environ.get("PATH", os.defpath)
         return SandboxSpec(
             workspace=self.workspace(agent),
             home=self.home(agent),
-            program=resolve_program(argv, search_path, secrets),
+            program=resolve_program(argv, search_path, secrets, writable),
+            bwrap=shutil.which("bwrap") or "bwrap",
+            tmp_size=_bytes(self.tmp_size),
             secrets=secrets,
             limits=self._limits(),
             network=agent.config.get("network", "none") != "none",
@@ -293,6 +300,8 @@ class ProcessRuntime(Runtime):
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=spec.workspace,
+                # bwrap hands its environment to the sandbox; nothing in it may steer
+                # the host-side bwrap (LD_PRELOAD and friends are refused by config too).
                 env=sandbox_environment(spec, env),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,

@@ -25,10 +25,14 @@ ETC_ALLOWED = (
     "ld.so.conf.d", "alternatives", "ssl/certs", "ssl/openssl.cnf", "ca-certificates",
     "ca-certificates.conf", "pki/tls/certs", "crypto-policies", "mime.types", "magic",
     "os-release", "debian_version", "lsb-release", "environment", "profile", "bash.bashrc",
-    "inputrc", "terminfo", "fonts", "locale.alias", "python3", "gitconfig", "npmrc",
-)
-# Interpreters whose first absolute-path argument is the program itself (bound with it).
-INTERPRETERS = ("python", "node", "sh", "bash", "dash", "deno", "bun", "ruby", "perl")
+    "inputrc", "terminfo", "fonts", "locale.alias", "python3",
+)  # not gitconfig or npmrc: they can carry credentials
+# Kernel interfaces under /proc that must stay read-only even to a root-mapped sandbox.
+PROC_READ_ONLY = ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs")
+# Never bound as an agent's script, whatever the command line says.
+NEVER_SCRIPT = ("/proc", "/sys", "/dev", "/etc", "/run", "/var/run", "/boot")
+# Interpreters whose first argument, an absolute path, is the program itself (bound with it).
+INTERPRETERS = ("python", "node", "deno", "bun", "ruby", "perl")
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
 # Run first in a sandbox whose network is made from outside: "ready", then wait for "go".
 # (dash takes no fd above 9 in redirections, hence /dev/fd; both pipes are spent after.)
@@ -70,6 +74,8 @@ class SandboxSpec:
     secrets: list[Path]
     limits: Limits = field(default_factory=Limits)
     network: bool = False  # egress through slirp4netns (set up after the sandbox starts)
+    bwrap: str = "bwrap"  # its absolute path, found on the manager's PATH
+    tmp_size: int = 0  # bytes of the private /tmp (RAM); 0: the kernel's default
     resolv_conf: Path | None = None  # bound over /etc/resolv.conf when network is on
 
 
@@ -83,10 +89,13 @@ def secret_paths(extra: Iterable[str | Path] = (), environ: Mapping[str, str] = 
                                *paths.jupyter_config_path(), "/run", "/var/run", *extra]
     found += [value for name, value in environ.items()
               if name.startswith("JUPYTER_") and value.startswith("/")]
-    return _unique(Path(os.path.abspath(p)) for p in found)
+    # Both spellings: binds are judged on real paths, and HOME may be a symlink.
+    absolute = [Path(os.path.abspath(p)) for p in found]
+    return _unique([*absolute, *(p.resolve() for p in absolute)])
 
 
-def resolve_program(argv: list[str], search_path: str, secrets: list[Path]) -> Program:
+def resolve_program(argv: list[str], search_path: str, secrets: list[Path],
+                                    writable: list[Path] | None = None) -> Program:
     """Find argv[0] on the manager's PATH and the installation it runs from.
 
     A program under /usr needs nothing more. Otherwise its installation is bound read-only:
@@ -98,16 +107,23 @@ def resolve_program(argv: list[str], search_path: str, secrets: list[Path]) -> P
     if not found:
         return Program(list(argv))  # the sandbox reports "not found" as the command would
     program = Program([os.path.abspath(found), *argv[1:]])
+    writable = writable or []
+    where = (Path(program.argv[0]), Path(found).resolve())
+    if any(_contains(root, path) for root in writable for path in where):
+        return program  # the agent's own files: nothing of theirs is trusted
     _add_installation(program, Path(program.argv[0]), search_path, secrets, depth=2)
-    if Path(found).name.rstrip("0123456789.").startswith(INTERPRETERS):
-        script = next((Path(a) for a in argv[1:] if a.startswith("/")), None)
-        if script is not None and script.is_file():
-            _add_script(program, script, secrets)
+    if Path(found).name.rstrip("0123456789.").startswith(INTERPRETERS) and len(argv) > 1:
+        _add_script(program, argv[1], secrets, writable)
     return program
 
 
-def _add_script(program: Program, script: Path, secrets: list[Path]) -> None:
+def _add_script(program: Program, arg: str, secrets: list[Path], writable: list[Path]) -> None:
     """`python /path/agent.py`: the script's directory (its modules), or only the script."""
+    script = Path(arg).resolve()
+    if not arg.startswith("/") or not script.is_file() or any(
+        _contains(root, script) for root in [*map(Path, NEVER_SCRIPT), *secrets, *writable]
+    ):
+        return
     roots = _installation_roots(script)
     root = roots[0] if "node_modules" in script.parts else script.parent
     if _is_system(root):
@@ -123,8 +139,10 @@ def _add_installation(program: Program, path: Path, search_path: str, secrets: l
     real = path.resolve()
     for candidate in (path, real):
         for root in _installation_roots(candidate):
-            if _is_system(root):
-                continue
+            if _is_system(root) or any(_contains(secret, root) for secret in secrets
+                                       if secret != Path.home() and secret.resolve() !=
+                                       Path.home().resolve()):
+                continue  # inside a secret directory: never an installation to bind
             if _too_broad(root, secrets):
                 root = candidate.parent
             if root not in program.binds:
@@ -143,9 +161,10 @@ def _installation_roots(path: Path) -> list[Path]:
         config = parent / "pyvenv.cfg"
         if config.is_file():
             return [parent, *_venv_base(config)]
-    if path.parent.name in ("bin", "sbin") and path.parent.parent != Path.home():
+    homes = (Path.home(), Path.home().resolve())
+    if path.parent.name in ("bin", "sbin") and path.parent.parent not in homes:
         prefix = path.parent.parent
-        if prefix.parent != Path.home():  # ~/.local is a user's whole data, not an install
+        if prefix.parent not in homes:  # ~/.local is a user's whole data, not an install
             return [prefix]
     return [path.parent]
 
@@ -183,8 +202,14 @@ def bwrap_argv(spec: SandboxSpec, gate: tuple[int, int, int] | None = None) -> l
     (its network is made meanwhile). bwrap's own --block-fd cannot be used: bwrap is still
     configuring the namespace's loopback when it reports the pid.
     """
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    args = [spec.bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop",
+            "ALL", "--proc", "/proc", "--dev", "/dev"]
+    for path in PROC_READ_ONLY:  # a root manager's sandbox is uid 0: /proc/sys must not be
+        if os.path.exists(path):
+            args += ["--ro-bind", path, path]
+    if spec.tmp_size:
+        args += ["--size", str(spec.tmp_size)]
+    args += ["--tmpfs", "/tmp"]
     for name in SYSTEM_DIRS:
         if os.path.islink(name):
             args += ["--symlink", os.readlink(name), name]
@@ -229,14 +254,20 @@ def sandbox_environment(spec: SandboxSpec, extra: Mapping[str, str] | None) -> d
         PATH=":".join([*spec.program.path_dirs, SYSTEM_PATH]),
         HOME=str(spec.home), TMPDIR="/tmp", TERM="dumb", AGENSTRA_WORKSPACE=str(spec.workspace),
     )
-    env.update(extra or {})
+    env.update({key: value for key, value in (extra or {}).items() if not loader_variable(key)})
     return env
+
+
+def loader_variable(name: str) -> bool:
+    """Variables that change how the host-side bwrap itself is loaded: never set."""
+    return name.startswith(("LD_", "GLIBC_", "MALLOC_")) or name in ("GCONV_PATH", "LOCPATH")
 
 
 def _too_broad(root: Path, secrets: list[Path]) -> bool:
     """A tree holding the user's HOME, or itself secret, is never bound whole. Secrets
     further down a bound tree (a virtualenv's share/jupyter) are covered up instead."""
-    return _contains(root, Path.home()) or root in secrets
+    return _contains(root, Path.home().resolve()) or _contains(root, Path.home()) or \
+        root in secrets
 
 
 def _is_system(path: Path) -> bool:
