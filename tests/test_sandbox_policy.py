@@ -53,6 +53,14 @@ def test_a_tool_in_a_symlinked_home_binds_its_directory_only(home):
     assert exposes(program, home / "bin" / "mytool")
 
 
+def test_a_program_right_in_home_is_bound_alone(home):
+    tool = home / "tool"
+    tool.write_text("#!/bin/sh\necho hi\n")
+    tool.chmod(0o755)
+    program = resolve_program([str(tool)], os.defpath, secret_paths())
+    assert set(binds(program)) == {tool.resolve()}  # at its own path and its real one
+
+
 def test_arguments_of_shells_and_later_arguments_are_never_bound(home):
     secret = home / ".ssh" / "id_rsa"
     for argv in (["sh", "-c", "x", "sh", "read", str(secret), "/w"], ["sh", str(secret)],

@@ -121,8 +121,10 @@ def test_sidebar_strip_and_create_form(browser, unsandboxed, request):  # noqa: 
         assert config == {"network": "egress", "loopbackPorts": [9000]}
         assert strip.is_visible()  # persistent: still there for the new agent
 
+        page.keyboard.press("Escape")  # out of the form's fields, then the palette
         page.keyboard.press("Control+Shift+C")
-        page.keyboard.type("Use Theme: JupyterLab Dark")
+        palette = page.wait_for_selector(".lm-CommandPalette-input", state="visible")
+        palette.fill("Use Theme: JupyterLab Dark")
         page.keyboard.press("Enter")
         page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
         ratio = page.evaluate(CONTRAST_JS, [STRIP])[STRIP]

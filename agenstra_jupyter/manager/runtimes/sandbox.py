@@ -95,13 +95,15 @@ def secret_paths(extra: Iterable[str | Path] = (), environ: Mapping[str, str] = 
 
 
 def resolve_program(argv: list[str], search_path: str, secrets: list[Path],
-                                    writable: list[Path] | None = None) -> Program:
+                    writable: list[Path] | None = None) -> Program:
     """Find argv[0] on the manager's PATH and the installation it runs from.
 
     A program under /usr needs nothing more. Otherwise its installation is bound read-only:
     the outermost `node_modules` of an npm package, a virtualenv and its base interpreter,
-    or the prefix of a `bin/` directory, and the same for its `#!` interpreter. A directory
-    that holds the user's HOME is never bound whole: only the program's own directory is.
+    or the prefix of a `bin/` directory, and the same for its `#!` interpreter. A tree that
+    holds the user's HOME is never bound whole (only the program file is), nor anything
+    inside a secret directory. A program in `writable` (agents' workspaces and homes) gets
+    nothing bound: its venv config and `#!` line are the agent's to forge.
     """
     found = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=search_path)
     if not found:
@@ -138,13 +140,13 @@ def _add_installation(program: Program, path: Path, search_path: str, secrets: l
                       depth: int) -> None:
     real = path.resolve()
     for candidate in (path, real):
+        if _is_system(candidate):
+            continue  # visible as it is
         for root in _installation_roots(candidate):
-            if _is_system(root) or any(_contains(secret, root) for secret in secrets
-                                       if secret != Path.home() and secret.resolve() !=
-                                       Path.home().resolve()):
-                continue  # inside a secret directory: never an installation to bind
+            if _is_system(root) or _inside_secret(root, secrets):
+                continue
             if _too_broad(root, secrets):
-                root = candidate.parent
+                root = candidate  # the program file alone
             if root not in program.binds:
                 program.binds.append(root)
     if str(path.parent) not in program.path_dirs and not _is_system(path):
@@ -261,6 +263,12 @@ def sandbox_environment(spec: SandboxSpec, extra: Mapping[str, str] | None) -> d
 def loader_variable(name: str) -> bool:
     """Variables that change how the host-side bwrap itself is loaded: never set."""
     return name.startswith(("LD_", "GLIBC_", "MALLOC_")) or name in ("GCONV_PATH", "LOCPATH")
+
+
+def _inside_secret(path: Path, secrets: list[Path]) -> bool:
+    """Within a secret directory other than HOME itself (installations may live in HOME)."""
+    homes = (Path.home(), Path.home().resolve())
+    return any(_contains(secret, path) for secret in secrets if secret not in homes)
 
 
 def _too_broad(root: Path, secrets: list[Path]) -> bool:
