@@ -158,3 +158,21 @@ async def test_registry_secrets_are_encrypted_with_an_owner_only_key(jupyter):
         (api_key,) = db.execute("select api_key from clients").fetchone()
     assert token.startswith("gAAAA") and api_key.startswith("gAAAA")  # Fernet tokens
     assert jupyter.controller.local.api_key not in api_key
+
+
+async def test_a_failed_delete_keeps_the_agents_password(jupyter, start_manager):
+    remote = start_manager("flaky")
+    async with jupyter.http() as http:
+        client = (await http.post("/clients", json={"name": "flaky", "endpoint": remote.url,
+                                                    "apiKey": remote.api_key})).json()
+        agent = (await http.post(f"/clients/{client['id']}/agents",
+                                 json={"name": "kept", "provider": "echo"})).json()
+        registry = jupyter.controller.registry
+        password = await registry.password(client["id"], agent["id"])
+        assert password
+        remote.kill()  # the manager is gone: the delete cannot have happened
+        failed = await http.delete(f"/clients/{client['id']}/agents/{agent['id']}")
+        assert failed.status_code == 502
+        assert await registry.password(client["id"], agent["id"]) == password
+        unknown = await http.delete(f"/clients/local/agents/{'0' * 36}")
+        assert unknown.status_code in (204, 404)  # never there: nothing to keep

@@ -387,8 +387,10 @@ def test_readable_in_light_and_dark_themes(page, lab):
     wait_answer(page, "readable")
     for theme in ("light", "dark"):
         if theme == "dark":
+            page.keyboard.press("Escape")
             page.keyboard.press("Control+Shift+C")
-            page.keyboard.type("Use Theme: JupyterLab Dark")
+            palette = page.wait_for_selector(".lm-CommandPalette-input", state="visible")
+            palette.fill("Use Theme: JupyterLab Dark")
             page.keyboard.press("Enter")
             page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
         ratios = page.evaluate(CONTRAST_JS, READABLE)

@@ -88,3 +88,12 @@ async def test_seq_is_dense_under_concurrent_writers(tmp_path, box):
         assert sorted(m["seq"] for m in written) == list(range(1, 51))
     finally:
         await store.close()
+
+
+def test_the_decoy_hash_costs_what_a_real_one_does():
+    import logging
+
+    from agenstra_jupyter.manager.service import AgentService
+
+    service = AgentService(None, {}, {}, "process", 6, logging.getLogger("t"))
+    assert service._decoy_hash.startswith(b"$2b$06$")  # a wrong name costs a real check

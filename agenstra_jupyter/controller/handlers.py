@@ -203,9 +203,11 @@ class AgentHandler(ControllerHandler):
         client = await self.client(client_id)
         try:
             await self.manager(client, "DELETE", f"/api/agents/{agent_id}")
-        finally:
-            # Deleted (or never there): its password is of no use any more.
-            await self.controller.registry.forget_agent(client_id, agent_id)
+        except web.HTTPError as exc:
+            if exc.status_code != 404:
+                raise  # the agent may live on: its password (shown once) must stay
+        # Deleted, or never there: its password is of no use any more.
+        await self.controller.registry.forget_agent(client_id, agent_id)
         self.set_status(204)
         self.finish()
 

@@ -55,8 +55,9 @@ class AgentService:
         self._provider_parent = provider_parent
         self._channels: dict[str, AgentChannel] = {}
         self.outbox: Outbox | None = None
-        # Checked when no agent matches, so a wrong name costs as much time as a wrong password.
-        self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(4))
+        # Checked when no agent matches, so a wrong name costs as much time as a wrong
+        # password: the same cost as the real hashes.
+        self._decoy_hash = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(bcrypt_rounds))
 
     # -- catalogue -----------------------------------------------------------------------
 
