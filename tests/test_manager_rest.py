@@ -147,3 +147,22 @@ async def test_health_and_providers(manager):
     runtimes = {r["name"]: r for r in offer["runtimes"]}
     assert runtimes["process"]["default"] is True and runtimes["process"]["available"] is True
     assert runtimes["docker"]["default"] is False
+
+
+async def test_an_unanswering_docker_daemon_never_holds_the_manager_up(start_manager):
+    import asyncio
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts, never answers: the SDK waits for its version reply
+    manager = start_manager(env={"AGENSTRA_DOCKER_HOST":
+                                 f"tcp://127.0.0.1:{silent.getsockname()[1]}"})
+    async with manager.http() as http:
+        providers = asyncio.ensure_future(http.get("/api/providers", timeout=120))
+        await asyncio.sleep(0.5)  # the catalogue is now waiting on the daemon
+        health = await http.get("/api/health", timeout=10)  # the loop still answers
+        assert health.status_code == 200
+        assert not providers.done()
+        providers.cancel()
+    silent.close()

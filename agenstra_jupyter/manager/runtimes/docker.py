@@ -161,19 +161,26 @@ class DockerRuntime(Runtime):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self._client: Any = None
+        self._client_lock = threading.Lock()
         self._networks: dict[str, SandboxNetwork] = {}
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            import docker
+        """The Docker SDK client, made once. Making it asks the daemon for its version, so
+        only threads touch this (`_call`, `_client_ready`), never the event loop."""
+        with self._client_lock:
+            if self._client is None:
+                import docker
 
-            self._client = (
-                docker.DockerClient(base_url=self.docker_host)
-                if self.docker_host
-                else docker.from_env()
-            )
-        return self._client
+                self._client = (
+                    docker.DockerClient(base_url=self.docker_host)
+                    if self.docker_host
+                    else docker.from_env()
+                )
+            return self._client
+
+    async def _client_ready(self) -> Any:
+        return await asyncio.to_thread(lambda: self.client)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "sandbox": "container", "network": "bridge"}
@@ -187,7 +194,7 @@ class DockerRuntime(Runtime):
 
     async def available(self) -> bool:
         try:
-            return bool(await asyncio.to_thread(self.client.ping))
+            return bool(await asyncio.to_thread(lambda: self.client.ping()))
         except Exception:
             return False
 
@@ -259,7 +266,7 @@ class DockerRuntime(Runtime):
         if not argv or not all(isinstance(arg, str) for arg in argv):
             raise RuntimeFailure("A command is a non-empty list of strings")
         container = await self.container(agent)
-        api = self.client.api
+        api = (await self._client_ready()).api
         created = await self._call(
             api.exec_create,
             container.id,
