@@ -87,6 +87,19 @@ ResponseType = Literal["text", "error"]
 AGENT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+# Largest sequence number or count any tier accepts (SQLite's INTEGER).
+MAX_SEQ = 2**63 - 1
+_COUNT = re.compile(r"[0-9]{1,19}")
+
+
+def parse_count(name: str, raw: str) -> int:
+    """A query parameter such as `after` or `limit`: ASCII digits, at most MAX_SEQ."""
+    if not _COUNT.fullmatch(raw) or int(raw) > MAX_SEQ:
+        raise ProtocolError(ErrorCode.INVALID_PAYLOAD,
+                            f"{name} must be an integer from 0 to {MAX_SEQ}")
+    return int(raw)
+
+
 class ProtocolError(Exception):
     """A request that breaks the contract; becomes an `error` event or a 4xx."""
 
@@ -120,7 +133,7 @@ class LoginRequest(_Request):
     agentId: str | None = Field(default=None, min_length=1, max_length=64)
     agentName: str | None = Field(default=None, min_length=1, max_length=64)
     password: str = Field(max_length=256)
-    afterSeq: int | None = Field(default=None, ge=0)
+    afterSeq: int | None = Field(default=None, ge=0, le=MAX_SEQ)
 
     @model_validator(mode="after")
     def _names_an_agent(self) -> LoginRequest:
@@ -167,7 +180,7 @@ class ForwardRequest(_Request):
 class ForwardedLoginPayload(_Request):
     """What a frontend may put in a forwarded `login`: never a password."""
 
-    afterSeq: int | None = Field(default=None, ge=0)
+    afterSeq: int | None = Field(default=None, ge=0, le=MAX_SEQ)
 
 
 class ClientRegisterRequest(_Request):

@@ -176,3 +176,13 @@ async def test_a_failed_delete_keeps_the_agents_password(jupyter, start_manager)
         assert await registry.password(client["id"], agent["id"]) == password
         unknown = await http.delete(f"/clients/local/agents/{'0' * 36}")
         assert unknown.status_code in (204, 404)  # never there: nothing to keep
+
+
+async def test_controller_page_parameters_out_of_range_are_refused(jupyter):
+    agent = await jupyter.default_agent()
+    async with jupyter.http() as http:
+        for value in (str(2**63), "1" * 23, "\u00b2", "\u0663"):
+            response = await http.get(f"/clients/local/agents/{agent['id']}/messages",
+                                      params={"after": value})
+            assert response.status_code == 400, (value, response.text)
+            assert response.json()["code"] == "INVALID_PAYLOAD"

@@ -133,7 +133,7 @@ async def test_messages_page_with_after_and_limit(manager):
         assert [m["seq"] for m in page] == [3, 4, 5]
         for bad in [{"after": "-1"}, {"limit": "x"}, {"after": "1.5"}]:
             response = await http.get(url, params=bad)
-            assert response.status_code == 400 and "non-negative" in response.json()["message"]
+            assert response.status_code == 400 and "an integer from 0" in response.json()["message"]
 
 
 async def test_health_and_providers(manager):
@@ -166,3 +166,17 @@ async def test_an_unanswering_docker_daemon_never_holds_the_manager_up(start_man
         assert not providers.done()
         providers.cancel()
     silent.close()
+
+
+@pytest.mark.parametrize("value", [str(2**63), "1" * 23, "\u00b2", "\u0663", "-1", "1e3", ""])
+async def test_page_parameters_out_of_range_are_refused(manager, value):
+    agent = await manager.create_agent(name="paged", provider="echo")
+    async with manager.http() as http:
+        for name in ("after", "limit"):
+            response = await http.get(f"/api/agents/{agent['id']}/messages",
+                                      params={name: value})
+            assert response.status_code == 400, (name, value, response.text)
+            assert response.json()["code"] == "INVALID_PAYLOAD"
+        largest = await http.get(f"/api/agents/{agent['id']}/messages",
+                                 params={"after": str(2**63 - 1)})
+        assert largest.status_code == 200 and largest.json() == []

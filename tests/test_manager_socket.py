@@ -228,6 +228,16 @@ async def test_logout_stops_the_traffic(manager):
             {"agentName": "a", "password": "p", "afterSeq": "3"},
             ErrorCode.INVALID_PAYLOAD,
         ),
+        (
+            ManagerEvent.LOGIN,
+            {"agentName": "a", "password": "p", "afterSeq": 2**63},
+            ErrorCode.INVALID_PAYLOAD,
+        ),
+        (
+            ManagerEvent.LOGIN,
+            {"agentName": "a", "password": "p", "afterSeq": 10**22},
+            ErrorCode.INVALID_PAYLOAD,
+        ),
         (ManagerEvent.CHAT, {"message": "hi"}, ErrorCode.NOT_LOGGED_IN),
         (ManagerEvent.CHAT, {}, ErrorCode.INVALID_PAYLOAD),
         (ManagerEvent.CHAT, {"message": ["list"]}, ErrorCode.INVALID_PAYLOAD),

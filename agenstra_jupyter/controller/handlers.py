@@ -230,9 +230,10 @@ class MessagesHandler(ControllerHandler):
         for name in ("after", "limit"):
             value = self.get_query_argument(name, None)
             if value is not None:
-                if not value.isdigit():
-                    raise web.HTTPError(400, f"{name} must be a non-negative integer")
-                params[name] = value
+                try:
+                    params[name] = str(protocol.parse_count(name, value))
+                except ProtocolError as exc:
+                    raise web.HTTPError(400, exc.message) from None
         client = await self.client(client_id)
         self.send(
             await self.manager(client, "GET", f"/api/agents/{agent_id}/messages", params=params)

@@ -70,9 +70,10 @@ def _int_argument(handler: ApiHandler, name: str, default: int, maximum: int | N
     raw = handler.get_query_argument(name, None)
     if raw is None:
         return default
-    if not raw.isdigit():
-        raise web.HTTPError(400, f"{name} must be a non-negative integer")
-    value = int(raw)
+    try:
+        value = protocol.parse_count(name, raw)
+    except ProtocolError as exc:
+        raise web.HTTPError(400, exc.message) from None
     return min(value, maximum) if maximum is not None else value
 
 
