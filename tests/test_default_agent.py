@@ -61,3 +61,17 @@ async def test_the_first_cli_found_wins(jupyter, monkeypatch):
     monkeypatch.setenv("PATH", f"{FAKE_BIN}:/usr/local/bin:/usr/bin:/bin")
     agent = await jupyter.default_agent()
     assert (agent["provider"], agent["config"]["preset"]) == ("cli", "cursor")
+
+
+@pytest.mark.parametrize("controller_config", [{"default_agent_provider": "no-such-provider"}])
+async def test_a_default_agent_that_cannot_be_made_does_not_stop_the_controller(jupyter):
+    async with jupyter.http() as http:
+        clients = await http.get("/clients")
+        assert clients.status_code == 200 and [c["id"] for c in clients.json()] == ["local"]
+        assert (await http.get("/clients/local/agents")).json() == []
+        created = await http.post("/clients/local/agents", json={"name": "e", "provider": "echo"})
+        assert created.status_code == 201
+    client = await jupyter.frontend()  # the socket connects and works too
+    answer = await client.chat(created.json()["id"], "still here", "s")
+    assert answer["response"]["result"] == "Echo: still here"
+    await client.close()

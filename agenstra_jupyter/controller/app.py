@@ -148,6 +148,7 @@ class Controller:
         )
         self.sio.register_namespace(self.gateway)
         self._started = False
+        self._registry_open = False
         self._lock = asyncio.Lock()
 
     async def ready(self) -> None:
@@ -159,7 +160,9 @@ class Controller:
 
     async def _start(self) -> None:
         app = self.app
-        await self.registry.open()
+        if not self._registry_open:  # once: a retried start must not open another engine
+            await self.registry.open()
+            self._registry_open = True
         if app.manager_url:
             await self.registry.set_local(app.manager_url.rstrip("/"), app.manager_api_key)
         elif app.local_manager:
@@ -171,7 +174,10 @@ class Controller:
             await self.registry.set_local(self.local.endpoint, self.local.api_key)
         else:
             return
-        await self._ensure_default_agent()
+        try:
+            await self._ensure_default_agent()
+        except Exception as exc:  # best effort: never a reason to refuse the user's requests
+            self.log.warning("agenstra: the default agent was not created: %s", exc)
 
     async def _ensure_default_agent(self) -> None:
         app = self.app
