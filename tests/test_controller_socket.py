@@ -202,3 +202,43 @@ async def test_secrets_never_reach_frontends_or_logs(jupyter, caplog):
     stored = (jupyter.controller.local.data_dir.parent / "controller.sqlite").read_bytes()
     assert password.encode() not in stored and api_key.encode() not in stored
     await client.close()
+
+
+async def test_the_managers_refusal_reaches_the_frontend_with_its_own_code(jupyter,
+                                                                          start_manager):
+    remote = start_manager("small", env={"AGENSTRA_MAX_MESSAGE_BYTES": "1000"})
+    async with jupyter.http() as http:
+        client = (await http.post("/clients", json={"name": "small", "endpoint": remote.url,
+                                                    "apiKey": remote.api_key})).json()
+        agent = (await http.post(f"/clients/{client['id']}/agents",
+                                 json={"name": "e", "provider": "echo"})).json()
+    frontend = await jupyter.frontend(client["id"])
+    ack = await frontend.forward(ManagerEvent.CHAT, agent["id"],
+                                 {"message": "x" * 2000, "correlationId": "big"})
+    assert ack["ok"] is False
+    assert ack["error"]["code"] == ErrorCode.PAYLOAD_TOO_LARGE  # not INVALID_PAYLOAD
+    await frontend.close()
+
+
+async def test_reconnected_means_logged_in_again(jupyter, start_manager):
+    remote = start_manager("bouncy")
+    async with jupyter.http() as http:
+        client = (await http.post("/clients", json={"name": "bouncy", "endpoint": remote.url,
+                                                    "apiKey": remote.api_key})).json()
+        agent = (await http.post(f"/clients/{client['id']}/agents",
+                                 json={"name": "e", "provider": "echo"})).json()
+    frontend = await jupyter.frontend(client["id"])
+    assert (await frontend.chat(agent["id"], "before", "b"))["response"]["result"] == \
+        "Echo: before"
+    remote.kill()
+    await frontend.log.wait_for(
+        lambda log: log.of(ControllerEvent.REMOTE_DISCONNECTED), timeout=30)
+    remote.start()  # same port, same data
+    await frontend.log.wait_for(
+        lambda log: log.of(ControllerEvent.REMOTE_RECONNECTED), timeout=60)
+    ack = await frontend.forward(ManagerEvent.CHAT, agent["id"],
+                                 {"message": "right after", "correlationId": "a"})
+    assert ack == {"ok": True}  # at once: the link is ready when it says it is
+    assert (await frontend.answer_to(agent["id"], "a"))["response"]["result"] == \
+        "Echo: right after"
+    await frontend.close()

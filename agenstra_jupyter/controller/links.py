@@ -120,6 +120,10 @@ class ManagerLink:
                 "The manager did not confirm the message; send it again (same correlationId)",
             ) from None
         if not (isinstance(ack, dict) and ack.get("ok")):
+            error = ack.get("error") if isinstance(ack, dict) else None
+            if isinstance(error, dict) and isinstance(error.get("code"), str):
+                # The manager's own reason, carried unchanged (NOT_LOGGED_IN, ...).
+                raise LinkError(error["code"], str(error.get("message", "")))
             raise LinkError(ErrorCode.INVALID_PAYLOAD, "The manager refused the message")
 
     async def _until_disconnected(self, awaitable: Awaitable[Any]) -> Any:
@@ -156,6 +160,7 @@ class ManagerLink:
 
     async def _run(self) -> None:
         attempt = 0
+        dropped = False  # frontends were told the link is down: they must hear it is back
         try:
             while not self._closed:
                 if not await self._connect():
@@ -168,23 +173,25 @@ class ManagerLink:
                     )
                     await asyncio.sleep(self._backoff.delay(attempt))
                     continue
-                if attempt:
+                self._disconnected.clear()
+                if self.wanted:  # ready only once the agent is logged in again
+                    await self._relogin()
+                if attempt or dropped:
                     metrics.RECONNECTS.inc()
                     await self._deliver(
                         ControllerEvent.REMOTE_RECONNECTED, {"clientId": self.client_id}
                     )
+                dropped = False
                 self._set_state("connected")
                 attempt = 0
-                self._disconnected.clear()
                 self._connected.set()
                 self._first_attempt.set()
-                if self.wanted:
-                    await self._relogin()
                 await self._sio.wait()
                 self._connected.clear()
                 self._disconnected.set()
                 self._resolve_login(False)
                 if not self._closed:
+                    dropped = True
                     await self._deliver(
                         ControllerEvent.REMOTE_DISCONNECTED, {"clientId": self.client_id}
                     )
@@ -221,12 +228,12 @@ class ManagerLink:
 
     async def _relogin(self) -> None:
         try:
-            await self._send_login(wait=False)
+            await self._send_login()
         except LinkError as exc:
             error = protocol.error_payload(exc.code, exc.message)
             await self._deliver(ControllerEvent.ERROR, error)
 
-    async def _send_login(self, wait: bool = True) -> bool:
+    async def _send_login(self) -> bool:
         password = await self._registry.password(self.client_id, self.agent_id)
         if password is None:
             self.wanted = False
@@ -236,8 +243,6 @@ class ManagerLink:
         self._login_result = result = loop.create_future()
         request = {"agentId": self.agent_id, "password": password, "afterSeq": self.last_seq}
         await self._sio.emit(ManagerEvent.LOGIN, request, namespace=protocol.AGENTS_NAMESPACE)
-        if not wait:
-            return True
         try:
             return await asyncio.wait_for(asyncio.shield(result), LOGIN_TIMEOUT)
         except asyncio.TimeoutError:

@@ -88,6 +88,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
         except ProtocolError as exc:
             metrics.ERRORS.labels(exc.code).inc()
             await self.emit(ManagerEvent.ERROR, exc.payload(), to=sid)
+            return {"ok": False, "error": exc.payload()}  # the ack, for a caller that asked
         except Exception:
             metrics.ERRORS.labels(ErrorCode.INTERNAL).inc()
             self._log.exception("Handling %r failed", event)
