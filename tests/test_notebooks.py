@@ -53,7 +53,7 @@ def test_quickstart(jupyter_server, monkeypatch, tmp_path):
             assert output.get("name") != "stderr" or "agenstra:" not in output.get("text", "")
 
 
-def test_docker_notebook(jupyter_server, monkeypatch, tmp_path):
+def test_docker_notebook(jupyter_server, monkeypatch, tmp_path, docker_available):
     book = run(NOTEBOOKS / "docker-agent.ipynb", jupyter_server, monkeypatch, tmp_path)
     available = "Docker available: True" in text_of(book.cells[1])
     if available:
