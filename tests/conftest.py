@@ -130,6 +130,16 @@ class JupyterServer:
         assert await client.set_client(client_id) == {"ok": True}
         return client
 
+    async def remote_agent(self, manager, agent_name: str = "e") -> tuple[dict, dict]:
+        """Register `manager` as a client named after its data dir; create an echo agent."""
+        async with self.http() as http:
+            client = (await http.post("/clients", json={
+                "name": manager.data_dir.name, "endpoint": manager.url,
+                "apiKey": manager.api_key})).json()
+            agent = (await http.post(f"/clients/{client['id']}/agents",
+                                     json={"name": agent_name, "provider": "echo"})).json()
+        return client, agent
+
     async def default_agent(self) -> dict:
         async with self.http() as http:
             agents = (await http.get("/clients/local/agents")).json()

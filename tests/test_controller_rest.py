@@ -162,11 +162,8 @@ async def test_registry_secrets_are_encrypted_with_an_owner_only_key(jupyter):
 
 async def test_a_failed_delete_keeps_the_agents_password(jupyter, start_manager):
     remote = start_manager("flaky")
+    client, agent = await jupyter.remote_agent(remote, "kept")
     async with jupyter.http() as http:
-        client = (await http.post("/clients", json={"name": "flaky", "endpoint": remote.url,
-                                                    "apiKey": remote.api_key})).json()
-        agent = (await http.post(f"/clients/{client['id']}/agents",
-                                 json={"name": "kept", "provider": "echo"})).json()
         registry = jupyter.controller.registry
         password = await registry.password(client["id"], agent["id"])
         assert password

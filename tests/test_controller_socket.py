@@ -207,11 +207,7 @@ async def test_secrets_never_reach_frontends_or_logs(jupyter, caplog):
 async def test_the_managers_refusal_reaches_the_frontend_with_its_own_code(jupyter,
                                                                           start_manager):
     remote = start_manager("small", env={"AGENSTRA_MAX_MESSAGE_BYTES": "1000"})
-    async with jupyter.http() as http:
-        client = (await http.post("/clients", json={"name": "small", "endpoint": remote.url,
-                                                    "apiKey": remote.api_key})).json()
-        agent = (await http.post(f"/clients/{client['id']}/agents",
-                                 json={"name": "e", "provider": "echo"})).json()
+    client, agent = await jupyter.remote_agent(remote)
     frontend = await jupyter.frontend(client["id"])
     ack = await frontend.forward(ManagerEvent.CHAT, agent["id"],
                                  {"message": "x" * 2000, "correlationId": "big"})
@@ -222,11 +218,7 @@ async def test_the_managers_refusal_reaches_the_frontend_with_its_own_code(jupyt
 
 async def test_reconnected_means_logged_in_again(jupyter, start_manager):
     remote = start_manager("bouncy")
-    async with jupyter.http() as http:
-        client = (await http.post("/clients", json={"name": "bouncy", "endpoint": remote.url,
-                                                    "apiKey": remote.api_key})).json()
-        agent = (await http.post(f"/clients/{client['id']}/agents",
-                                 json={"name": "e", "provider": "echo"})).json()
+    client, agent = await jupyter.remote_agent(remote)
     frontend = await jupyter.frontend(client["id"])
     assert (await frontend.chat(agent["id"], "before", "b"))["response"]["result"] == \
         "Echo: before"

@@ -108,6 +108,16 @@ def lab_page(browser, server: JupyterProcess, name: str) -> Iterator:
     assert not errors, f"uncaught errors in the page: {errors}"
 
 
+def use_dark_theme(page) -> None:
+    """Switch JupyterLab to its dark theme through the command palette."""
+    page.keyboard.press("Escape")  # out of any text field first
+    page.keyboard.press("Control+Shift+C")
+    palette = page.wait_for_selector(".lm-CommandPalette-input", state="visible")
+    palette.fill("Use Theme: JupyterLab Dark")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
+
+
 @pytest.fixture
 def page(browser, lab, request) -> Iterator:
     with lab_page(browser, lab, request.node.name) as page:
@@ -387,12 +397,7 @@ def test_readable_in_light_and_dark_themes(page, lab):
     wait_answer(page, "readable")
     for theme in ("light", "dark"):
         if theme == "dark":
-            page.keyboard.press("Escape")
-            page.keyboard.press("Control+Shift+C")
-            palette = page.wait_for_selector(".lm-CommandPalette-input", state="visible")
-            palette.fill("Use Theme: JupyterLab Dark")
-            page.keyboard.press("Enter")
-            page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
+            use_dark_theme(page)
         ratios = page.evaluate(CONTRAST_JS, READABLE)
         low = {selector: round(r, 2) for selector, r in ratios.items() if r < 4.5}
         assert not low, f"text below WCAG AA contrast in the {theme} theme: {low}"

@@ -28,6 +28,7 @@ from .test_labextension import (  # noqa: F401  (fixtures)
     open_panel,
     rest,
     snap,
+    use_dark_theme,
     wait_selected,
 )
 
@@ -121,12 +122,7 @@ def test_sidebar_strip_and_create_form(browser, unsandboxed, request):  # noqa: 
         assert config == {"network": "egress", "loopbackPorts": [9000]}
         assert strip.is_visible()  # persistent: still there for the new agent
 
-        page.keyboard.press("Escape")  # out of the form's fields, then the palette
-        page.keyboard.press("Control+Shift+C")
-        palette = page.wait_for_selector(".lm-CommandPalette-input", state="visible")
-        palette.fill("Use Theme: JupyterLab Dark")
-        page.keyboard.press("Enter")
-        page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
+        use_dark_theme(page)
         ratio = page.evaluate(CONTRAST_JS, [STRIP])[STRIP]
         assert ratio >= 4.5, f"the strip's text contrast in the dark theme is {ratio:.2f}"
         snap(page, "sandbox-none-dark")
