@@ -18,6 +18,11 @@ AGENTS_NAMESPACE = "/agents"
 CLIENTS_NAMESPACE = "/clients"
 MANAGER_SOCKETIO_PATH = "socket.io"
 CONTROLLER_SOCKETIO_PATH = "agenstra/socket.io"
+# What a manager's GET /api/health says it is, so nothing else passes for one.
+MANAGER_SERVICE = "agenstra-manager"
+# Largest Socket.IO frame any tier sends or accepts (servers, the controller's upstream
+# client, the Python client). A manager keeps every message it stores well under it.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 
 class ManagerEvent:
@@ -68,6 +73,9 @@ class ErrorCode:
     UNAUTHORIZED = "UNAUTHORIZED"
     LOGIN_FAILED = "LOGIN_FAILED"
     INTERNAL = "INTERNAL"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    UNAVAILABLE = "UNAVAILABLE"  # the agent's runtime cannot serve this now
     # manager
     NOT_LOGGED_IN = "NOT_LOGGED_IN"
     # controller
@@ -77,12 +85,42 @@ class ErrorCode:
     REMOTE_UNAVAILABLE = "REMOTE_UNAVAILABLE"
 
 
+ERROR_CODES = frozenset(v for k, v in vars(ErrorCode).items() if k.isupper())
+MANAGER_EVENTS = frozenset(v for k, v in vars(ManagerEvent).items() if k.isupper())
+
+# The HTTP status each code gets in a REST answer, unless the raiser says otherwise.
+HTTP_STATUS = {
+    ErrorCode.PAYLOAD_TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.LOGIN_FAILED: 401,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.UNKNOWN_CLIENT: 404,
+    ErrorCode.REMOTE_UNAVAILABLE: 502,
+}
+
 # The one text every login failure gets, whatever its cause.
 LOGIN_ERROR_MESSAGE = "Invalid credentials"
 UNAUTHORIZED_MESSAGE = "Unauthorized"
 
 Sender = Literal["user", "agent"]
 ResponseType = Literal["text", "error"]
+# How an agent answer's `result` is shown: `markdown` (agents' prose; the default when the
+# response has no `format`) or `text` (command output: preformatted, never read as
+# markdown). A turn's `status` events may carry `format` too, so its live view matches.
+ResponseFormat = Literal["markdown", "text"]
+FORMAT_MARKDOWN: ResponseFormat = "markdown"
+FORMAT_TEXT: ResponseFormat = "text"
+
+
+def response_format(response: Any) -> ResponseFormat:
+    """The `format` of an agent response (or status payload); markdown unless it says text."""
+    text = isinstance(response, dict) and response.get("format") == FORMAT_TEXT
+    return FORMAT_TEXT if text else FORMAT_MARKDOWN
+
 
 AGENT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -95,21 +133,33 @@ _COUNT = re.compile(r"[0-9]{1,19}")
 def parse_count(name: str, raw: str) -> int:
     """A query parameter such as `after` or `limit`: ASCII digits, at most MAX_SEQ."""
     if not _COUNT.fullmatch(raw) or int(raw) > MAX_SEQ:
-        raise ProtocolError(ErrorCode.INVALID_PAYLOAD,
+        raise AgenstraError(ErrorCode.INVALID_PAYLOAD,
                             f"{name} must be an integer from 0 to {MAX_SEQ}")
     return int(raw)
 
 
-class ProtocolError(Exception):
-    """A request that breaks the contract; becomes an `error` event or a 4xx."""
+class AgenstraError(Exception):
+    """The one error type of every tier: a code from ErrorCode, a message people can
+    read, and the HTTP status a REST answer carries. Codes travel unchanged across tiers."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status or HTTP_STATUS.get(code, 400)
+
+    @classmethod
+    def from_payload(cls, body: Any, status: int | None = None) -> AgenstraError | None:
+        """The error an `{message, code}` body (an ack's or a REST answer's) carries, if any."""
+        if isinstance(body, dict) and isinstance(body.get("code"), str):
+            return cls(body["code"], str(body.get("message") or body["code"]), status)
+        return None
 
     def payload(self) -> dict[str, str]:
         return error_payload(self.code, self.message)
+
+    def __repr__(self) -> str:
+        return f"AgenstraError({self.code!r}, {self.message!r}, {self.status})"
 
 
 def error_payload(code: str, message: str) -> dict[str, str]:
@@ -200,15 +250,15 @@ def ack_error(code: str, message: str) -> dict[str, Any]:
 
 
 def parse(model: type[_Request], data: Any) -> Any:
-    """Validate an inbound payload; raise ProtocolError(INVALID_PAYLOAD) with a short reason."""
+    """Validate an inbound payload; raise AgenstraError(INVALID_PAYLOAD) with a short reason."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "Payload must be a JSON object")
+        raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "Payload must be a JSON object")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ProtocolError(ErrorCode.INVALID_PAYLOAD, describe_validation_error(exc)) from None
+        raise AgenstraError(ErrorCode.INVALID_PAYLOAD, describe_validation_error(exc)) from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -6,9 +6,12 @@ from typing import Any
 
 import socketio
 
+from .protocol import MAX_FRAME_BYTES
+
 
 def socketio_handler(sio: socketio.AsyncServer) -> type:
-    """The engine.io tornado handler with TCP_NODELAY on its websockets.
+    """The engine.io tornado handler with TCP_NODELAY on its websockets, taking frames up
+    to MAX_FRAME_BYTES (tornado's default is 10 MiB; `sio` checks its own limit after).
 
     A turn sends several small frames in a row (the user's message, events, the answer);
     with Nagle's algorithm the second one waits for the peer's delayed ACK, ~40 ms.
@@ -16,6 +19,10 @@ def socketio_handler(sio: socketio.AsyncServer) -> type:
     base: Any = socketio.get_tornado_handler(sio)
 
     class NoDelayHandler(base):  # type: ignore[misc, valid-type]
+        @property
+        def max_message_size(self) -> int:
+            return MAX_FRAME_BYTES
+
         async def open(self, *args: Any, **kwargs: Any) -> None:
             self.set_nodelay(True)
             await super().open(*args, **kwargs)

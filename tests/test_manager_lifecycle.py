@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pty
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
+import httpx
+
+from agenstra_jupyter.controller.local import free_port
 from agenstra_jupyter.protocol import ManagerEvent
 
+from .conftest import start_jupyter, stop_jupyter
 from .helpers import READY_PREFIX, AgentsClient, ManagerProcess, assert_seq_complete
 
 
@@ -166,6 +172,95 @@ async def test_a_chat_sent_twice_with_one_correlation_id_runs_once(manager):
                                   namespace="/agents", timeout=10)
     assert first == again == {"ok": True, "id": first["id"], "seq": 1, "correlationId": "same"}
     await client.answer_to("same")
-    await asyncio.sleep(0.3)
-    assert [(m["seq"], m["from"]) for m in client.log.messages()] == [(1, "user"), (2, "agent")]
+    # A sentinel turn: a second turn for "same", had one been queued, would come before it.
+    await client.chat("sentinel", correlationId="sentinel")
+    assert [(m["seq"], m["from"], m["correlationId"]) for m in client.log.messages()] == [
+        (1, "user", "same"), (2, "agent", "same"), (3, "user", "sentinel"),
+        (4, "agent", "sentinel")]
     await client.close()
+
+
+def test_ctrl_c_answered_no_keeps_the_local_manager_and_its_turn(tmp_path):
+    # JupyterLab in a terminal: Ctrl-C signals the terminal's whole process group, Jupyter
+    # asks "Shut down this Jupyter server (y/[n])?", the user answers n. Nothing may stop.
+    terminal, tty = pty.openpty()
+    server = start_jupyter(tmp_path, stdin=tty)
+    client = server.client()
+    try:
+        manager_pid = server.manager_pid()
+        client.create_agent("slow", provider="echo", config={"delay": 4})
+        answers: list[str] = []
+        turn = threading.Thread(target=lambda: answers.append(client.agent("slow").chat("hi")))
+        turn.start()
+        time.sleep(1)  # the turn is running
+        os.killpg(server.process.pid, signal.SIGINT)
+        log = tmp_path / "jupyter.log"
+        deadline = time.monotonic() + 10
+        while "(y/[n])" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.write(terminal, b"n\n")
+        turn.join(30)
+        assert answers == ["Echo: hi"], (server.process.poll(), log.read_text()[-3000:])
+        assert server.process.poll() is None
+        assert server.manager_pid() == manager_pid, "the manager was restarted"
+        assert client.agent("slow").chat("still there") == "Echo: still there"
+    finally:
+        client.close()
+        stop_jupyter(server)
+        os.close(terminal)
+        os.close(tty)
+
+
+def test_a_second_manager_on_one_data_dir_refuses_to_start(start_manager, tmp_path):
+    first = start_manager("shared")
+    second = subprocess.run(
+        [sys.executable, "-m", "agenstra_jupyter.manager.app", "--data-dir", str(first.data_dir),
+         "--api-key", "k" * 32, "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert second.returncode != 0
+    assert f"in use by another agenstra-manager (pid {first.process.pid})" in second.stderr
+    assert READY_PREFIX not in second.stdout
+    health = httpx.get(f"{first.url}/api/health",
+                       headers={"Authorization": f"Bearer {first.api_key}"})
+    assert health.status_code == 200
+
+
+def test_a_second_jupyter_server_on_one_data_dir_says_why_it_has_no_manager(tmp_path):
+    (tmp_path / "one").mkdir()
+    first = start_jupyter(tmp_path / "one")
+    env = {**first.env, "JUPYTER_RUNTIME_DIR": str(tmp_path / "two-runtime")}
+    token = "t" * 32
+    second = subprocess.Popen(
+        [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
+         f"--port={free_port()}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
+         "--ServerApp.port_retries=0"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = _server_url(second)
+        answer = httpx.get(f"{url}agenstra/api/clients/local/agents",
+                           headers={"Authorization": f"token {token}"}, timeout=60)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["code"] == "UNAVAILABLE"
+        assert "in use by another agenstra-manager" in answer.json()["message"]
+        client = first.client()  # the first server and its manager carry on untouched
+        try:
+            assert client.agent("assistant").chat("echo fine").startswith("fine")
+        finally:
+            client.close()
+    finally:
+        second.terminate()
+        second.wait(30)
+        stop_jupyter(first)
+
+
+def _server_url(process: subprocess.Popen) -> str:
+    """The URL a starting `jupyter server` prints (its port was chosen by the OS)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if "http://127.0.0.1:" in line:
+            return line[line.index("http://127.0.0.1:"):].split("?")[0].strip()
+    raise AssertionError("the second server did not start")

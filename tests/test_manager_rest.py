@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
 
+from agenstra_jupyter.manager.rest import MAX_PAGE_BYTES
 from agenstra_jupyter.protocol import ErrorCode
 
 from .helpers import AgentsClient
@@ -75,13 +77,14 @@ async def test_bad_json_duplicate_names_and_unknown_ids(manager):
         assert bad.status_code == 400 and bad.json()["message"] == "Body must be JSON"
         dup = await http.post("/api/agents", json={"name": "dup", "provider": "shell"})
         assert dup.status_code == 409 and "exists" in dup.json()["message"]
+        assert dup.json()["code"] == "CONFLICT"
         missing = "00000000-0000-0000-0000-000000000000"
         for method, path in [("GET", ""), ("DELETE", ""), ("POST", "/start"),
                              ("POST", "/stop"), ("POST", "/restart"), ("GET", "/messages")]:
             response = await http.request(method, f"/api/agents/{missing}{path}")
             assert response.status_code == 404, (method, path)
-            assert response.json()["message"] == "No such agent"
-        assert (await http.get("/api/elsewhere")).status_code == 404
+            assert response.json() == {"message": "No such agent", "code": "NOT_FOUND"}
+        assert (await http.get("/api/elsewhere")).json()["code"] == "NOT_FOUND"
         assert len((await http.get("/api/agents")).json()) == 1
 
 
@@ -144,9 +147,21 @@ async def test_health_and_providers(manager):
     providers = {p["name"]: p for p in offer["providers"]}
     assert {"echo", "shell"} <= set(providers)
     assert "streaming" in providers["echo"]["capabilities"]
+    for info in providers.values():  # the create form's starting point: a valid config
+        assert isinstance(info["example"], dict)
     runtimes = {r["name"]: r for r in offer["runtimes"]}
     assert runtimes["process"]["default"] is True and runtimes["process"]["available"] is True
     assert runtimes["docker"]["default"] is False
+
+
+def test_every_providers_example_config_is_valid():
+    from agenstra_jupyter.manager import providers
+
+    for cls in (providers.EchoProvider, providers.ShellProvider, providers.CliProvider,
+                providers.AcpProvider, providers.OpenAIProvider, providers.ReplayProvider):
+        cls.validate_config(dict(cls.example))
+        assert cls.info()["example"] == cls.example
+    assert providers.OpenAIProvider.example["apiKeyEnv"] == "OPENAI_API_KEY"
 
 
 async def test_an_unanswering_docker_daemon_never_holds_the_manager_up(start_manager):
@@ -180,3 +195,21 @@ async def test_page_parameters_out_of_range_are_refused(manager, value):
         largest = await http.get(f"/api/agents/{agent['id']}/messages",
                                  params={"after": str(2**63 - 1)})
         assert largest.status_code == 200 and largest.json() == []
+
+
+async def test_a_page_of_history_is_bounded_in_bytes(start_manager):
+    # Eight turns of a 4 MB message (and its 1 MiB answer): 40 MB, over one page's budget.
+    manager = start_manager(env={"AGENSTRA_MAX_MESSAGE_BYTES": str(5 * 10**6)})
+    agent = await manager.create_agent(name="big", provider="echo")
+    client = await AgentsClient().connect(manager)
+    await client.login(agent)
+    for n in range(8):
+        await client.chat(str(n) * 4_000_000, correlationId=f"big-{n}")
+    await client.close()
+    async with manager.http() as http:
+        url = f"/api/agents/{agent['id']}/messages"
+        first = (await http.get(url)).json()
+        assert 1 <= len(first) < 16
+        assert len(json.dumps(first)) <= MAX_PAGE_BYTES
+        rest = (await http.get(url, params={"after": first[-1]["seq"]})).json()
+    assert [m["seq"] for m in first + rest] == list(range(1, 17))  # nothing lost

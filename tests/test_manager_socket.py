@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 import socketio
 
@@ -51,7 +49,7 @@ async def test_login_by_id_and_by_name_then_chat_in_order(manager):
     assert answer["response"] == {
         "type": "text",
         "result": "Echo: hello there",
-        "parts": [{"kind": "text", "text": "Echo: hello there"}],  # structured, stored
+        "parts": [],  # structured activity only: the text is stored once, as result
     }
     # user message (persisted), then the streamed events, then the agent message
     names = [name for name, _ in client.log.events if name != ManagerEvent.LOGIN_SUCCESS]
@@ -125,8 +123,8 @@ async def test_history_limit_replays_only_the_last_messages(start_manager):
     await client.chat("a", stream=False)
     await client.chat("b", stream=False)
     later = await logged_in(manager, agent)
-    await asyncio.sleep(0.3)
-    assert [m["seq"] for m in later.log.messages()] == [3, 4]
+    await later.chat("sentinel", stream=False)  # anything replayed too much comes before it
+    assert [m["seq"] for m in later.log.messages()] == [3, 4, 5, 6]
     again = await logged_in(manager, agent, after_seq=0)  # afterSeq wins over the limit
     await again.log.wait_count(ManagerEvent.CHAT_MESSAGE, 4)
     for c in (client, later, again):
@@ -202,10 +200,14 @@ async def test_logout_stops_the_traffic(manager):
         {"agentId": agent["id"]}
     ]
     await talker.chat("after logout")
-    await asyncio.sleep(0.2)
-    assert watcher.log.messages() == []
+    # The sentinel: a request of the watcher's own, answered after that turn was announced;
+    # had the turn reached the watcher, it would have come before this answer.
     await watcher.emit(ManagerEvent.LOGOUT, {})
     assert (await watcher.error())["code"] == ErrorCode.NOT_LOGGED_IN
+    after_logout = watcher.log.events[watcher.log.events.index(
+        (ManagerEvent.LOGOUT_SUCCESS, {"agentId": agent["id"]})) + 1:]
+    assert [name for name, _ in after_logout] == [ManagerEvent.ERROR]
+    assert watcher.log.messages() == []
     await watcher.close()
     await talker.close()
 

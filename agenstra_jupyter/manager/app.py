@@ -14,14 +14,17 @@ import socketio
 from jupyter_core.paths import jupyter_data_dir
 from sqlalchemy.engine import make_url
 from tornado import httpserver, netutil, web
-from traitlets import Int, List, Type, Unicode, default, validate
+from traitlets import Float, Int, List, Type, Unicode, default, validate
 from traitlets.config import Application, catch_config_error
 
-from .. import __version__, protocol
+from .. import protocol
+from .._version import __version__
 from ..config import env_config
 from ..secrets import SecretBox, SecretKeyError, private_dir
-from ..socketio_tornado import socketio_handler
-from .gateway import AgentsNamespace
+from .auth import KeyGate
+from .bounds import MAX_STORED_MESSAGE, QueueLimits, TurnLimits
+from .gateway import AgentsNamespace, bounded_socketio_handler
+from .lock import DataDirInUse, hold
 from .providers import (
     AcpProvider,
     CliProvider,
@@ -77,6 +80,40 @@ class ManagerApp(Application):
     max_message_bytes = Int(256 * 1024, help="Largest chat message accepted.").tag(
         config=True, env="AGENSTRA_MAX_MESSAGE_BYTES"
     )
+    max_sockets = Int(
+        512, help="Socket.IO connections open at once, each a file descriptor; a new one "
+        "over it is refused with a 503 (0: no limit). AGENSTRA_MAX_SOCKETS."
+    ).tag(config=True, env="AGENSTRA_MAX_SOCKETS")
+    handshake_timeout = Float(
+        10.0, help="Seconds a connection may stay open without joining /agents (its key "
+        "refused, or none offered) before it is closed (0: never). AGENSTRA_HANDSHAKE_TIMEOUT."
+    ).tag(config=True, env="AGENSTRA_HANDSHAKE_TIMEOUT")
+    auth_failures_per_second = Int(
+        20, help="Failed API keys (REST and Socket.IO) one peer address may send per second, "
+        "in bursts of as many; over it that address's wrong keys get 429 / RATE_LIMITED until "
+        "its budget refills, while the right key always passes (0: no limit). "
+        "AGENSTRA_AUTH_FAILURES_PER_SECOND."
+    ).tag(config=True, env="AGENSTRA_AUTH_FAILURES_PER_SECOND")
+    max_turn_text_bytes = Int(
+        TurnLimits.text_bytes,
+        help="Bytes of answer text one turn keeps and streams, counted as JSON on the wire; "
+        "the rest is dropped and the answer ends in [truncated]. AGENSTRA_MAX_TURN_TEXT_BYTES.",
+    ).tag(config=True, env="AGENSTRA_MAX_TURN_TEXT_BYTES")
+    max_turn_parts_bytes = Int(
+        TurnLimits.parts_bytes,
+        help="Bytes of tool calls and results one turn keeps and streams; later ones are "
+        "dropped. AGENSTRA_MAX_TURN_PARTS_BYTES.",
+    ).tag(config=True, env="AGENSTRA_MAX_TURN_PARTS_BYTES")
+    max_queued_turns = Int(
+        QueueLimits().turns,
+        help="Turns one agent may have waiting behind the running one; more chats are refused "
+        "(RATE_LIMITED). AGENSTRA_MAX_QUEUED_TURNS.",
+    ).tag(config=True, env="AGENSTRA_MAX_QUEUED_TURNS")
+    max_queued_bytes = Int(
+        QueueLimits().total_bytes,
+        help="Bytes of waiting messages all agents together may hold; more chats are refused "
+        "(RATE_LIMITED). AGENSTRA_MAX_QUEUED_BYTES.",
+    ).tag(config=True, env="AGENSTRA_MAX_QUEUED_BYTES")
     bcrypt_rounds = Int(12, help="bcrypt cost for agent passwords (4-31).").tag(
         config=True, env="AGENSTRA_BCRYPT_ROUNDS"
     )
@@ -116,6 +153,20 @@ class ManagerApp(Application):
     @default("key_file")
     def _default_key_file(self) -> str:
         return str(Path(self.data_dir) / "manager.key")
+
+    @validate("max_turn_text_bytes", "max_turn_parts_bytes", "max_queued_turns",
+              "max_queued_bytes")
+    def _positive(self, proposal: dict[str, Any]) -> int:
+        if proposal["value"] < 1:
+            raise ValueError(f"{proposal['trait'].name} must be at least 1")
+        return proposal["value"]
+
+    def turn_limits(self) -> TurnLimits:
+        """The caps of one answer; together they keep it well under every frame limit."""
+        if self.max_turn_text_bytes + self.max_turn_parts_bytes > MAX_STORED_MESSAGE:
+            raise SystemExit(f"max_turn_text_bytes + max_turn_parts_bytes must not exceed "
+                             f"{MAX_STORED_MESSAGE} (half the frame limit)")
+        return TurnLimits(self.max_turn_text_bytes, self.max_turn_parts_bytes)
 
     @validate("bcrypt_rounds")
     def _valid_rounds(self, proposal: dict[str, Any]) -> int:
@@ -158,24 +209,29 @@ class ManagerApp(Application):
             self.bcrypt_rounds,
             self.log,
             provider_parent=self,
+            turn_limits=self.turn_limits(),
+            queue_limits=QueueLimits(self.max_queued_turns, self.max_queued_bytes),
         )
         key = self.api_key or self._generated_key()
         sio = self.sio = socketio.AsyncServer(
             async_mode="tornado",
             # Handle each socket's events one after another: chats keep their arrival order.
             async_handlers=False,
-            max_http_buffer_size=self.max_message_bytes * 2 + 64 * 1024,
+            # One limit for every tier's frames; chats are held to max_message_bytes once read.
+            max_http_buffer_size=protocol.MAX_FRAME_BYTES,
             logger=False,
             engineio_logger=False,
         )
+        gate = KeyGate(key, self.auth_failures_per_second)
         sio.register_namespace(
-            AgentsNamespace(service, key, self.history_limit, self.max_message_bytes, self.log)
+            AgentsNamespace(service, gate, self.history_limit, self.max_message_bytes, self.log)
         )
         await service.recover()
         app = web.Application(
             [
-                (f"/{protocol.MANAGER_SOCKETIO_PATH}/", socketio_handler(sio)),
-                *api_routes(service, key),
+                (f"/{protocol.MANAGER_SOCKETIO_PATH}/",
+                 bounded_socketio_handler(sio, self.max_sockets, self.handshake_timeout)),
+                *api_routes(service, gate),
             ],
             websocket_ping_interval=20,
         )
@@ -210,6 +266,10 @@ class ManagerApp(Application):
         A key that is not the database's stops the manager here, with the reason.
         """
         private_dir(Path(self.data_dir))
+        try:
+            self._lock = hold(Path(self.data_dir))
+        except DataDirInUse as exc:
+            raise SystemExit(f"agenstra-manager cannot start: {exc}") from None
         database = make_url(self.db).render_as_string(hide_password=True)
         try:
             store = Store(self.db, SecretBox.from_key_file(Path(self.key_file)))

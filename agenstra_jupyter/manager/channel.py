@@ -17,12 +17,14 @@ from typing import Any, Protocol
 from .. import protocol
 from ..protocol import ManagerEvent
 from . import metrics
+from .bounds import QueueLimits, TurnLimits, fit_response
 from .providers import Provider, ProviderError, Turn, TurnResult
 from .runtimes import RuntimeFailure
 from .store import Store
 
 CANCELLED_MESSAGE = "Cancelled"
 SHUTDOWN_MESSAGE = "Cancelled: the manager is shutting down"
+STOP_GRACE = 30.0  # seconds a cancelled turn may take to end before a stop goes on
 
 
 class Outbox(Protocol):
@@ -40,6 +42,8 @@ class _QueuedTurn:
     correlation_id: str
     stream: bool
     stored_at: float  # monotonic time the user message was stored
+    size: int  # bytes counted against the queue limits while it waits
+    cancelled: str | None = None  # why it must not run, once cancelled while waiting
 
 
 def text_response(result: TurnResult) -> dict[str, Any]:
@@ -58,6 +62,8 @@ class AgentChannel:
         outbox: Outbox,
         provider_factory: Callable[[], Awaitable[Provider]],
         log: logging.Logger,
+        limits: TurnLimits | None = None,
+        queue_limits: QueueLimits | None = None,
     ) -> None:
         self.agent_id = agent_id
         self._store = store
@@ -65,12 +71,15 @@ class AgentChannel:
         self._provider_factory = provider_factory
         self._provider: Provider | None = None
         self._log = log
+        self._limits = limits or TurnLimits()
+        self._queue_limits = queue_limits or QueueLimits()
         self._lock = asyncio.Lock()
         self._queue: asyncio.Queue[_QueuedTurn | None] = asyncio.Queue()
+        self._waiting: dict[str, _QueuedTurn] = {}  # queued, not yet started, by correlation id
         self._worker: asyncio.Task[None] | None = None
         self._current: tuple[str, asyncio.Task[TurnResult]] | None = None
-        self._to_cancel: set[str] = set()
         self._closing: str | None = None
+        self._held: str | None = None
         self._stop_reason: str | None = None
 
     # -- listeners -----------------------------------------------------------------------
@@ -96,29 +105,40 @@ class AgentChannel:
 
         The correlation id is an idempotency key: a chat sent again after a lost
         acknowledgement returns the message already stored and starts no second turn.
+        A full queue refuses the chat (AgenstraError RATE_LIMITED) before anything is stored.
         """
         if self._closing:
             raise ProviderError(self._closing)
+        size = len(message.encode())
         async with self._lock:
             existing = await self._store.user_message(self.agent_id, correlation_id)
             if existing is not None:
                 return existing
-            announced = await self._persist_and_announce("user", correlation_id, text=message)
+            self._queue_limits.admit(len(self._waiting), size)
+            try:
+                announced = await self._persist_and_announce("user", correlation_id,
+                                                             text=message)
+            except BaseException:
+                self._queue_limits.release(size)
+                raise
+            queued = _QueuedTurn(message, correlation_id, stream, time.monotonic(), size,
+                                 cancelled=self._held)
+            self._waiting[correlation_id] = queued
         metrics.TURNS_IN_FLIGHT.inc()
-        self._queue.put_nowait(_QueuedTurn(message, correlation_id, stream, time.monotonic()))
+        self._queue.put_nowait(queued)
         if self._worker is None:
             self._worker = asyncio.create_task(self._work(), name=f"turns-{self.agent_id}")
         return announced
 
     def cancel(self, correlation_id: str | None = None) -> bool:
-        """Cancel the running turn, or the named one (running or queued)."""
+        """Cancel the running turn, or the named one (running or queued); False if neither."""
         if self._current and correlation_id in (None, self._current[0]):
             self._current[1].cancel()
             return True
-        if correlation_id is not None:
-            self._to_cancel.add(correlation_id)
-            return True
-        return False
+        queued = self._waiting.get(correlation_id) if correlation_id else None
+        if queued is not None:
+            queued.cancelled = CANCELLED_MESSAGE
+        return queued is not None
 
     async def announce(
         self, sender: protocol.Sender, correlation_id: str, **content: Any
@@ -136,10 +156,13 @@ class AgentChannel:
 
     async def _work(self) -> None:
         while (queued := await self._queue.get()) is not None:
+            self._waiting.pop(queued.correlation_id, None)
+            self._queue_limits.release(queued.size)
             self._log.info("turn start agent=%s correlationId=%s", self.agent_id,
                            queued.correlation_id)
             try:
-                response = await self._answer(queued)
+                # Capped whatever the provider returned: the message must fit every frame.
+                response = fit_response(await self._answer(queued), self._limits)
                 await self.announce("agent", queued.correlation_id, response=response)
             except Exception:
                 # The store failed: the turn stays unanswered and is closed at next start.
@@ -155,9 +178,8 @@ class AgentChannel:
     async def _answer(self, queued: _QueuedTurn) -> dict[str, Any]:
         if self._closing:
             return error_response(self._closing, cancelled=True)
-        if queued.correlation_id in self._to_cancel:
-            self._to_cancel.discard(queued.correlation_id)
-            return error_response(CANCELLED_MESSAGE, cancelled=True)
+        if queued.cancelled:
+            return error_response(queued.cancelled, cancelled=True)
         task = asyncio.create_task(self._run_provider(queued))
         self._current = (queued.correlation_id, task)
         try:
@@ -189,17 +211,31 @@ class AgentChannel:
             )
             await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_EVENT, event)
 
-        turn = Turn(queued.message, queued.correlation_id, queued.stream, emit)
+        turn = Turn(queued.message, queued.correlation_id, queued.stream, emit, self._limits)
         return await self._provider.run_turn(turn)
 
     # -- stop and shutdown ---------------------------------------------------------------
 
-    async def stop_provider(self, reason: str) -> None:
-        """Cancel the running turn and drop the provider; queued turns still run afterwards."""
+    async def hold(self, reason: str) -> None:
+        """Start no turn until release(), while the agent's runtime is stopped.
+
+        The waiting turns and any sent meanwhile end cancelled with `reason`; the running
+        one is cancelled and waited for (its commands killed); the provider is closed.
+        """
+        self._held = reason
+        for queued in self._waiting.values():
+            queued.cancelled = reason
         if self._current:
             self._stop_reason = reason
-            self._current[1].cancel()
+            task = self._current[1]
+            task.cancel()
+            _, pending = await asyncio.wait({task}, timeout=STOP_GRACE)
+            if pending:
+                self._log.warning("A turn of agent %s ignores its cancellation", self.agent_id)
         await self._close_provider()
+
+    def release(self) -> None:
+        self._held = None
 
     async def _close_provider(self) -> None:
         provider, self._provider = self._provider, None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -10,9 +12,10 @@ from typing import Any
 import socketio
 
 from .. import protocol
-from ..protocol import ErrorCode, ManagerEvent, ProtocolError
+from ..protocol import AgenstraError, ErrorCode, ManagerEvent
+from ..socketio_tornado import socketio_handler
 from . import metrics
-from .auth import handshake_key, key_matches
+from .auth import KeyGate, handshake_key
 from .channel import AgentChannel
 from .providers import ProviderError
 from .service import AgentService
@@ -24,18 +27,63 @@ def agent_room(agent_id: str) -> str:
     return f"agent:{agent_id}"
 
 
+def _peer(environ: dict[str, Any]) -> str:
+    """The peer's address (engine.io's tornado environ always says 127.0.0.1)."""
+    handler = environ.get("tornado.handler")
+    return getattr(getattr(handler, "request", None), "remote_ip", None) or ""
+
+
+def bounded_socketio_handler(
+    sio: socketio.AsyncServer, max_sockets: int, handshake_timeout: float
+) -> type:
+    """The Socket.IO handler, bounded: at most `max_sockets` engine.io connections (a new
+    one over that gets a 503 before any upgrade), and a connection that has not joined
+    /agents `handshake_timeout` seconds after it opened (refused, or never tried) closed."""
+    base: Any = socketio_handler(sio)
+    joined = sio.eio.handlers["connect"]  # python-socketio's own
+    closing: set[asyncio.Task[None]] = set()
+
+    def expire(eio_sid: str) -> None:
+        if eio_sid in sio.eio.sockets and \
+                sio.manager.sid_from_eio_sid(eio_sid, protocol.AGENTS_NAMESPACE) is None:
+            task = asyncio.ensure_future(sio.eio.disconnect(eio_sid))
+            closing.add(task)
+            task.add_done_callback(closing.discard)
+
+    async def on_eio_connect(eio_sid: str, environ: dict[str, Any]) -> Any:
+        if handshake_timeout > 0:
+            asyncio.get_running_loop().call_later(handshake_timeout, expire, eio_sid)
+        return await joined(eio_sid, environ)
+
+    sio.eio.on("connect", on_eio_connect)
+
+    class BoundedHandler(base):  # type: ignore[misc, valid-type]
+        async def get(self, *args: Any, **kwargs: Any) -> None:
+            new = self.get_query_argument("sid", None) is None
+            if new and max_sockets and len(sio.eio.sockets) >= max_sockets:
+                metrics.ERRORS.labels(ErrorCode.RATE_LIMITED).inc()
+                self.set_status(503)
+                self.set_header("Content-Type", "application/json")
+                self.finish(json.dumps(protocol.error_payload(
+                    ErrorCode.RATE_LIMITED, "Too many connections")))
+                return
+            await super().get(*args, **kwargs)
+
+    return BoundedHandler
+
+
 class AgentsNamespace(socketio.AsyncNamespace):
     def __init__(
         self,
         service: AgentService,
-        api_key: str,
+        gate: KeyGate,
         history_limit: int,
         max_message_bytes: int,
         log: logging.Logger,
     ) -> None:
         super().__init__(protocol.AGENTS_NAMESPACE)
         self.service = service
-        self._api_key = api_key
+        self._gate = gate
         self._history_limit = history_limit
         self._max_message_bytes = max_message_bytes
         self._log = log
@@ -65,9 +113,13 @@ class AgentsNamespace(socketio.AsyncNamespace):
     # -- dispatch ------------------------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        if not key_matches(self._api_key, handshake_key(environ, auth)):
-            metrics.ERRORS.labels(ErrorCode.UNAUTHORIZED).inc()
-            raise socketio.exceptions.ConnectionRefusedError(protocol.UNAUTHORIZED_MESSAGE)
+        refusal = self._gate.check(_peer(environ), handshake_key(environ, auth))
+        if refusal is not None:
+            metrics.ERRORS.labels(refusal.code).inc()
+            if refusal.code == ErrorCode.UNAUTHORIZED:  # one message, nothing more
+                raise socketio.exceptions.ConnectionRefusedError(refusal.message)
+            raise socketio.exceptions.ConnectionRefusedError(refusal.message,
+                                                             {"code": refusal.code})
         metrics.SOCKETS.inc()
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -81,11 +133,11 @@ class AgentsNamespace(socketio.AsyncNamespace):
         handler = self._handlers.get(event)
         try:
             if handler is None:
-                raise ProtocolError(ErrorCode.UNKNOWN_EVENT, "Unknown event")
+                raise AgenstraError(ErrorCode.UNKNOWN_EVENT, "Unknown event")
             if len(args) > 2:
-                raise ProtocolError(ErrorCode.INVALID_PAYLOAD, "Send one payload object")
+                raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "Send one payload object")
             return await handler(sid, args[1] if len(args) > 1 else None)
-        except ProtocolError as exc:
+        except AgenstraError as exc:
             metrics.ERRORS.labels(exc.code).inc()
             await self.emit(ManagerEvent.ERROR, exc.payload(), to=sid)
             return {"ok": False, "error": exc.payload()}  # the ack, for a caller that asked
@@ -120,7 +172,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
     async def _chat(self, sid: str, data: Any) -> dict[str, Any]:
         request: protocol.ChatRequest = protocol.parse(protocol.ChatRequest, data)
         if len(request.message.encode()) > self._max_message_bytes:
-            raise ProtocolError(
+            raise AgenstraError(
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"Message is larger than {self._max_message_bytes} bytes",
             )
@@ -130,7 +182,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
                 request.message, request.correlationId or str(uuid.uuid4()), request.stream
             )
         except ProviderError as exc:
-            raise ProtocolError(ErrorCode.INTERNAL, str(exc)) from None
+            raise AgenstraError(ErrorCode.INTERNAL, str(exc)) from None
         # Acknowledged (when asked) only once the message is stored.
         return {"ok": True, "id": message["id"], "seq": message["seq"],
                 "correlationId": message["correlationId"]}
@@ -143,7 +195,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
         protocol.parse(protocol.LogoutRequest, data)
         agent_id = self._logged_in.get(sid)
         if agent_id is None:
-            raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "Not logged in")
+            raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Not logged in")
         await self._leave_agent(sid)
         await self.emit(ManagerEvent.LOGOUT_SUCCESS, {"agentId": agent_id}, to=sid)
 
@@ -153,7 +205,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
         channel = self.service.existing_channel(agent_id) if agent_id else None
         if channel is None:
             self._logged_in.pop(sid, None)
-            raise ProtocolError(ErrorCode.NOT_LOGGED_IN, "Log in to an agent first")
+            raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Log in to an agent first")
         return channel
 
     async def _leave_agent(self, sid: str) -> None:

@@ -8,24 +8,33 @@ from typing import Any
 import prometheus_client
 from tornado import web
 
-from .. import __version__, protocol
-from ..protocol import ErrorCode, ProtocolError
-from .auth import bearer_token, key_matches
-from .service import AgentError, AgentService
+from .. import protocol
+from .._version import __version__
+from ..protocol import AgenstraError, ErrorCode
+from ..rest_errors import JSONErrors
+from .auth import KeyGate, bearer_token
+from .bounds import MAX_STORED_MESSAGE, wire_size
+from .service import AgentService
 
 MAX_PAGE = 1000
+# A page of history stops growing past this (one message always fits: each is capped at
+# MAX_STORED_MESSAGE), well under what a controller accepts; clients fetch the next page,
+# or get the rest replayed at login, so a short page loses nothing.
+MAX_PAGE_BYTES = 4 * MAX_STORED_MESSAGE
 
 
-class ApiHandler(web.RequestHandler):
+class ApiHandler(JSONErrors, web.RequestHandler):
     """JSON in, JSON out; every error is `{message, code}` with a 4xx/5xx status."""
 
-    def initialize(self, service: AgentService, api_key: str) -> None:
+    def initialize(self, service: AgentService, gate: KeyGate) -> None:
         self.service = service
-        self._api_key = api_key
+        self._gate = gate
 
     def prepare(self) -> None:
-        if not key_matches(self._api_key, bearer_token(self.request.headers.get("Authorization"))):
-            raise web.HTTPError(401, protocol.UNAUTHORIZED_MESSAGE)
+        given = bearer_token(self.request.headers.get("Authorization"))
+        refusal = self._gate.check(self.request.remote_ip or "", given)
+        if refusal is not None:
+            raise refusal
 
     def check_xsrf_cookie(self) -> None:
         """API-key authenticated; no cookies are involved."""
@@ -34,46 +43,19 @@ class ApiHandler(web.RequestHandler):
         try:
             return json.loads(self.request.body or b"{}")
         except (ValueError, UnicodeDecodeError):
-            raise web.HTTPError(400, "Body must be JSON") from None
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "Body must be JSON") from None
 
     def send(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(payload))
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, web.HTTPError) and exc.log_message:
-            message = exc.log_message
-        else:
-            message = self._reason if status_code < 500 else "Internal error"
-        code = ErrorCode.UNAUTHORIZED if status_code == 401 else ErrorCode.INVALID_PAYLOAD
-        if status_code >= 500:
-            code = ErrorCode.INTERNAL
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(protocol.error_payload(code, message)))
-
-    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, web.HTTPError):
-            return  # expected client errors: tornado's access log already records the status
-        super().log_exception(typ, value, tb)
-
-    async def call(self, coroutine: Any) -> Any:
-        """Await a service call, turning AgentError into its HTTP status."""
-        try:
-            return await coroutine
-        except AgentError as exc:
-            raise web.HTTPError(exc.status, exc.message) from None
-
 
 def _int_argument(handler: ApiHandler, name: str, default: int, maximum: int | None = None) -> int:
     raw = handler.get_query_argument(name, None)
     if raw is None:
         return default
-    try:
-        value = protocol.parse_count(name, raw)
-    except ProtocolError as exc:
-        raise web.HTTPError(400, exc.message) from None
+    value = protocol.parse_count(name, raw)
     return min(value, maximum) if maximum is not None else value
 
 
@@ -86,7 +68,8 @@ class MetricsHandler(ApiHandler):
 class HealthHandler(ApiHandler):
     async def get(self) -> None:
         agents = await self.service.list_agents()
-        self.send({"status": "ok", "version": __version__, "agents": len(agents)})
+        self.send({"status": "ok", "service": protocol.MANAGER_SERVICE, "version": __version__,
+                   "agents": len(agents)})
 
 
 class ProvidersHandler(ApiHandler):
@@ -99,20 +82,17 @@ class AgentsHandler(ApiHandler):
         self.send([agent.to_wire() for agent in await self.service.list_agents()])
 
     async def post(self) -> None:
-        try:
-            request = protocol.parse(protocol.AgentCreateRequest, self.json_body())
-        except ProtocolError as exc:
-            raise web.HTTPError(400, exc.message) from None
-        agent, password = await self.call(self.service.create_agent(request))
+        request = protocol.parse(protocol.AgentCreateRequest, self.json_body())
+        agent, password = await self.service.create_agent(request)
         self.send({**agent.to_wire(), "password": password}, status=201)
 
 
 class AgentHandler(ApiHandler):
     async def get(self, agent_id: str) -> None:
-        self.send((await self.call(self.service.get_agent(agent_id))).to_wire())
+        self.send((await self.service.get_agent(agent_id)).to_wire())
 
     async def delete(self, agent_id: str) -> None:
-        await self.call(self.service.delete_agent(agent_id))
+        await self.service.delete_agent(agent_id)
         self.set_status(204)
         self.finish()
 
@@ -124,19 +104,29 @@ class AgentActionHandler(ApiHandler):
             "stop": self.service.stop_agent,
             "restart": self.service.restart_agent,
         }
-        self.send((await self.call(actions[action](agent_id))).to_wire())
+        self.send((await actions[action](agent_id)).to_wire())
 
 
 class MessagesHandler(ApiHandler):
     async def get(self, agent_id: str) -> None:
-        await self.call(self.service.get_agent(agent_id))
+        await self.service.get_agent(agent_id)
         after = _int_argument(self, "after", 0)
         limit = _int_argument(self, "limit", MAX_PAGE, MAX_PAGE)
-        self.send(await self.service.store.messages(agent_id, after, limit))
+        self.send(_fill(await self.service.store.messages(agent_id, after, limit)))
 
 
-def api_routes(service: AgentService, api_key: str) -> list[tuple[str, type, dict[str, Any]]]:
-    args = {"service": service, "api_key": api_key}
+def _fill(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The leading messages that fit in MAX_PAGE_BYTES (at least one)."""
+    used = 0
+    for count, message in enumerate(messages):
+        used += wire_size(message)
+        if used > MAX_PAGE_BYTES and count:
+            return messages[:count]
+    return messages
+
+
+def api_routes(service: AgentService, gate: KeyGate) -> list[tuple[str, type, dict[str, Any]]]:
+    args = {"service": service, "gate": gate}
     agent = r"/api/agents/([A-Za-z0-9-]{1,64})"
     return [
         (r"/api/health", HealthHandler, args),
@@ -153,4 +143,4 @@ def api_routes(service: AgentService, api_key: str) -> list[tuple[str, type, dic
 class NotFoundHandler(ApiHandler):
     def prepare(self) -> None:
         super().prepare()
-        raise web.HTTPError(404, "Not found")
+        raise AgenstraError(ErrorCode.NOT_FOUND, "Not found")

@@ -7,15 +7,19 @@ the store, runtimes or providers directly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import bcrypt
 
 from .. import protocol
+from ..protocol import AgenstraError, ErrorCode
+from .bounds import QueueLimits, TurnLimits
 from .channel import AgentChannel, Outbox, error_response
 from .models import AgentRecord
 from .providers import Provider, ProviderError
@@ -24,15 +28,6 @@ from .store import NameTaken, Store
 
 MAX_CONFIG_BYTES = 16 * 1024
 INTERRUPTED_MESSAGE = "Interrupted: the manager stopped before this turn finished"
-
-
-class AgentError(Exception):
-    """A request about agents that cannot be served; `status` maps it to HTTP."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class AgentService:
@@ -45,6 +40,8 @@ class AgentService:
         bcrypt_rounds: int,
         log: logging.Logger,
         provider_parent: Any = None,
+        turn_limits: TurnLimits | None = None,
+        queue_limits: QueueLimits | None = None,
     ) -> None:
         self.store = store
         self.runtimes = runtimes
@@ -53,6 +50,9 @@ class AgentService:
         self.bcrypt_rounds = bcrypt_rounds
         self.log = log
         self._provider_parent = provider_parent
+        self._turn_limits = turn_limits or TurnLimits()
+        # One for all channels: the queued bytes are bounded across every agent.
+        self._queue_limits = queue_limits or QueueLimits()
         self._channels: dict[str, AgentChannel] = {}
         self.outbox: Outbox | None = None
         # Checked when no agent matches, so a wrong name costs as much time as a wrong
@@ -78,12 +78,13 @@ class AgentService:
     async def create_agent(self, request: protocol.AgentCreateRequest) -> tuple[AgentRecord, str]:
         provider = self.providers.get(request.provider)
         if provider is None:
-            raise AgentError(400, f"Unknown provider {request.provider!r}")
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD, f"Unknown provider {request.provider!r}")
         runtime = request.runtime or self.default_runtime
         if runtime not in self.runtimes:
-            raise AgentError(400, f"Unknown runtime {runtime!r}")
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD, f"Unknown runtime {runtime!r}")
         if len(json.dumps(request.config)) > MAX_CONFIG_BYTES:
-            raise AgentError(400, f"config is larger than {MAX_CONFIG_BYTES} bytes")
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD,
+                                f"config is larger than {MAX_CONFIG_BYTES} bytes")
         config = dict(request.config)
         if provider.needs_network:
             config.setdefault("network", "egress")  # it must reach its model's API
@@ -91,7 +92,7 @@ class AgentService:
             provider.validate_config(config)
             self.runtimes[runtime].validate_config(config)
         except ValueError as exc:
-            raise AgentError(400, str(exc)) from None
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
         password = secrets.token_urlsafe(24)
         password_hash = await asyncio.to_thread(
             bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.bcrypt_rounds)
@@ -112,10 +113,11 @@ class AgentService:
         try:
             await self.store.create_agent(record)
         except NameTaken:
-            raise AgentError(409, f"An agent named {request.name!r} exists already") from None
+            raise AgenstraError(ErrorCode.CONFLICT,
+                                f"An agent named {request.name!r} exists already") from None
         try:
             record = await self.start_agent(record.id)
-        except AgentError as exc:
+        except AgenstraError as exc:
             # The agent exists (state "error") and its password must still reach the caller.
             self.log.warning("Agent %s created but not started: %s", record.name, exc.message)
             record = await self.get_agent(record.id)
@@ -127,16 +129,21 @@ class AgentService:
     async def get_agent(self, agent_id: str) -> AgentRecord:
         agent = await self.store.get_agent(agent_id)
         if agent is None:
-            raise AgentError(404, "No such agent")
+            raise AgenstraError(ErrorCode.NOT_FOUND, "No such agent")
         return agent
 
     async def delete_agent(self, agent_id: str) -> None:
         agent = await self.get_agent(agent_id)
-        channel = self._channels.pop(agent_id, None)
+        # The closed channel stays registered until the agent is gone, so a login meanwhile
+        # finds it (and its refusals) rather than a new channel starting turns.
+        channel = self._channels.get(agent_id)
         if channel is not None:
             await channel.close("Cancelled: the agent was deleted")
-        await self._runtime(agent).remove(agent)
-        await self.store.delete_agent(agent_id)
+        try:
+            await self._runtime(agent).remove(agent)
+            await self.store.delete_agent(agent_id)
+        finally:
+            self._channels.pop(agent_id, None)
 
     async def start_agent(self, agent_id: str) -> AgentRecord:
         agent = await self.get_agent(agent_id)
@@ -144,21 +151,33 @@ class AgentService:
             await self._runtime(agent).start(agent)
         except RuntimeFailure as exc:
             await self.store.update_agent(agent_id, state="error")
-            raise AgentError(503, str(exc)) from None
+            raise AgenstraError(ErrorCode.UNAVAILABLE, str(exc)) from None
         await self.store.update_agent(agent_id, state="running")
         return await self.get_agent(agent_id)
 
     async def stop_agent(self, agent_id: str) -> AgentRecord:
         agent = await self.get_agent(agent_id)
-        channel = self._channels.get(agent_id)
-        if channel is not None:
-            await channel.stop_provider("Cancelled: the agent was stopped")
-        try:
-            await self._runtime(agent).stop(agent)
-        except RuntimeFailure as exc:
-            raise AgentError(503, str(exc)) from None
-        await self.store.update_agent(agent_id, state="stopped")
+        # Turns are held first: none may start (and spawn) in a runtime being stopped.
+        async with self._held(agent, "Cancelled: the agent was stopped"):
+            await self.store.update_agent(agent_id, state="stopped")
+            try:
+                await self._runtime(agent).stop(agent)
+            except RuntimeFailure as exc:
+                raise AgenstraError(ErrorCode.UNAVAILABLE, str(exc)) from None
         return await self.get_agent(agent_id)
+
+    @contextlib.asynccontextmanager
+    async def _held(self, agent: AgentRecord, reason: str) -> AsyncIterator[None]:
+        # A channel made here holds a login that comes during the stop, too.
+        channel = self.channel(agent) if self.outbox else self._channels.get(agent.id)
+        if channel is None:
+            yield
+            return
+        await channel.hold(reason)
+        try:
+            yield
+        finally:
+            channel.release()
 
     async def restart_agent(self, agent_id: str) -> AgentRecord:
         await self.stop_agent(agent_id)
@@ -167,7 +186,8 @@ class AgentService:
     def _runtime(self, agent: AgentRecord) -> Runtime:
         runtime = self.runtimes.get(agent.runtime)
         if runtime is None:
-            raise AgentError(503, f"Runtime {agent.runtime!r} is not enabled on this manager")
+            raise AgenstraError(ErrorCode.UNAVAILABLE,
+                                f"Runtime {agent.runtime!r} is not enabled on this manager")
         return runtime
 
     # -- sessions ------------------------------------------------------------------------
@@ -200,7 +220,8 @@ class AgentService:
             if self.outbox is None:
                 raise RuntimeError("The service has no outbox")
             channel = AgentChannel(
-                agent.id, self.store, self.outbox, lambda: self._make_provider(agent.id), self.log
+                agent.id, self.store, self.outbox, lambda: self._make_provider(agent.id),
+                self.log, self._turn_limits, self._queue_limits,
             )
             self._channels[agent.id] = channel
         return channel
@@ -210,7 +231,7 @@ class AgentService:
         if agent.state != "running":
             try:
                 agent = await self.start_agent(agent_id)
-            except AgentError as exc:
+            except AgenstraError as exc:
                 raise ProviderError(exc.message) from None
         provider_class = self.providers.get(agent.provider)
         if provider_class is None:
@@ -245,7 +266,7 @@ class AgentService:
             if agent.state == "running":
                 try:
                     await self._runtime(agent).start(agent)
-                except (RuntimeFailure, AgentError) as exc:
+                except (RuntimeFailure, AgenstraError) as exc:
                     self.log.warning("Agent %s did not come back up: %s", agent.name, exc)
 
     async def shutdown(self) -> None:

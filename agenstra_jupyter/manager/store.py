@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import protocol
 from ..db import Database, Migration
 from ..secrets import SecretBox, SecretKeyError
+from .bounds import fit_stored
 from .models import AgentRecord, agents, messages
 
 
@@ -247,7 +248,8 @@ class Store(Database):
 
 
 def _wire(row: Any) -> dict[str, Any]:
-    return protocol.chat_message(
+    # Rows stored before answers were capped are cut here, so no replay outgrows a frame.
+    return fit_stored(protocol.chat_message(
         id=row.id,
         seq=row.seq,
         agent_id=row.agent_id,
@@ -256,5 +258,5 @@ def _wire(row: Any) -> dict[str, Any]:
         correlation_id=row.correlation_id,
         text=row.text,
         response=row.response,
-    )
+    ))
 

@@ -91,6 +91,7 @@ class AcpProvider(Provider):
     description = "Any Agent Client Protocol agent over stdio (config.command)."
     capabilities = frozenset({"streaming", "cancel", "sessions", "tools", "permissions"})
     needs_network = True
+    example = {"command": ["claude-agent-acp"]}
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:

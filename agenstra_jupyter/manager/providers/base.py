@@ -11,6 +11,7 @@ from traitlets import Instance
 from traitlets.config import LoggingConfigurable
 
 from ...protocol import ChatEventKind
+from ..bounds import TurnLimits, clip_text, wire_size
 from ..models import AgentRecord
 from ..runtimes import Runtime
 
@@ -28,6 +29,7 @@ class Turn:
     correlation_id: str
     stream: bool
     emit: EmitEvent
+    limits: TurnLimits = field(default_factory=TurnLimits)
 
 
 @dataclass
@@ -50,29 +52,50 @@ def _clip(value: Any) -> Any:
 class TurnRecorder:
     """Streams a turn's events to listeners and keeps what the final answer stores.
 
-    Providers translate their protocol into these calls. Deltas are sent, not stored (the
-    final text is); tool calls and results are sent and kept as the answer's `parts`.
+    Providers translate their protocol into these calls. The text is kept once (it becomes
+    the answer's `result`); tool calls and results are sent and kept as its `parts`. Past
+    the turn's limits nothing more is kept or sent, so one huge answer costs no more than
+    a capped one: the text ends in "[truncated]" and the answer says `truncated: true`.
     """
 
     def __init__(self, turn: Turn) -> None:
         self._emit = turn.emit
+        self._limits = turn.limits
         self._text: list[str] = []
+        self._text_size = 0
         self.parts: list[dict[str, Any]] = []
+        self._parts_size = 2
+        self._text_full = self._parts_full = False
         self._tool_names: dict[str, str] = {}
 
     @property
     def text(self) -> str:
         return "".join(self._text)
 
+    @property
+    def truncated(self) -> bool:
+        return self._text_full or self._parts_full
+
     async def delta(self, text: str) -> None:
-        if not text:
+        if not text or self._text_full:
             return
+        size = wire_size(text) - 2
+        if self._text_size + size > self._limits.text_bytes:
+            text, _ = clip_text(text, self._limits.text_bytes - self._text_size)
+            self._text_full = True
         self._text.append(text)
-        if self.parts and self.parts[-1]["kind"] == "text":
-            self.parts[-1]["text"] += text
-        else:
-            self.parts.append({"kind": "text", "text": text})
+        self._text_size += size
         await self._emit(ChatEventKind.ASSISTANT_DELTA, {"delta": text})
+
+    def _keep(self, part: dict[str, Any]) -> bool:
+        """Keep `part` if the parts still have room; once full, later parts are dropped."""
+        size = wire_size(part) + 1
+        if self._parts_full or self._parts_size + size > self._limits.parts_bytes:
+            self._parts_full = True
+            return False
+        self.parts.append(part)
+        self._parts_size += size
+        return True
 
     async def tool_call(
         self, tool_call_id: str, name: str, args: Any = None, status: str = "pending"
@@ -81,8 +104,8 @@ class TurnRecorder:
         payload: dict[str, Any] = {"toolCallId": tool_call_id, "name": name, "status": status}
         if args is not None:
             payload["args"] = _clip(args)
-        self.parts.append({"kind": ChatEventKind.TOOL_CALL, **payload})
-        await self._emit(ChatEventKind.TOOL_CALL, payload)
+        if self._keep({"kind": ChatEventKind.TOOL_CALL, **payload}):
+            await self._emit(ChatEventKind.TOOL_CALL, payload)
 
     async def tool_result(
         self, tool_call_id: str, result: Any = None, is_error: bool = False,
@@ -95,14 +118,16 @@ class TurnRecorder:
         }
         if result is not None:
             payload["result"] = _clip(result)
-        self.parts.append({"kind": ChatEventKind.TOOL_RESULT, **payload})
-        await self._emit(ChatEventKind.TOOL_RESULT, payload)
+        if self._keep({"kind": ChatEventKind.TOOL_RESULT, **payload}):
+            await self._emit(ChatEventKind.TOOL_RESULT, payload)
 
     async def status(self, message: str) -> None:
         await self._emit(ChatEventKind.STATUS, {"message": message})
 
     def result(self, text: str | None = None, **extra: Any) -> TurnResult:
         """The final answer: `text` (or the streamed text) plus the structured parts."""
+        if self.truncated:
+            extra["truncated"] = True
         return TurnResult(self.text if text is None else text, {"parts": self.parts, **extra})
 
 
@@ -113,6 +138,8 @@ class Provider(LoggingConfigurable):
     description: ClassVar[str]
     # Capability flags a frontend may rely on, e.g. "streaming", "cancel", "sessions".
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    # A config a user can start from (the create form shows it): real keys, no secrets.
+    example: ClassVar[dict[str, Any]] = {}
 
     agent = Instance(AgentRecord)
     runtime = Instance(Runtime)
@@ -133,6 +160,7 @@ class Provider(LoggingConfigurable):
             "name": cls.name,
             "description": cls.description,
             "capabilities": sorted(cls.capabilities),
+            "example": cls.example,
         }
 
     async def run_turn(self, turn: Turn) -> TurnResult:

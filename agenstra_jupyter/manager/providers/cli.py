@@ -145,6 +145,7 @@ class CliProvider(Provider):
     description = "An agent CLI that prints JSON lines (Claude Code, Codex, Gemini, ...)."
     capabilities = frozenset({"streaming", "cancel", "sessions", "tools"})
     needs_network = True
+    example = {"preset": "claude"}
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:

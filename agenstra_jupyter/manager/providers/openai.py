@@ -43,6 +43,8 @@ class OpenAIProvider(Provider):
     description = "An OpenAI-compatible chat-completions API (streamed); config.model, baseUrl."
     capabilities = frozenset({"streaming", "cancel", "history"})
     needs_network = True
+    # The key is read from the manager's variable `apiKeyEnv` names (or config.env).
+    example = {"model": "gpt-4o-mini", "baseUrl": DEFAULT_BASE_URL, "apiKeyEnv": "OPENAI_API_KEY"}
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:

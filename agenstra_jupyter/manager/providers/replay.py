@@ -20,6 +20,7 @@ class ReplayProvider(Provider):
     name = "replay"
     description = "Replays the turns of a recorded session (agenstra-jupyter run --replay)."
     capabilities = frozenset({"streaming"})
+    example = {"session": "session.json", "agent": "assistant", "mode": "strict"}
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:

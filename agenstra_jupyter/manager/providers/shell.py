@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...protocol import ChatEventKind
+from ...protocol import FORMAT_TEXT, ChatEventKind
 from .base import Provider, ProviderError, Turn, TurnResult
 
 
@@ -12,6 +12,7 @@ class ShellProvider(Provider):
     name = "shell"
     description = "Runs each message as a shell command in the agent's workspace or container."
     capabilities = frozenset({"cancel"})
+    example = {"timeout": 60}
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:
@@ -22,7 +23,8 @@ class ShellProvider(Provider):
             raise ValueError("config.timeout must be a positive number of seconds")
 
     async def run_turn(self, turn: Turn) -> TurnResult:
-        await turn.emit(ChatEventKind.STATUS, {"message": "running"})
+        # Command output is shown as preformatted text, live and stored (never as markdown).
+        await turn.emit(ChatEventKind.STATUS, {"message": "running", "format": FORMAT_TEXT})
         # The message is one argument to sh: the user's command line, never spliced into ours.
         result = await self.runtime.exec(
             self.agent, ["sh", "-c", turn.message], timeout=self.agent.config.get("timeout")
@@ -34,4 +36,4 @@ class ShellProvider(Provider):
             output += "\n[output truncated]"
         text = f"{output}{'' if not output or output.endswith(chr(10)) else chr(10)}"
         text += f"[exit code {result.exit_code}]"
-        return TurnResult(text, {"exitCode": result.exit_code})
+        return TurnResult(text, {"exitCode": result.exit_code, "format": FORMAT_TEXT})

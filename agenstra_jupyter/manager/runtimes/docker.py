@@ -33,6 +33,7 @@ SESSION_WRAPPER = [
     'exec 3<&0; setsid "$@" <&3 3<&- & pid=$!; exec 3<&-; echo "$pid" >&2; wait "$pid"',
     "sh",
 ]
+SESSION_WAIT = 10.0  # seconds a kill waits for the wrapper to report the command's session
 
 
 class DockerExecProcess(AgentProcess):
@@ -109,7 +110,11 @@ class DockerExecProcess(AgentProcess):
         if self._eof.is_set() or self._killed:
             return
         self._killed = True
-        sid = await self._session_id if self._session_id.done() else ""
+        # Until the wrapper reports the session, closing our socket is all a kill could do,
+        # and the command would run on: wait for it (it comes first thing, or with EOF).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._session_id), SESSION_WAIT)
+        sid = self._session_id.result() if self._session_id.done() else ""
         if sid.isdigit():
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(
@@ -266,6 +271,19 @@ class DockerRuntime(Runtime):
         if not argv or not all(isinstance(arg, str) for arg in argv):
             raise RuntimeFailure("A command is a non-empty list of strings")
         container = await self.container(agent)
+        # Created and started as one step a cancellation cannot split: a command that was
+        # started always gets its process object, so a cancelled caller still kills it.
+        starting = asyncio.ensure_future(self._start_exec(container, argv, env))
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await (await starting).kill()
+            raise
+
+    async def _start_exec(
+        self, container: Any, argv: list[str], env: Mapping[str, str] | None
+    ) -> DockerExecProcess:
         api = (await self._client_ready()).api
         created = await self._call(
             api.exec_create,
