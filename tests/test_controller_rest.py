@@ -8,7 +8,7 @@ import pytest
 
 from agenstra_jupyter.protocol import ErrorCode, ManagerEvent
 
-from .helpers import AgentsClient
+from .helpers import AgentsClient, login_cookie
 
 
 async def test_auth_is_required(jupyter):
@@ -23,8 +23,6 @@ async def test_auth_is_required(jupyter):
 
 
 async def test_cookie_posts_need_xsrf(jupyter):
-    from .test_controller_socket import login_cookie
-
     cookie = await login_cookie(jupyter)
     async with jupyter.http(token=None, headers={"Cookie": cookie}) as http:
         assert (await http.get("/clients")).status_code == 200
@@ -40,7 +38,8 @@ async def test_local_client_is_registered_and_cannot_be_removed(jupyter):
         assert (await http.get("/clients/local")).json() == local
         response = await http.delete("/clients/local")
         assert response.status_code == 400 and "cannot be removed" in response.json()["message"]
-        assert (await http.get("/clients/nope")).status_code == 404
+        unknown = await http.get("/clients/nope")
+        assert unknown.status_code == 404 and unknown.json()["code"] == "UNKNOWN_CLIENT"
 
 
 async def test_register_a_remote_manager(jupyter, start_manager):
@@ -74,7 +73,7 @@ async def test_register_a_remote_manager(jupyter, start_manager):
         again = await http.post(
             "/clients", json={"name": "remote", "endpoint": remote.url, "apiKey": remote.api_key}
         )
-        assert again.status_code == 409
+        assert again.status_code == 409 and again.json()["code"] == "CONFLICT"
 
         agent = (await http.post(f"/clients/{client['id']}/agents",
                                  json={"name": "far", "provider": "echo"})).json()
@@ -102,7 +101,7 @@ async def test_agents_through_the_controller(jupyter):
         agent = created.json()
         assert "password" not in agent
         dup = await http.post(base, json={"name": "helper", "provider": "echo"})
-        assert dup.status_code == 409
+        assert dup.status_code == 409 and dup.json()["code"] == "CONFLICT"  # the manager's
         url = f"{base}/{agent['id']}"
         assert (await http.get(url)).json()["name"] == "helper"
         assert (await http.post(f"{url}/stop")).json()["state"] == "stopped"
@@ -117,8 +116,10 @@ async def test_agents_through_the_controller(jupyter):
         assert [m["seq"] for m in page] == [2, 3]
         assert (await http.get(f"{url}/messages", params={"after": "-1"})).status_code == 400
 
-        missing = f"{base}/00000000-0000-0000-0000-000000000000"
-        assert (await http.get(missing)).status_code == 404
+        # The manager's codes reach the frontend unchanged.
+        missing = await http.get(f"{base}/00000000-0000-0000-0000-000000000000")
+        assert missing.status_code == 404
+        assert missing.json() == {"message": "No such agent", "code": "NOT_FOUND"}
         assert (await http.delete(url)).status_code == 204
         assert (await http.get(url)).status_code == 404
     assert agent["id"] not in await jupyter.controller.registry.known_agents("local")

@@ -11,17 +11,8 @@ import socketio
 
 from agenstra_jupyter.protocol import ControllerEvent, ErrorCode, ManagerEvent
 
-from .helpers import FrontendClient, assert_seq_complete
-
-
-async def login_cookie(jupyter) -> str:
-    """Log in through Jupyter's login page, as a browser does; return the Cookie header."""
-    async with httpx.AsyncClient(base_url=jupyter.url) as http:
-        page = await http.get(f"{jupyter.base_url}login")
-        xsrf = page.cookies["_xsrf"]
-        await http.post(f"{jupyter.base_url}login",
-                        data={"password": jupyter.token, "_xsrf": xsrf})
-        return "; ".join(f"{name}={value}" for name, value in http.cookies.items())
+from .conftest import start_jupyter, stop_jupyter
+from .helpers import FrontendClient, assert_seq_complete, login_cookie, stored_secrets
 
 
 async def test_only_authenticated_same_origin_sockets_connect(jupyter):
@@ -120,9 +111,11 @@ async def test_login_after_seq_gets_only_what_was_missed(jupyter):
     await first.close()
     later = await jupyter.frontend()
     assert await later.forward(ManagerEvent.LOGIN, agent["id"], {"afterSeq": 2}) == {"ok": True}
-    await later.log.wait_for(lambda _: len(later.messages(agent["id"])) >= 2)
-    await asyncio.sleep(0.2)
-    assert [m["seq"] for m in later.messages(agent["id"])] == [3, 4]
+    # A sentinel turn: its messages come after the whole replay, so anything replayed that
+    # should not have been (seq 1, 2, a duplicate) would be in the list before them.
+    await later.chat(agent["id"], "echo sentinel", "sentinel")
+    assert [(m["seq"], m["correlationId"]) for m in later.messages(agent["id"])] == [
+        (3, "b"), (4, "b"), (5, "sentinel"), (6, "sentinel")]
     await later.close()
 
 
@@ -182,26 +175,45 @@ async def test_login_failure_and_rate_limit(jupyter):
     await client.close()
 
 
-async def test_secrets_never_reach_frontends_or_logs(jupyter, caplog):
-    agent = await jupyter.default_agent()
-    password = await jupyter.controller.registry.password("local", agent["id"])
-    api_key = jupyter.controller.local.api_key
-    client = await jupyter.frontend()
-    await client.chat(agent["id"], "echo hi", "c")
-    async with jupyter.http() as http:
-        rest = [
-            (await http.get("/clients")).text,
-            (await http.get("/clients/local")).text,
-            (await http.get("/clients/local/agents")).text,
-            (await http.get(f"/clients/local/agents/{agent['id']}/messages")).text,
-        ]
-    seen = json.dumps(client.log.events) + "".join(rest) + caplog.text
-    manager_log = (jupyter.controller.local.data_dir.parent / "local-manager").exists()
-    assert manager_log
-    assert password not in seen and api_key not in seen
-    stored = (jupyter.controller.local.data_dir.parent / "controller.sqlite").read_bytes()
-    assert password.encode() not in stored and api_key.encode() not in stored
+@pytest.fixture(scope="module")
+def chatty_server(tmp_path_factory):
+    """A Jupyter server process logging everything, and its local manager too, to one file."""
+    server = start_jupyter(tmp_path_factory.mktemp("chatty"), args=[
+        "--ServerApp.log_level=DEBUG", "--ControllerApp.log_level=DEBUG",
+        "--ControllerApp.manager_args=--log-level=DEBUG"])
+    yield server
+    stop_jupyter(server)
+
+
+async def test_secrets_never_reach_frontends_or_logs(chatty_server):
+    """No agent password or manager API key in events, REST views, the registry file or the
+    log: the Jupyter server's own output (controller) and its local manager's, read from the
+    file both write to, as an operator would (pytest's caplog never sees traitlets loggers)."""
+    server = chatty_server
+    log_path = server.data_dir.parent / "jupyter.log"
+    client = await FrontendClient().connect(server.url, server.token, server.base_url)
+    assert await client.set_client("local") == {"ok": True}
+    async with httpx.AsyncClient(base_url=f"{server.full_url}agenstra/api", timeout=30,
+                                 headers={"Authorization": f"token {server.token}"}) as http:
+        agent = next(a for a in (await http.get("/clients/local/agents")).json()
+                     if a["name"] == "assistant")
+        answer = await client.chat(agent["id"], "echo hi", "secrets-c")
+        assert answer["response"]["result"] == "hi\n[exit code 0]"
+        rest = [(await http.get(path)).text for path in (
+            "/clients", "/clients/local", "/clients/local/agents",
+            f"/clients/local/agents/{agent['id']}",
+            f"/clients/local/agents/{agent['id']}/messages")]
     await client.close()
+    secrets = stored_secrets(server.data_dir)  # the agent's password, the manager's key
+    assert len(secrets) >= 2
+    log = log_path.read_text()
+    # The file really holds both tiers' logs of this very turn, so a leak would be in it.
+    assert "forward chat client=local" in log and "correlationId=secrets-c" in log
+    assert f"turn start agent={agent['id']} correlationId=secrets-c" in log
+    seen = json.dumps(client.log.events) + "".join(rest) + log
+    assert [s for s in secrets if s in seen] == []
+    stored = (server.data_dir / "controller.sqlite").read_bytes()
+    assert [s for s in secrets if s.encode() in stored] == []
 
 
 async def test_the_managers_refusal_reaches_the_frontend_with_its_own_code(jupyter,

@@ -9,13 +9,13 @@ import pytest
 from agenstra_jupyter.protocol import ChatEventKind, ControllerEvent, ManagerEvent
 
 from .fakes.vendors import Reply
-from .test_cli_providers import CLI_BIN, FAKE_BIN, SECRET, need_cli, vendor  # noqa: F401
+from .helpers import CLI_BIN, FAKE_BIN, SECRET, need_cli
 
 AUTO = [{"default_agent_provider": "auto"}]
 
 
 @pytest.mark.parametrize("controller_config", AUTO)
-async def test_claude_found_on_path_becomes_the_default_agent(jupyter, vendor,  # noqa: F811
+async def test_claude_found_on_path_becomes_the_default_agent(jupyter, vendor,
                                                               monkeypatch):
     need_cli("claude")
     monkeypatch.setenv("PATH", f"{CLI_BIN}:{os.environ['PATH']}")

@@ -14,12 +14,13 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from .. import protocol
 from ..config import apply_env
 from ..db import sqlite_url
+from ..protocol import AgenstraError, ErrorCode
 from ..secrets import SecretBox, private_dir
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
 from .links import Backoff
 from .local import LocalManager
-from .manager_api import ManagerAPI
+from .manager_api import ManagerAPI, is_agents, is_created_agent, is_providers
 from .registry import LOCAL_CLIENT_ID, Registry
 from .socketio_handler import jupyter_socketio_handler
 
@@ -82,6 +83,42 @@ class ControllerApp(ExtensionApp):
     max_sockets_per_user = Int(
         64, help="Frontend sockets one user may hold open (0: no limit)."
     ).tag(config=True, env="AGENSTRA_MAX_SOCKETS_PER_USER")
+    event_rate = Int(
+        600, help="Events a frontend socket may send per minute, in bursts of as many: "
+        "setClient, every forwarded event but chats and logins (which have their own "
+        "limits), and malformed ones (0: no limit). AGENSTRA_EVENT_RATE."
+    ).tag(config=True, env="AGENSTRA_EVENT_RATE")
+    max_links_per_socket = Int(
+        32, help="Agents one frontend socket may have open at once; each is a manager "
+        "connection (0: no limit). AGENSTRA_MAX_LINKS_PER_SOCKET."
+    ).tag(config=True, env="AGENSTRA_MAX_LINKS_PER_SOCKET")
+    max_links_per_user = Int(
+        128, help="Agents one user may have open at once over all their sockets (0: no "
+        "limit). AGENSTRA_MAX_LINKS_PER_USER."
+    ).tag(config=True, env="AGENSTRA_MAX_LINKS_PER_USER")
+
+    manager_timeout = Float(
+        60.0, help="Longest a REST call to a manager may take in all, connecting, sending and "
+        "reading its answer (s). AGENSTRA_MANAGER_TIMEOUT."
+    ).tag(config=True, env="AGENSTRA_MANAGER_TIMEOUT")
+    max_manager_response_bytes = Int(
+        4 * 1024 * 1024, help="Largest answer read from a manager's REST API, except a page "
+        "of messages (bytes). AGENSTRA_MAX_MANAGER_RESPONSE_BYTES."
+    ).tag(config=True, env="AGENSTRA_MAX_MANAGER_RESPONSE_BYTES")
+    max_manager_history_bytes = Int(
+        64 * 1024 * 1024, help="Largest page of messages read from a manager (bytes); a page "
+        "over it fails, a client may ask for fewer (limit=). "
+        "AGENSTRA_MAX_MANAGER_HISTORY_BYTES."
+    ).tag(config=True, env="AGENSTRA_MAX_MANAGER_HISTORY_BYTES")
+    allowed_manager_hosts = Unicode(
+        "", help="Hosts users may register managers on, comma-separated: names, '*.domain', "
+        "IP addresses or networks ('10.0.0.0/8', matching endpoints written as an IP); "
+        "checked at registration and on every call. Empty (the default) allows any host: a "
+        "Jupyter user can reach the same network from a kernel anyway, and the controller "
+        "relays only answers shaped like a manager's, bounded in size and time. Set it where "
+        "the Jupyter server can reach what its users cannot. The local manager is exempt. "
+        "AGENSTRA_ALLOWED_MANAGER_HOSTS."
+    ).tag(config=True, env="AGENSTRA_ALLOWED_MANAGER_HOSTS")
 
     @default("data_dir")
     def _default_data_dir(self) -> str:
@@ -128,14 +165,19 @@ class Controller:
             else SecretBox.from_key_file(data_dir / "controller.key")
         )
         self.registry = Registry(app.registry_url(), box)
-        self.api = ManagerAPI()
+        self.api = ManagerAPI(
+            timeout=app.manager_timeout, max_bytes=app.max_manager_response_bytes,
+            max_history_bytes=app.max_manager_history_bytes,
+            allowed_hosts=app.allowed_manager_hosts,
+        )
         self.local: LocalManager | None = None
         self.sio = socketio.AsyncServer(
             async_mode="tornado",
             cors_allowed_origins=[],  # origins are checked by Jupyter (JupyterHandler)
             async_handlers=False,  # one socket's events in order: a chat never overtakes a login
-            # Transport cap; forward payloads are checked against max_message_bytes.
-            max_http_buffer_size=max(app.max_message_bytes, 64 * 1024) * 2,
+            # One limit for every tier's frames; forward payloads are then held to
+            # max_message_bytes.
+            max_http_buffer_size=protocol.MAX_FRAME_BYTES,
             logger=False,
             engineio_logger=False,
         )
@@ -143,8 +185,15 @@ class Controller:
             self.registry,
             self.ready,
             Backoff(app.reconnect_delay, app.reconnect_delay_max),
-            Limits(app.login_rate, app.chat_rate, app.max_message_bytes, app.max_sockets_per_user),
+            Limits(
+                logins_per_minute=app.login_rate, chats_per_minute=app.chat_rate,
+                max_message_bytes=app.max_message_bytes,
+                sockets_per_user=app.max_sockets_per_user, events_per_minute=app.event_rate,
+                links_per_socket=app.max_links_per_socket,
+                links_per_user=app.max_links_per_user,
+            ),
             self.log,
+            check_host=self.api.check_host,
         )
         self.sio.register_namespace(self.gateway)
         self._started = False
@@ -155,7 +204,10 @@ class Controller:
         """Open the registry and bring up the local manager, once."""
         async with self._lock:
             if not self._started:
-                await self._start()
+                try:
+                    await self._start()
+                except RuntimeError as exc:  # the local manager did not start: say why
+                    raise AgenstraError(ErrorCode.UNAVAILABLE, str(exc)) from None
                 self._started = True
 
     async def _start(self) -> None:
@@ -166,11 +218,11 @@ class Controller:
         if app.manager_url:
             await self.registry.set_local(app.manager_url.rstrip("/"), app.manager_api_key)
         elif app.local_manager:
-            if self.local is None:
-                self.local = LocalManager(
-                    Path(app.data_dir) / "local-manager", app.manager_args, self.log
-                )
-                await self.local.start()
+            if self.local is None:  # kept only once started: a retry starts it again
+                local = LocalManager(Path(app.data_dir) / "local-manager", app.manager_args,
+                                     self.log)
+                await local.start()
+                self.local = local
             await self.registry.set_local(self.local.endpoint, self.local.api_key)
         else:
             return
@@ -185,7 +237,8 @@ class Controller:
             return
         client = await self.registry.get_client(LOCAL_CLIENT_ID)
         assert client is not None
-        agents = await self.api.request(client.endpoint, client.api_key, "GET", "/api/agents")
+        agents = await self.api.request(client.endpoint, client.api_key, "GET", "/api/agents",
+                                        shape=is_agents, local=True)
         if any(agent["name"] == app.default_agent_name for agent in agents):
             return
         provider, config = await self._default_provider(client)
@@ -195,6 +248,7 @@ class Controller:
                   "config": {**config, **app.default_agent_config},
                   "runtime": app.default_agent_runtime,
                   "description": "Created on first start"},
+            shape=is_created_agent, local=True,
         )
         await self.registry.save_password(
             LOCAL_CLIENT_ID, created["id"], created["name"], created["password"]
@@ -205,7 +259,8 @@ class Controller:
         """The configured provider, or for 'auto' the best CLI found, falling back to shell."""
         if self.app.default_agent_provider != "auto":
             return self.app.default_agent_provider, {}
-        offer = await self.api.request(client.endpoint, client.api_key, "GET", "/api/providers")
+        offer = await self.api.request(client.endpoint, client.api_key, "GET", "/api/providers",
+                                       shape=is_providers, local=True)
         cli = next((p for p in offer["providers"] if p["name"] == "cli"), None)
         if cli and cli.get("detected"):
             return "cli", {"preset": cli["detected"][0]}

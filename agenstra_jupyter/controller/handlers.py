@@ -14,55 +14,29 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from .. import protocol
-from ..protocol import ErrorCode, ProtocolError
+from ..protocol import AgenstraError, ErrorCode
 from ..redact import redact
-from .manager_api import ManagerError
+from ..rest_errors import JSONErrors
+from .manager_api import is_agent, is_agents, is_created_agent, is_messages, is_providers
 from .registry import ClientNameTaken, ClientRecord
 
 if TYPE_CHECKING:
     from .app import Controller
 
 MAX_PAGE = 1000
-STATUS_CODES = {400: ErrorCode.INVALID_PAYLOAD, 401: ErrorCode.UNAUTHORIZED,
-                403: ErrorCode.UNAUTHORIZED, 404: ErrorCode.UNKNOWN_CLIENT}
-
-
-class CodedHTTPError(web.HTTPError):
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(status, message)
-        self.code = code
-
-
-class ControllerHandler(APIHandler):
+class ControllerHandler(JSONErrors, APIHandler):
     auth_resource = "agenstra"
 
     @property
     def controller(self) -> Controller:
         return self.settings["agenstra_controller"]
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, CodedHTTPError):
-            code, message = exc.code, exc.log_message
-        elif status_code in (401, 403):  # one message for every auth failure
-            code, message = ErrorCode.UNAUTHORIZED, protocol.UNAUTHORIZED_MESSAGE
-        elif status_code < 500:
-            code = STATUS_CODES.get(status_code, ErrorCode.INVALID_PAYLOAD)
-            message = getattr(exc, "log_message", None) or self._reason
-        else:
-            code, message = ErrorCode.INTERNAL, self._reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({**protocol.error_payload(code, message), "reason": self._reason}))
-
     def body(self, model: type) -> Any:
         try:
             data = json.loads(self.request.body or b"{}")
         except (ValueError, UnicodeDecodeError):
-            raise web.HTTPError(400, "Body must be JSON") from None
-        try:
-            return protocol.parse(model, data)
-        except ProtocolError as exc:
-            raise web.HTTPError(400, exc.message) from None
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "Body must be JSON") from None
+        return protocol.parse(model, data)
 
     def send(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -72,21 +46,20 @@ class ControllerHandler(APIHandler):
         await self.controller.ready()
         client = await self.controller.registry.get_client(client_id)
         if client is None:
-            raise web.HTTPError(404, "Unknown client")
+            raise AgenstraError(ErrorCode.UNKNOWN_CLIENT, "Unknown client")
         return client
 
     async def manager(self, client: ClientRecord, method: str, path: str, **kwargs: Any) -> Any:
-        return await self.call(client.endpoint, client.api_key, method, path, **kwargs)
-
-    async def call(self, endpoint: str, api_key: str, method: str, path: str, **kwargs: Any) -> Any:
+        """The manager's answer, checked against `shape=`; the allow-list spares `local`."""
         try:
-            return await self.controller.api.request(endpoint, api_key, method, path, **kwargs)
-        except ManagerError as exc:
-            if exc.status == 401:  # the manager refused the key we hold: not the user's doing
-                raise CodedHTTPError(
-                    502, "The manager rejected the stored API key", ErrorCode.REMOTE_UNAVAILABLE
-                ) from None
-            raise CodedHTTPError(exc.status, exc.message, exc.code) from None
+            return await self.controller.api.request(
+                client.endpoint, client.api_key, method, path, local=client.local, **kwargs
+            )
+        except AgenstraError as exc:
+            if exc.code == ErrorCode.UNAUTHORIZED:  # it refused the key we hold, not the user
+                raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE,
+                                    "The manager rejected the stored API key") from None
+            raise
 
 
 def agent_view(agent: dict[str, Any], credentials: bool) -> dict[str, Any]:
@@ -102,12 +75,14 @@ def agent_view(agent: dict[str, Any], credentials: bool) -> dict[str, Any]:
 def validate_endpoint(endpoint: str) -> str:
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise web.HTTPError(400, "endpoint must be an http(s) URL")
-    if parts.username or parts.password:
-        raise web.HTTPError(400, "endpoint must not contain credentials; send apiKey")
-    if parts.query or parts.fragment:
-        raise web.HTTPError(400, "endpoint must not have a query or fragment")
-    return endpoint.rstrip("/")
+        problem = "endpoint must be an http(s) URL"
+    elif parts.username or parts.password:
+        problem = "endpoint must not contain credentials; send apiKey"
+    elif parts.query or parts.fragment:
+        problem = "endpoint must not have a query or fragment"
+    else:
+        return endpoint.rstrip("/")
+    raise AgenstraError(ErrorCode.INVALID_PAYLOAD, problem)
 
 
 class ClientsHandler(ControllerHandler):
@@ -123,19 +98,15 @@ class ClientsHandler(ControllerHandler):
         request: protocol.ClientRegisterRequest = self.body(protocol.ClientRegisterRequest)
         endpoint = validate_endpoint(request.endpoint)
         await self.controller.ready()
-        # Only a manager that answers with this key is registered.
-        try:
-            await self.controller.api.request(endpoint, request.apiKey, "GET", "/api/health")
-        except ManagerError as exc:
-            if exc.status == 401:
-                raise web.HTTPError(400, "The manager rejected this API key") from None
-            raise CodedHTTPError(exc.status, exc.message, exc.code) from None
+        # Only an agenstra manager that answers with this key is registered.
+        await self.controller.api.check_manager(endpoint, request.apiKey)
         try:
             client = await self.controller.registry.add_client(
                 request.name, endpoint, request.apiKey
             )
         except ClientNameTaken:
-            raise web.HTTPError(409, f"A client named {request.name!r} exists already") from None
+            raise AgenstraError(ErrorCode.CONFLICT,
+                                f"A client named {request.name!r} exists already") from None
         self.send(client.to_wire(), status=201)
 
 
@@ -150,8 +121,9 @@ class ClientHandler(ControllerHandler):
     async def delete(self, client_id: str) -> None:
         client = await self.client(client_id)
         if client.local:
-            raise web.HTTPError(400, "The local manager cannot be removed")
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "The local manager cannot be removed")
         await self.controller.registry.delete_client(client_id)
+        await self.controller.gateway.close_links(client_id)  # nothing may talk to it now
         self.set_status(204)
         self.finish()
 
@@ -161,7 +133,7 @@ class ProvidersHandler(ControllerHandler):
     @authorized
     async def get(self, client_id: str) -> None:
         client = await self.client(client_id)
-        self.send(await self.manager(client, "GET", "/api/providers"))
+        self.send(await self.manager(client, "GET", "/api/providers", shape=is_providers))
 
 
 class AgentsHandler(ControllerHandler):
@@ -169,7 +141,7 @@ class AgentsHandler(ControllerHandler):
     @authorized
     async def get(self, client_id: str) -> None:
         client = await self.client(client_id)
-        agents = await self.manager(client, "GET", "/api/agents")
+        agents = await self.manager(client, "GET", "/api/agents", shape=is_agents)
         known = await self.controller.registry.known_agents(client_id)
         self.send([agent_view(agent, agent["id"] in known) for agent in agents])
 
@@ -179,7 +151,8 @@ class AgentsHandler(ControllerHandler):
         request: protocol.AgentCreateRequest = self.body(protocol.AgentCreateRequest)
         client = await self.client(client_id)
         created = await self.manager(
-            client, "POST", "/api/agents", json=request.model_dump(exclude_none=True)
+            client, "POST", "/api/agents", json=request.model_dump(exclude_none=True),
+            shape=is_created_agent,
         )
         password = created.pop("password")
         await self.controller.registry.save_password(
@@ -193,7 +166,8 @@ class AgentHandler(ControllerHandler):
     @authorized
     async def get(self, client_id: str, agent_id: str) -> None:
         client = await self.client(client_id)
-        agent = await self.manager(client, "GET", f"/api/agents/{agent_id}")
+        agent = await self.manager(client, "GET", f"/api/agents/{agent_id}",
+                                   shape=is_agent)
         known = await self.controller.registry.known_agents(client_id)
         self.send(agent_view(agent, agent_id in known))
 
@@ -203,11 +177,12 @@ class AgentHandler(ControllerHandler):
         client = await self.client(client_id)
         try:
             await self.manager(client, "DELETE", f"/api/agents/{agent_id}")
-        except web.HTTPError as exc:
-            if exc.status_code != 404:
+        except AgenstraError as exc:
+            if exc.status != 404:  # NOT_FOUND, or any 404 from an older manager
                 raise  # the agent may live on: its password (shown once) must stay
         # Deleted, or never there: its password is of no use any more.
         await self.controller.registry.forget_agent(client_id, agent_id)
+        await self.controller.gateway.close_links(client_id, agent_id)
         self.set_status(204)
         self.finish()
 
@@ -217,7 +192,8 @@ class AgentActionHandler(ControllerHandler):
     @authorized
     async def post(self, client_id: str, agent_id: str, action: str) -> None:
         client = await self.client(client_id)
-        agent = await self.manager(client, "POST", f"/api/agents/{agent_id}/{action}")
+        agent = await self.manager(client, "POST", f"/api/agents/{agent_id}/{action}",
+                                   shape=is_agent)
         known = await self.controller.registry.known_agents(client_id)
         self.send(agent_view(agent, agent_id in known))
 
@@ -230,14 +206,10 @@ class MessagesHandler(ControllerHandler):
         for name in ("after", "limit"):
             value = self.get_query_argument(name, None)
             if value is not None:
-                try:
-                    params[name] = str(protocol.parse_count(name, value))
-                except ProtocolError as exc:
-                    raise web.HTTPError(400, exc.message) from None
+                params[name] = str(protocol.parse_count(name, value))
         client = await self.client(client_id)
-        self.send(
-            await self.manager(client, "GET", f"/api/agents/{agent_id}/messages", params=params)
-        )
+        self.send(await self.manager(client, "GET", f"/api/agents/{agent_id}/messages",
+                                     params=params, shape=is_messages, history=True))
 
 
 def api_handlers(prefix: str) -> list[tuple[str, type]]:

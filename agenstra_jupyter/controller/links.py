@@ -20,7 +20,7 @@ from typing import Any
 import socketio
 
 from .. import protocol
-from ..protocol import ControllerEvent, ErrorCode, ManagerEvent
+from ..protocol import AgenstraError, ControllerEvent, ErrorCode, ManagerEvent
 from . import metrics
 from .registry import Registry
 
@@ -29,6 +29,7 @@ Deliver = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 LOGIN_TIMEOUT = 30.0
 ACK_TIMEOUT = 30.0
+MAX_TRACKED_CHATS = 1000  # chats awaiting their answer, per link
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,9 @@ class Backoff:
     maximum: float = 10.0
 
     def delay(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, initial * 2**attempt)]."""
+        """Equal jitter: uniform in [c/2, c], c = min(max, initial * 2**attempt)."""
         ceiling = min(self.maximum, self.initial * 2 ** min(attempt, 30))
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not crypto)
-
-
-class LinkError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class ManagerLink:
@@ -65,7 +59,13 @@ class ManagerLink:
         self._deliver = deliver
         self._backoff = backoff
         self._log = log
-        self._sio = socketio.AsyncClient(reconnection=False)
+        # aiohttp's default (4 MiB) would drop every larger answer, and the link with it.
+        # handle_sigint=False: the client's own SIGINT handler cancels every task of the
+        # loop and stops it, i.e. a Ctrl-C answered "n" would end the Jupyter server.
+        self._sio = socketio.AsyncClient(
+            reconnection=False, handle_sigint=False,
+            websocket_extra_options={"max_msg_size": protocol.MAX_FRAME_BYTES},
+        )
         self._sio.on("*", self._on_event, namespace=protocol.AGENTS_NAMESPACE)
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
@@ -95,36 +95,50 @@ class ManagerLink:
         self.wanted = True
         self.last_seq = after_seq or 0
         if not self.connected:
-            raise LinkError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
         if not await self._send_login():
-            raise LinkError(ErrorCode.LOGIN_FAILED, protocol.LOGIN_ERROR_MESSAGE)
+            raise AgenstraError(ErrorCode.LOGIN_FAILED, protocol.LOGIN_ERROR_MESSAGE)
 
     async def send(self, event: str, payload: Any) -> None:
         if not self.connected:
-            raise LinkError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
         if event != ManagerEvent.CHAT:
             await self._sio.emit(event, payload, namespace=protocol.AGENTS_NAMESPACE)
             return
-        if isinstance(payload, dict) and isinstance(payload.get("correlationId"), str):
-            self._chats[payload["correlationId"]] = time.monotonic()
-        # A chat counts as sent once the manager has stored it (its acknowledgement).
+        correlation = payload.get("correlationId") if isinstance(payload, dict) else None
+        if isinstance(correlation, str):
+            self._track_chat(correlation)
+        try:
+            await self._call_chat(payload)
+        except AgenstraError:
+            if isinstance(correlation, str):
+                self._chats.pop(correlation, None)  # refused: no answer will take it out
+            raise
+
+    def _track_chat(self, correlation_id: str) -> None:
+        """Remember when a chat left, for the turn-time metric; bounded, since an answer
+        may never come (a manager restarted mid-turn)."""
+        if len(self._chats) >= MAX_TRACKED_CHATS:
+            self._chats.pop(next(iter(self._chats)))
+        self._chats[correlation_id] = time.monotonic()
+
+    async def _call_chat(self, payload: Any) -> None:
+        """A chat counts as sent once the manager has stored it (its acknowledgement)."""
         try:
             ack = await self._until_disconnected(
-                self._sio.call(
-                    event, payload, namespace=protocol.AGENTS_NAMESPACE, timeout=ACK_TIMEOUT
-                )
+                self._sio.call(ManagerEvent.CHAT, payload, namespace=protocol.AGENTS_NAMESPACE,
+                               timeout=ACK_TIMEOUT)
             )
         except (socketio.exceptions.SocketIOError, asyncio.TimeoutError, ConnectionError):
-            raise LinkError(
+            raise AgenstraError(
                 ErrorCode.REMOTE_UNAVAILABLE,
                 "The manager did not confirm the message; send it again (same correlationId)",
             ) from None
         if not (isinstance(ack, dict) and ack.get("ok")):
             error = ack.get("error") if isinstance(ack, dict) else None
-            if isinstance(error, dict) and isinstance(error.get("code"), str):
-                # The manager's own reason, carried unchanged (NOT_LOGGED_IN, ...).
-                raise LinkError(error["code"], str(error.get("message", "")))
-            raise LinkError(ErrorCode.INVALID_PAYLOAD, "The manager refused the message")
+            # The manager's own reason, carried unchanged (NOT_LOGGED_IN, ...).
+            raise AgenstraError.from_payload(error) or AgenstraError(
+                ErrorCode.INVALID_PAYLOAD, "The manager refused the message")
 
     async def _until_disconnected(self, awaitable: Awaitable[Any]) -> Any:
         """Await `awaitable`, failing with ConnectionError as soon as the link drops."""
@@ -229,7 +243,7 @@ class ManagerLink:
     async def _relogin(self) -> None:
         try:
             await self._send_login()
-        except LinkError as exc:
+        except AgenstraError as exc:
             error = protocol.error_payload(exc.code, exc.message)
             await self._deliver(ControllerEvent.ERROR, error)
 
@@ -237,7 +251,7 @@ class ManagerLink:
         password = await self._registry.password(self.client_id, self.agent_id)
         if password is None:
             self.wanted = False
-            raise LinkError(ErrorCode.NO_CREDENTIALS, "No stored credentials for this agent")
+            raise AgenstraError(ErrorCode.NO_CREDENTIALS, "No stored credentials for this agent")
         loop = asyncio.get_running_loop()
         self._resolve_login(False)
         self._login_result = result = loop.create_future()
@@ -273,7 +287,7 @@ class ManagerLink:
             self._resolve_login(False)
         elif event == ManagerEvent.LOGOUT_SUCCESS:
             self.wanted = False
-        metrics.FORWARDED.labels(event).inc()
+        metrics.FORWARDED.labels(metrics.event_label(event)).inc()
         await self._deliver(
             ControllerEvent.FORWARDED_EVENT,
             {"event": event, "payload": payload, "clientId": self.client_id,

@@ -1,8 +1,9 @@
 """The local manager: an `agenstra-manager` subprocess supervised like a kernel.
 
 It listens on a free 127.0.0.1 port with a fresh API key (passed by environment, never on
-the command line), is restarted on the same port with backoff if it dies, watches its
-parent so it never outlives the Jupyter server, and is stopped with the server.
+the command line), runs in its own session (a Ctrl-C meant for the server never reaches
+it), is restarted on the same port with backoff if it dies, watches its parent so it
+never outlives the Jupyter server, and is stopped with the server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..manager import lock
 from ..manager.app import READY_LINE
 
 READY_PREFIX = READY_LINE.split("{", 1)[0]
@@ -75,6 +77,7 @@ class LocalManager:
                 await process.wait()
 
     async def _spawn(self) -> None:
+        lock.check_free(self.data_dir)  # a clear reason, not "did not start"
         argv = [
             sys.executable, "-m", "agenstra_jupyter.manager.app",
             "--host", "127.0.0.1", "--port", str(self.port),
@@ -82,8 +85,11 @@ class LocalManager:
             *self._extra_args,
         ]
         env = {**os.environ, "AGENSTRA_API_KEY": self.api_key}
+        # A session of its own, as Jupyter gives kernels: the terminal's Ctrl-C reaches the
+        # server (which asks for confirmation), not the manager and its running turns.
         self._process = await asyncio.create_subprocess_exec(
             *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         try:
             await asyncio.wait_for(self._await_ready(self._process), START_TIMEOUT)

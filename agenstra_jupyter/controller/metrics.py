@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ..protocol import ERROR_CODES, MANAGER_EVENTS
+
 FRONTENDS = Gauge("agenstra_controller_frontends", "Connected frontend sockets")
 LINKS = Gauge("agenstra_controller_manager_links", "Links to managers, by state", ["state"])
 RECONNECTS = Counter("agenstra_controller_reconnects_total", "Manager links re-established")
@@ -14,3 +16,12 @@ TURN_SECONDS = Histogram(
     "agenstra_controller_turn_seconds", "From a forwarded chat to its answer forwarded",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
 )
+
+
+def event_label(event: str) -> str:
+    """A label that a manager cannot multiply by sending made-up event names."""
+    return event if event in MANAGER_EVENTS else "other"
+
+
+def code_label(code: str) -> str:
+    return code if code in ERROR_CODES else "other"

@@ -92,6 +92,7 @@ class Registry(Database):
     def __init__(self, url: str, box: SecretBox) -> None:
         super().__init__(url)
         self._box = box
+        self._local: ClientRecord | None = None  # what set_local() last registered
 
     async def open(self) -> None:
         """Open and migrate; SecretKeyError at once if the stored secrets need another key."""
@@ -110,12 +111,17 @@ class Registry(Database):
     async def list_clients(self) -> list[ClientRecord]:
         async with self.engine.connect() as conn:
             rows = await conn.execute(select(clients).order_by(clients.c.created_at))
-            return [self._client(row) for row in rows]
+            return [self._own(self._client(row)) for row in rows]
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
         async with self.engine.connect() as conn:
             row = (await conn.execute(select(clients).where(clients.c.id == client_id))).first()
-            return self._client(row) if row else None
+            return self._own(self._client(row)) if row else None
+
+    def _own(self, client: ClientRecord) -> ClientRecord:
+        """Client `local` is always this server's own manager, whatever another server that
+        shares the database wrote into its row."""
+        return self._local if client.local and self._local is not None else client
 
     async def add_client(self, name: str, endpoint: str, api_key: str) -> ClientRecord:
         values = {
@@ -144,8 +150,10 @@ class Registry(Database):
                         created_at=protocol.utc_now(), **values,
                     )
                 )
+        self._local = None
         client = await self.get_client(LOCAL_CLIENT_ID)
         assert client is not None
+        self._local = client
         return client
 
     async def delete_client(self, client_id: str) -> bool:
@@ -184,6 +192,12 @@ class Registry(Database):
         async with self.engine.connect() as conn:
             token = (await conn.execute(select(credentials.c.password).where(where))).scalar()
         return self._box.decrypt(token) if token else None
+
+    async def has_credentials(self, client_id: str, agent_id: str) -> bool:
+        where = and_(credentials.c.client_id == client_id, credentials.c.agent_id == agent_id)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(credentials.c.agent_id).where(where))).first() \
+                is not None
 
     async def known_agents(self, client_id: str) -> set[str]:
         query = select(credentials.c.agent_id).where(credentials.c.client_id == client_id)
