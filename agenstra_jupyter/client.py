@@ -8,12 +8,15 @@
 The client keeps its own event loop in a background thread, so its blocking helpers work
 in a kernel whose loop is busy running the cell, and its `a*` coroutines work with
 top-level `await`. It reconnects with backoff, logs each agent in again with `afterSeq` =
-the last `seq` it holds, and drops anything it already has: no gap, no duplicate.
+the last `seq` it holds, and drops anything it already has: no gap, no duplicate. A chat
+interrupted (Ctrl-C, its timeout) cancels its turn; once the server is gone, or refuses the
+client's token, chats fail at once with an AgenstraError that says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -31,6 +34,9 @@ import socketio
 from .protocol import (
     CLIENTS_NAMESPACE,
     CONTROLLER_SOCKETIO_PATH,
+    MAX_FRAME_BYTES,
+    UNAUTHORIZED_MESSAGE,
+    AgenstraError,
     ControllerEvent,
     ErrorCode,
     ManagerEvent,
@@ -41,18 +47,16 @@ from .sessions import execution_count, recorder
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]  # (event name, payload)
 DEFAULT_TIMEOUT = 600.0
-
-
-class AgenstraError(Exception):
-    """A request the controller or the agent refused; `code` says why."""
-
-    def __init__(self, message: str, code: str = ErrorCode.INTERNAL) -> None:
-        super().__init__(message)
-        self.code = code
+CLEANUP_WAIT = 10.0  # seconds an interrupted call may take to tidy up (cancel its turn)
+RECONNECT_WAIT = 30.0  # seconds a call waits for a reconnection that has not failed yet
+log = logging.getLogger(__name__)
 
 
 class TurnError(AgenstraError):
     """The agent answered a turn with an error (`response.type == 'error'`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INTERNAL, message)
 
 
 @dataclass(frozen=True)
@@ -74,8 +78,9 @@ def discover_server() -> ServerInfo:
     mine = [s for s in servers if s.get("pid") in ancestors] or servers[-1:]
     if not mine:
         raise AgenstraError(
+            ErrorCode.REMOTE_UNAVAILABLE,
             "No Jupyter server found: start one with the agenstra extension, or set "
-            "AGENSTRA_URL (and AGENSTRA_TOKEN)", ErrorCode.REMOTE_UNAVAILABLE,
+            "AGENSTRA_URL (and AGENSTRA_TOKEN)",
         )
     server = mine[0]
     return _split(server["url"], os.environ.get("AGENSTRA_TOKEN") or server.get("token", ""))
@@ -119,12 +124,30 @@ class _LoopThread:
             return cls._instance
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run on the client loop and block for the result (from any other thread)."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+        """Run on the client loop and block for the result (from any other thread).
+
+        If the caller is interrupted (Ctrl-C in a kernel) or gives up, the coroutine is
+        cancelled, not left running, and may tidy up (a chat cancels its turn) first.
+        """
+        finished = threading.Event()
+        future = asyncio.run_coroutine_threadsafe(_then_set(coroutine, finished), self.loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            if future.cancel():  # still running: the interruption is the caller's
+                finished.wait(CLEANUP_WAIT)
+            raise
 
     async def run_async(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Await the coroutine, run on the client loop, from another event loop."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
+
+async def _then_set(coroutine: Coroutine[Any, Any, T], finished: threading.Event) -> T:
+    try:
+        return await coroutine
+    finally:
+        finished.set()
 
 
 @dataclass
@@ -140,7 +163,6 @@ class Agent:
     _listeners: list[Listener] = field(default_factory=list)
     _waiting: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _turn_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
-    _seen: set[str] = field(default_factory=set)
 
     @property
     def last_seq(self) -> int:
@@ -150,17 +172,25 @@ class Agent:
 
     def chat(self, message: str, timeout: float | None = DEFAULT_TIMEOUT) -> str:
         """Send `message`; block until the answer and return its text (TurnError if failed)."""
-        return self.client._loop.run(self._chat(message, timeout))
+        return self.ask(message, timeout).get("result", "")
 
     async def achat(self, message: str, timeout: float | None = DEFAULT_TIMEOUT) -> str:
-        return await self.client._loop.run_async(self._chat(message, timeout))
+        return (await self.client._loop.run_async(self._chat(message, timeout))).get(
+            "result", "")
 
-    def send(self, message: str) -> str:
-        """Send without waiting for the answer; return the correlation id."""
+    def ask(self, message: str, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """As `chat`, but the whole answer: `{type, result, format?, parts?, ...}` (its
+        `format` says how to show the text: command output is `text`, not markdown)."""
+        return self.client._loop.run(self._chat(message, timeout))
+
+    def send(self, message: str,
+             on_error: Callable[[AgenstraError], None] | None = None) -> str:
+        """Send without waiting for the answer; return the correlation id. If it cannot be
+        sent, `on_error(error)` is called (on the client thread), else the error is logged."""
         correlation_id = str(uuid.uuid4())
-        self.client._loop.loop.call_soon_threadsafe(
-            lambda: asyncio.ensure_future(self._send(message, correlation_id))
-        )
+        future = asyncio.run_coroutine_threadsafe(self._send(message, correlation_id),
+                                                  self.client._loop.loop)
+        future.add_done_callback(lambda done: _report(done, on_error))
         return correlation_id
 
     def cancel(self, correlation_id: str | None = None) -> None:
@@ -172,7 +202,7 @@ class Agent:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    async def _chat(self, message: str, timeout: float | None) -> str:
+    async def _chat(self, message: str, timeout: float | None) -> dict[str, Any]:
         correlation_id = str(uuid.uuid4())
         answer = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = answer
@@ -180,7 +210,10 @@ class Agent:
         started, clock = utc_now(), time.monotonic()
         try:
             await self._send(message, correlation_id)
-            response = (await asyncio.wait_for(answer, timeout))["response"]
+            response = (await self._answer(answer, timeout))["response"]
+        except (asyncio.CancelledError, TimeoutError):
+            await self._cancel_turn(correlation_id)  # an abandoned turn must not run on
+            raise
         finally:
             self._waiting.pop(correlation_id, None)
             self._turn_events.pop(correlation_id, None)
@@ -195,7 +228,23 @@ class Agent:
                   file=sys.stderr, flush=True)
         if response.get("type") == "error":
             raise TurnError(response.get("result", "The agent failed"))
-        return response.get("result", "")
+        return response
+
+    async def _answer(self, answer: asyncio.Future[dict[str, Any]],
+                      timeout: float | None) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(answer, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"No answer from {self.name} within {timeout:g} s: "
+                               "the turn was cancelled") from None
+
+    async def _cancel_turn(self, correlation_id: str) -> None:
+        """Best effort and bounded: the turn may be over, or the server gone."""
+        try:
+            await asyncio.wait_for(self.client._forward(
+                ManagerEvent.CANCEL, self, {"correlationId": correlation_id}), CLEANUP_WAIT)
+        except (AgenstraError, asyncio.TimeoutError) as exc:
+            log.info("agenstra: could not cancel turn %s: %s", correlation_id, exc)
 
     async def _send(self, message: str, correlation_id: str) -> None:
         """Send once; while the manager is unreachable, send again (same id: stored once)."""
@@ -205,9 +254,18 @@ class Agent:
                 await self.client._forward(ManagerEvent.CHAT, self, payload)
                 return
             except AgenstraError as exc:
-                if exc.code != ErrorCode.REMOTE_UNAVAILABLE or attempt == 59:
+                # Resend only what the controller refused for its manager being away: when
+                # the controller itself is gone, the user hears it now, not in minutes.
+                if (exc.code != ErrorCode.REMOTE_UNAVAILABLE or not self.client.connected
+                        or attempt == 59):
                     raise
                 await asyncio.sleep(min(5.0, 0.25 * 2**attempt))
+
+    def _fail_turns(self, error: AgenstraError) -> None:
+        """Answers that cannot come any more (the server is gone): fail their chats."""
+        for waiter in self._waiting.values():
+            if not waiter.done():
+                waiter.set_exception(_fresh(error))
 
     # -- events from the controller (client loop) ----------------------------------------
 
@@ -217,9 +275,9 @@ class Agent:
             if events is not None:
                 events.append({"kind": payload.get("kind"), "payload": payload.get("payload")})
         if event == ManagerEvent.CHAT_MESSAGE:
-            if payload.get("id") in self._seen or payload.get("seq", 0) <= self.last_seq:
+            # seq grows strictly per agent, so the last one held is all a dedupe needs.
+            if not isinstance(payload.get("seq"), int) or payload["seq"] <= self.last_seq:
                 return  # already held: a replay after a reconnect
-            self._seen.add(payload["id"])
             self.messages.append(payload)
             if payload.get("from") == "agent":
                 waiter = self._waiting.get(payload.get("correlationId", ""))
@@ -229,7 +287,18 @@ class Agent:
             try:
                 listener(event, payload)
             except Exception:  # a broken listener must not stop the others
-                logging.getLogger(__name__).exception("agent listener failed")
+                log.exception("agent listener failed")
+
+
+def _report(done: Any, on_error: Callable[[AgenstraError], None] | None) -> None:
+    """The outcome of a send nobody awaits: to `on_error`, or to the log."""
+    error = None if done.cancelled() else done.exception()
+    if error is None:
+        return
+    if on_error is not None and isinstance(error, AgenstraError):
+        on_error(error)
+    else:
+        log.warning("agenstra: a message was not sent: %s", error)
 
 
 class AgenstraClient:
@@ -243,41 +312,146 @@ class AgenstraClient:
         self._agents: dict[tuple[str, str], Agent] = {}
         self._state_listeners: list[Callable[[str], None]] = []
         self._sio: socketio.AsyncClient | None = None
-        self._restored: asyncio.Event | None = None
+        self._restored: asyncio.Event | None = None  # linked, and the session restored
+        self._failed: asyncio.Event | None = None  # the last (re)connection attempt failed
+        self._failure: AgenstraError | None = None  # ... and why
+        self._restore_error: AgenstraError | None = None
+        self._closed = False
+        self._redial_task: asyncio.Future[None] | None = None
         self._context = client_id  # the controller's current client for this socket
         self._loop.run(self._connect(), 60)
+
+    @property
+    def connected(self) -> bool:
+        """Linked to the controller, with the session restored."""
+        return self._restored is not None and self._restored.is_set()
+
+    @property
+    def closed(self) -> bool:
+        """Closed, or refused by its server for good: connect() then makes a new client."""
+        return self._closed
+
+    @property
+    def _where(self) -> str:
+        return f"{self.server.url}{self.server.base_url}"
 
     # -- connection ----------------------------------------------------------------------
 
     async def _connect(self) -> None:
-        sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0,
+        self._sio = self._socket()
+        self._restored, self._failed = asyncio.Event(), asyncio.Event()
+        try:
+            await self._dial()
+        except socketio.exceptions.ConnectionError as exc:
+            raise _fresh(self._failure) or AgenstraError(
+                ErrorCode.REMOTE_UNAVAILABLE,
+                f"Cannot connect to the controller at {self._where}: {exc}") from None
+        await asyncio.wait_for(self._restored.wait(), 60)
+        if (error := self._restore_error) is not None:  # e.g. no such manager: of no use
+            await self._sio.shutdown()
+            raise AgenstraError(error.code, f"Cannot use manager {self.client_id!r} of "
+                                            f"{self._where}: {error.message}")
+
+    def _socket(self) -> socketio.AsyncClient:
+        # handle_sigint=False: an interrupted cell must not disconnect the client.
+        sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, handle_sigint=False,
                                    reconnection_delay=0.5, reconnection_delay_max=5,
-                                   randomization_factor=0.5)
+                                   randomization_factor=0.5,
+                                   websocket_extra_options={"max_msg_size": MAX_FRAME_BYTES})
         sio.on("connect", self._on_connect, namespace=CLIENTS_NAMESPACE)
+        sio.on("connect_error", self._on_connect_error, namespace=CLIENTS_NAMESPACE)
         sio.on("disconnect", self._on_disconnect, namespace=CLIENTS_NAMESPACE)
         sio.on(ControllerEvent.FORWARDED_EVENT, self._on_forwarded, namespace=CLIENTS_NAMESPACE)
         for event in (ControllerEvent.REMOTE_DISCONNECTED, ControllerEvent.REMOTE_RECONNECTING):
             sio.on(event, lambda *_: self._set_state("reconnecting"), namespace=CLIENTS_NAMESPACE)
         sio.on(ControllerEvent.REMOTE_RECONNECTED, lambda *_: self._set_state("connected"),
                namespace=CLIENTS_NAMESPACE)
-        self._sio = sio
-        self._restored = asyncio.Event()
+        return sio
+
+    async def _dial(self) -> None:
+        assert self._sio is not None
         path = (self.server.base_url + CONTROLLER_SOCKETIO_PATH).strip("/")
-        try:
-            await sio.connect(f"{self.server.url}?token={self.server.token}",
-                              socketio_path=path, namespaces=[CLIENTS_NAMESPACE],
-                              transports=["websocket"], wait_timeout=30)
-        except socketio.exceptions.ConnectionError as exc:
-            raise AgenstraError(f"Cannot connect to the controller at {self.server.url}"
-                                f"{self.server.base_url}: {exc}", ErrorCode.UNAUTHORIZED) from None
-        await asyncio.wait_for(self._restored.wait(), 60)
+        await self._sio.connect(f"{self.server.url}?token={self.server.token}",
+                                socketio_path=path, namespaces=[CLIENTS_NAMESPACE],
+                                transports=["websocket"], wait_timeout=30)
+
+    async def _redial(self) -> None:
+        """Reconnect with backoff until it works, or the client is closed (or refused)."""
+        delay = 0.5
+        while not self._closed:
+            await asyncio.sleep(delay)
+            try:
+                await self._dial()  # a failure reaches _on_connect_error first
+                return
+            except (socketio.exceptions.ConnectionError, ValueError):
+                delay = min(delay * 2, 5.0)
 
     async def _on_connect(self) -> None:
+        self._failure = None
+        if self._failed is not None:
+            self._failed.clear()
         # Runs inside the socket's reader: the restore (which awaits replies) runs beside it.
         self._restore_task = asyncio.ensure_future(self._restore())
 
+    async def _on_connect_error(self, data: Any = None) -> None:
+        """A (re)connection attempt failed: the server is gone, or refuses our token."""
+        refused = isinstance(data, dict)  # by the controller; else the handshake failed
+        reason = data.get("message") if refused else data
+        if reason == UNAUTHORIZED_MESSAGE or (not refused and await self._token_refused()):
+            self._closed = True  # a stale token never works again: stop knocking with it
+            if self._sio is not None:
+                self._shutdown_task = asyncio.ensure_future(self._sio.shutdown())
+            self._fail(AgenstraError(
+                ErrorCode.UNAUTHORIZED,
+                f"The Jupyter server at {self._where} refuses this client's token (a restarted "
+                "server has a new one). Connect again: connect() in a kernel of that server, "
+                "or connect(url, token=...) with its current token (or set AGENSTRA_TOKEN), "
+                "then get the agent again."))
+            self._set_state("disconnected")
+        elif not refused:
+            self._fail(AgenstraError(
+                ErrorCode.REMOTE_UNAVAILABLE,
+                f"The Jupyter server at {self._where} is not reachable ({reason}): is it "
+                "still running? This client reconnects when it is back."))
+
+    async def _token_refused(self) -> bool:
+        """Whether the server is up but refuses our token (Jupyter answers the socket's
+        handshake with a bare 403 then, as it does when the server is gone: ask its API)."""
+        try:
+            async with httpx.AsyncClient(timeout=10) as http:
+                response = await http.get(f"{self._where}api/status", headers={
+                    "Authorization": f"token {self.server.token}"})
+        except httpx.HTTPError:
+            return False
+        return response.status_code in (401, 403)
+
+    def _fail(self, error: AgenstraError) -> None:
+        """The link is down for a known reason: calls now, and answers awaited, fail with it."""
+        self._failure = error
+        if self._failed is not None:
+            self._failed.set()
+        for agent in list(self._agents.values()):
+            agent._fail_turns(error)
+
+    async def _wait_restored(self) -> None:
+        """Wait out a reconnection in progress, unless it is known to fail."""
+        assert self._restored is not None and self._failed is not None
+        if not (self._restored.is_set() or self._failed.is_set()):
+            waits = {asyncio.ensure_future(self._restored.wait()),
+                     asyncio.ensure_future(self._failed.wait())}
+            try:
+                await asyncio.wait(waits, timeout=RECONNECT_WAIT,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+        if not self._restored.is_set():
+            raise _fresh(self._failure) or AgenstraError(
+                ErrorCode.REMOTE_UNAVAILABLE, f"Still reconnecting to {self._where}")
+
     async def _restore(self) -> None:
         """After every (re)connect: the client context, then each agent after what we hold."""
+        self._restore_error = None
         try:
             await self._call(ControllerEvent.SET_CLIENT, {"clientId": self.client_id})
             self._context = self.client_id
@@ -286,15 +460,20 @@ class AgenstraClient:
                                     restoring=True)
         except AgenstraError as exc:
             # e.g. the manager is restarting: the controller logs the agent in when it is back.
-            logging.getLogger(__name__).warning("agenstra: restoring the session: %s", exc)
+            self._restore_error = exc
+            log.warning("agenstra: restoring the session: %s", exc)
         assert self._restored is not None
         self._restored.set()
         self._set_state("connected")
 
-    async def _on_disconnect(self, *_: Any) -> None:
+    async def _on_disconnect(self, reason: Any = None) -> None:
         if self._restored is not None:
             self._restored.clear()
-        self._set_state("reconnecting")
+        self._set_state("disconnected" if self._closed else "reconnecting")
+        if reason == socketio.AsyncClient.reason.SERVER_DISCONNECT and not self._closed:
+            # python-socketio reconnects after a broken transport only, not when the server
+            # closes the connection, as it does when it shuts down (or restarts).
+            self._redial_task = asyncio.ensure_future(self._redial())
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -306,8 +485,18 @@ class AgenstraClient:
         self._state_listeners.append(listener)
 
     def close(self) -> None:
+        """Disconnect for good (reconnecting stops too); connect() then makes a new client."""
+        self._loop.run(self._close(), 30)
+
+    async def _close(self) -> None:
+        self._closed = True
+        if self._redial_task is not None:
+            self._redial_task.cancel()
         if self._sio is not None:
-            self._loop.run(self._sio.disconnect(), 30)
+            await self._sio.shutdown()
+        self._fail(AgenstraError(ErrorCode.REMOTE_UNAVAILABLE,
+                                 "This client is closed: connect() again"))
+        self._set_state("disconnected")
 
     # -- agents --------------------------------------------------------------------------
 
@@ -322,7 +511,7 @@ class AgenstraClient:
         listing = await self._rest("GET", f"/clients/{client_id}/agents")
         found = next((a for a in listing if name_or_id in (a["id"], a["name"])), None)
         if found is None:
-            raise AgenstraError(f"No agent named {name_or_id!r}", ErrorCode.INVALID_PAYLOAD)
+            raise AgenstraError(ErrorCode.NOT_FOUND, f"No agent named {name_or_id!r}")
         key = (client_id, found["id"])
         if key not in self._agents:
             agent = Agent(self, client_id, found["id"], found["name"], found.get("provider", ""))
@@ -343,12 +532,8 @@ class AgenstraClient:
 
     async def _forward(self, event: str, agent: Agent, payload: dict[str, Any],
                        restoring: bool = False) -> None:
-        if not restoring and self._restored is not None and not self._restored.is_set():
-            try:
-                await asyncio.wait_for(self._restored.wait(), 30)
-            except asyncio.TimeoutError:
-                raise AgenstraError("Reconnecting to the controller",
-                                    ErrorCode.REMOTE_UNAVAILABLE) from None
+        if not restoring:
+            await self._wait_restored()
         if agent.client_id != self._context:
             await self._call(ControllerEvent.SET_CLIENT, {"clientId": agent.client_id})
             self._context = agent.client_id
@@ -357,16 +542,15 @@ class AgenstraClient:
 
     async def _call(self, event: str, payload: dict[str, Any]) -> None:
         if self._sio is None:
-            raise AgenstraError("Not connected to the controller", ErrorCode.REMOTE_UNAVAILABLE)
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Not connected to the controller")
         try:
             ack = await self._sio.call(event, payload, namespace=CLIENTS_NAMESPACE, timeout=60)
         except socketio.exceptions.SocketIOError:
-            raise AgenstraError("The controller did not answer",
-                                ErrorCode.REMOTE_UNAVAILABLE) from None
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE,
+                                "The controller did not answer") from None
         if not (isinstance(ack, dict) and ack.get("ok")):
-            error = (ack or {}).get("error") or {} if isinstance(ack, dict) else {}
-            raise AgenstraError(error.get("message", "Refused"),
-                                error.get("code", ErrorCode.INTERNAL))
+            error = ack.get("error") if isinstance(ack, dict) else None
+            raise AgenstraError.from_payload(error) or AgenstraError(ErrorCode.INTERNAL, "Refused")
 
     async def _on_forwarded(self, data: dict[str, Any]) -> None:
         agent = self._agents.get((data.get("clientId"), data.get("agentId")))
@@ -417,7 +601,7 @@ class AgenstraClient:
         for agent in self.agents(client_id):
             if name_or_id in (agent["id"], agent["name"]):
                 return agent["id"]
-        raise AgenstraError(f"No agent named {name_or_id!r}", ErrorCode.INVALID_PAYLOAD)
+        raise AgenstraError(ErrorCode.NOT_FOUND, f"No agent named {name_or_id!r}")
 
     async def _rest(self, method: str, path: str, **kwargs: Any) -> Any:
         url = f"{self.server.url}{self.server.base_url}agenstra/api{path}"
@@ -428,22 +612,34 @@ class AgenstraClient:
             try:
                 body = response.json()
             except ValueError:
-                body = {}
-            raise AgenstraError(body.get("message") or f"HTTP {response.status_code}",
-                                body.get("code", ErrorCode.INTERNAL))
+                body = None
+            raise AgenstraError.from_payload(body, response.status_code) or AgenstraError(
+                ErrorCode.INTERNAL, f"HTTP {response.status_code}", response.status_code)
         return response.json() if response.content else None
 
 
-_default: AgenstraClient | None = None
+def _fresh(error: AgenstraError | None) -> AgenstraError | None:
+    """A new instance to raise: one raised many times would pile up tracebacks."""
+    return None if error is None else AgenstraError(error.code, error.message, error.status)
+
+
+_clients: dict[tuple[ServerInfo, str], AgenstraClient] = {}
+_clients_guard = threading.Lock()
 
 
 def connect(url: str | None = None, token: str | None = None,
             client_id: str = "local") -> AgenstraClient:
-    """The process-wide client (created on first use); pass a URL to connect elsewhere."""
-    global _default
+    """The client of manager `client_id` of a Jupyter server: the one running this kernel
+    unless `url` names another; `token` overrides the one found. One client per server and
+    manager, made on first use, and made again once closed (or refused by a restarted
+    server with a new token)."""
     if url is not None:
-        return AgenstraClient(_split(url, token or os.environ.get("AGENSTRA_TOKEN", "")),
-                              client_id)
-    if _default is None:
-        _default = AgenstraClient(client_id=client_id)
-    return _default
+        server = _split(url, token or os.environ.get("AGENSTRA_TOKEN", ""))
+    else:
+        server = discover_server()
+        server = dataclasses.replace(server, token=token) if token else server
+    with _clients_guard:
+        client = _clients.get((server, client_id))
+        if client is None or client.closed:
+            client = _clients[(server, client_id)] = AgenstraClient(server, client_id)
+        return client

@@ -2,8 +2,10 @@
 
     %load_ext agenstra_jupyter
     %agent list                 agents of the current manager
-    %agent use NAME             the agent %%agent talks to by default
-    %agent NAME message...      one message; the answer is shown and returned (`_`)
+    %agent use NAME             choose the agent %agent and %%agent talk to
+    %agent NAME message...      one message (before `use`); the answer is shown and
+                                returned (`_`)
+    %agent message...           one message to the chosen agent (after `use`)
     %%agent [NAME]              the cell body is the message
 """
 
@@ -15,19 +17,31 @@ from typing import Any
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from .client import AgenstraClient, AgenstraError, connect
-from .render import inert_markdown, markdown_html
+from .protocol import FORMAT_MARKDOWN, ErrorCode, ResponseFormat, response_format
+from .render import result_html, result_markdown
+from .sessions import error_line
 
-USAGE = "usage: %agent list | %agent use NAME | %agent NAME message… | %%agent [NAME]"
+USAGE = ("usage: %agent list | %agent use NAME | %agent NAME message… | "
+         "%agent message… (after use) | %%agent [NAME]")
 
 
 class AgentAnswer(str):
-    """An agent's answer: a str (so `_` holds the text), shown as sanitised markdown."""
+    """An agent's answer: a str (so `_` holds the text), shown by its format: sanitised
+    markdown, or preformatted text for command output."""
+
+    format: ResponseFormat
+
+    def __new__(cls, text: str, fmt: ResponseFormat = FORMAT_MARKDOWN) -> AgentAnswer:
+        answer = super().__new__(cls, text)
+        answer.format = fmt
+        return answer
 
     def _repr_html_(self) -> str:
-        return markdown_html(str(self))
+        return result_html(str(self), self.format)
 
     def _repr_markdown_(self) -> str:
-        return inert_markdown(str(self))  # the notebook renders it later: no remote loads
+        # The notebook renders it later: no remote loads.
+        return result_markdown(str(self), self.format)
 
 
 class AgentList(list):
@@ -46,7 +60,7 @@ class AgentMagics(Magics):
 
     @property
     def client(self) -> AgenstraClient:
-        if self._client is None:
+        if self._client is None or self._client.closed:  # e.g. refused after a restart
             self._client = connect()
         return self._client
 
@@ -55,7 +69,7 @@ class AgentMagics(Magics):
         try:
             return self._run(line.strip(), cell)
         except (AgenstraError, TimeoutError) as exc:
-            print(f"agenstra: {exc}", file=sys.stderr)  # a message, not a traceback
+            print(error_line(str(exc)), end="", file=sys.stderr)  # a message, not a traceback
         return None
 
     def _run(self, line: str, cell: str | None) -> Any:
@@ -63,29 +77,37 @@ class AgentMagics(Magics):
         if cell is not None:
             return self._chat(words[0] if words else self._default(), cell)
         if not words:
-            raise AgenstraError(USAGE)
+            raise _misuse(USAGE)
         if words[0] == "list":
             return AgentList(self.client.agents())
         if words[0] == "use":
             if len(words) < 2:
-                raise AgenstraError(USAGE)
+                raise _misuse(USAGE)
             self.client.agent(words[1].strip())  # fails clearly if there is no such agent
             self.default_agent = words[1].strip()
+            print(f"Using agent {self.default_agent}")
             return None
+        if self.default_agent is not None:  # chosen with `use`: the whole line is the message
+            return self._chat(self.default_agent, line)
         if len(words) < 2:
-            raise AgenstraError(USAGE)
+            raise _misuse(USAGE)
         return self._chat(words[0], words[1])
 
     def _default(self) -> str:
         if self.default_agent is None:
-            raise AgenstraError("No agent chosen: %%agent NAME, or %agent use NAME first")
+            raise _misuse("No agent chosen: %%agent NAME, or %agent use NAME first")
         return self.default_agent
 
     def _chat(self, name: str, message: str) -> AgentAnswer:
         if not message.strip():
-            raise AgenstraError("Nothing to send")
-        return AgentAnswer(self.client.agent(name).chat(message.strip()))
+            raise _misuse("Nothing to send")
+        response = self.client.agent(name).ask(message.strip())
+        return AgentAnswer(response.get("result", ""), response_format(response))
 
 
 def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(AgentMagics)
+
+
+def _misuse(message: str) -> AgenstraError:
+    return AgenstraError(ErrorCode.INVALID_PAYLOAD, message)

@@ -20,6 +20,8 @@ from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
+from .protocol import FORMAT_MARKDOWN, FORMAT_TEXT, ResponseFormat, response_format
+
 # What URL parsers strip before a URL may come first; any other character (U+00A0, say)
 # would make the URL a relative one, which the browser would fetch from the server.
 SAFE_IMAGE = re.compile(r"[\x00-\x20]*(data:image/|attachment:)", re.IGNORECASE)
@@ -98,6 +100,45 @@ def plain_html(text: str) -> str:
     """Text shown as is (while it streams): escaped, whitespace kept."""
     style = "white-space:pre-wrap;margin:0;font-family:inherit"
     return f'<pre style="{style}">{html.escape(text)}</pre>'
+
+
+def text_html(text: str) -> str:
+    """Command output as printed: escaped, every line break kept, long lines scroll (a
+    wrapped line would look like two)."""
+    style = ("margin:0;white-space:pre;overflow-x:auto;"
+             "font-family:var(--jp-code-font-family, monospace)")
+    return f'<pre style="{style}">{html.escape(text)}</pre>'
+
+
+def text_markdown(text: str) -> str:
+    """Command output as a fenced code block, which no markdown renderer reads into: its
+    fence is longer than any run of backticks in the text, so nothing in it closes it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text.removesuffix(chr(10))}\n{fence}"
+
+
+def result_html(text: str, fmt: ResponseFormat = FORMAT_MARKDOWN) -> str:
+    """An answer's text as safe HTML: preformatted for `text`, rendered markdown otherwise."""
+    return text_html(text) if fmt == FORMAT_TEXT else markdown_html(text)
+
+
+def result_markdown(text: str, fmt: ResponseFormat = FORMAT_MARKDOWN) -> str:
+    """An answer's text as inert markdown (exported notebooks), by its format."""
+    return text_markdown(text) if fmt == FORMAT_TEXT else inert_markdown(text)
+
+
+def response_html(response: dict[str, Any]) -> str:
+    """An agent `response` (`{type, result, format?}`) as safe HTML; an error as plain text."""
+    result = str(response.get("result", ""))
+    if response.get("type") == "error":
+        return plain_html(result)
+    return result_html(result, response_format(response))
+
+
+def response_markdown(response: dict[str, Any]) -> str:
+    """An agent `response` as inert markdown, by its format."""
+    return result_markdown(str(response.get("result", "")), response_format(response))
 
 
 def tool_line(payload: dict[str, Any]) -> str:

@@ -1,9 +1,14 @@
 """`agenstra-jupyter`: run notebooks headlessly, record and replay their agent sessions.
 
     agenstra-jupyter run NOTEBOOK [-o OUT] [-p NAME VALUE]... [--timeout S]
-                     [--url URL --token TOKEN] [--record SESSION | --replay SESSION
-                     [--replay-mode strict|lenient]]
+                     [--url URL --token TOKEN | --keep-data] [--record SESSION |
+                     --replay SESSION [--replay-mode strict|lenient]]
     agenstra-jupyter export AGENT -o NOTEBOOK --session SESSION [--url URL --token TOKEN]
+
+Without --url, `run` is isolated, as nbclient's fresh kernel is: it starts a Jupyter server
+of its own whose controller data, local manager and agents live in a temporary directory,
+removed after the run (--keep-data keeps it). The user's running JupyterLab, its agents and
+its manager are never touched. --url attaches to a running server and uses its agents.
 """
 
 from __future__ import annotations
@@ -13,21 +18,32 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
+
 from . import sessions
+from .protocol import AgenstraError
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agenstra-jupyter", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="agenstra-jupyter", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="execute a notebook headlessly with nbclient")
+    run = commands.add_parser(
+        "run", help="execute a notebook headlessly with nbclient",
+        description="Execute a notebook headlessly with nbclient. Without --url the run is "
+        "isolated: a Jupyter server of its own, its data in a temporary directory removed "
+        "afterwards; the user's running JupyterLab and its agents are not touched.")
     run.add_argument("notebook", type=Path)
     run.add_argument("-o", "--output", type=Path, help="write the executed notebook here")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                      metavar=("NAME", "VALUE"), help="set a variable of the 'parameters' cell")
     run.add_argument("--timeout", type=float, default=600, help="seconds per cell (600)")
-    run.add_argument("--url", help="a running Jupyter server (default: start one)")
+    run.add_argument("--url", help="attach to this running Jupyter server and use its agents "
+                     "(default: an isolated server of the run's own)")
     run.add_argument("--token", default=os.environ.get("AGENSTRA_TOKEN"),
                      help="its token (or AGENSTRA_TOKEN)")
+    run.add_argument("--keep-data", action="store_true",
+                     help="keep the run's own server data (agents, history, log) afterwards")
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--record", type=Path, help="record every agent turn to this session")
     mode.add_argument("--replay", type=Path, help="answer every agent turn from this session")
@@ -55,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 {name: sessions.parse_value(value) for name, value in args.parameter},
                 url=args.url, token=args.token, record=args.record, replay=args.replay,
                 replay_mode=args.replay_mode, cell_timeout=args.timeout, progress=progress,
+                keep_data=args.keep_data,
             )
             progress(f"ok: {args.notebook}" + (f" -> {result.output}" if result.output else ""))
         else:
@@ -66,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except sessions.CellFailed as failed:
         print(f"agenstra-jupyter: {failed}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (AgenstraError, httpx.HTTPError, OSError, ValueError, RuntimeError) as exc:
+        # A known failure (no such agent, no server, bad file): its message, not a traceback.
         print(f"agenstra-jupyter: {exc}", file=sys.stderr)
         return 2
     return 0

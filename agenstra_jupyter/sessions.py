@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .protocol import utc_now
+from ._version import __version__
+from .protocol import response_format, utc_now
+from .render import result_html, result_markdown
 from .secrets import create_private_file
 
 SESSION_VERSION = 1
@@ -117,27 +119,41 @@ def execution_count() -> int | None:
 # -- a Jupyter server for headless runs ------------------------------------------------------
 
 
+# What would point a run's own server at the user's state: their databases, keys, an
+# external manager, a token that would win over the run's own.
+SHARED_STATE_ENV = ("AGENSTRA_CONTROLLER_DB", "AGENSTRA_SECRET_KEY", "AGENSTRA_MANAGER_URL",
+                    "AGENSTRA_MANAGER_API_KEY", "AGENSTRA_DB", "AGENSTRA_DATA_DIR",
+                    "AGENSTRA_MANAGER_KEY_FILE", "AGENSTRA_WORKSPACE_ROOT",
+                    "AGENSTRA_AGENT_STATE_ROOT", "JUPYTER_TOKEN")
+
+
 @dataclass
 class Server:
     url: str  # with base path, ending in "/"
     token: str
-    process: subprocess.Popen[bytes] | None = None
-    root: Path | None = None
+    process: subprocess.Popen[bytes]
+    root: Path  # its data, runtime dir and log: removed after the run
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
 
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
 
 def start_server(data_dir: Path | None = None, env: dict[str, str] | None = None) -> Server:
     """A Jupyter server with the extension (and its local manager), for this run only.
 
-    Its token goes by a 0600 file (JUPYTER_TOKEN_FILE), deleted once the server is up:
-    never on the command line, which `ps` shows every user.
+    Isolated, as nbclient's fresh kernel is: its controller data, local manager and runtime
+    dir live in a temporary directory of its own (`Server.root`; the controller's data in
+    `data_dir` if given), so a run never touches the user's running JupyterLab, its agents
+    or its manager. Its token goes by a 0600 file (JUPYTER_TOKEN_FILE), deleted once the
+    server is up: never on the command line, which `ps` shows every user.
     """
     root = Path(tempfile.mkdtemp(prefix="agenstra-run-"))  # 0700
     with socket.socket() as probe:
@@ -147,11 +163,10 @@ def start_server(data_dir: Path | None = None, env: dict[str, str] | None = None
     token_file = root / "token"
     create_private_file(token_file)
     token_file.write_text(token)  # no newline: jupyter_server reads the file as is
-    server_env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(root / "runtime"), **(env or {})}
-    server_env.pop("JUPYTER_TOKEN", None)  # it would win over the file
-    server_env["JUPYTER_TOKEN_FILE"] = str(token_file)
-    if data_dir is not None:
-        server_env["AGENSTRA_CONTROLLER_DATA_DIR"] = str(data_dir)
+    server_env = {key: value for key, value in os.environ.items() if key not in SHARED_STATE_ENV}
+    server_env.update(JUPYTER_RUNTIME_DIR=str(root / "runtime"),
+                      AGENSTRA_CONTROLLER_DATA_DIR=str(data_dir or root / "agenstra"),
+                      JUPYTER_TOKEN_FILE=str(token_file), **(env or {}))
     log = open(root / "jupyter.log", "wb")  # lives as long as the server
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
@@ -171,7 +186,6 @@ def start_server(data_dir: Path | None = None, env: dict[str, str] | None = None
 def _wait_ready(server: Server, timeout: float = 90) -> bool:
     import httpx
 
-    assert server.process is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and server.process.poll() is None:
         try:
@@ -189,9 +203,9 @@ def _wait_ready(server: Server, timeout: float = 90) -> bool:
 
 
 class CellFailed(Exception):
-    def __init__(self, cell_number: int, message: str) -> None:
-        super().__init__(f"cell {cell_number} failed: {message}")
-        self.cell_number = cell_number
+    def __init__(self, cell: str, message: str) -> None:
+        super().__init__(f"{cell} failed: {message}")
+        self.cell = cell  # as the progress lines name it: "cell 3/10"
         self.message = message
 
 
@@ -241,8 +255,10 @@ def run_notebook(
     replay_mode: str = "strict",
     cell_timeout: float = 600,
     progress: Progress | None = None,
+    keep_data: bool = False,
 ) -> RunResult:
-    """Execute a notebook headlessly against a controller; see the module docstring."""
+    """Execute a notebook headlessly against the controller at `url`, or, without one, a
+    server of its own, isolated from the user's (removed afterwards unless `keep_data`)."""
     import nbformat
 
     book = nbformat.read(path, as_version=4)
@@ -255,29 +271,32 @@ def run_notebook(
         env[RECORD_ENV] = str(Path(record).absolute())
     if replay:
         _, turns = read_session(replay)  # fail early on a bad file
-        server = start_server(Path(tempfile.mkdtemp(prefix="agenstra-replay-")),
-                              {"AGENSTRA_DEFAULT_PROVIDER": ""})
+        server = start_server(env={"AGENSTRA_DEFAULT_PROVIDER": ""})
         _prepare_replay(server, Path(replay).absolute(), turns, replay_mode, say)
     elif url is None:
-        say("starting a Jupyter server with the agenstra extension")
+        say("starting a Jupyter server of this run's own (--url attaches to a running one)")
         server = start_server()
     if server is not None:
         url, token = server.url, server.token
+        env["JUPYTER_RUNTIME_DIR"] = str(server.root / "runtime")  # the kernel's files too
     env.update(AGENSTRA_URL=url or "", AGENSTRA_TOKEN=token or os.environ.get(
         "AGENSTRA_TOKEN", ""))
     try:
-        _execute(book, Path(path), env, cell_timeout, say)
-    except CellFailed as failed:
-        # Number cells as in the user's notebook, not counting the injected parameters.
-        if injected is not None and failed.cell_number > injected + 1:
-            raise CellFailed(failed.cell_number - 1, failed.message) from failed
-        raise
+        _execute(book, Path(path), env, cell_timeout, say, injected)
     finally:
         if server is not None:
-            server.stop()
+            _finish(server, keep_data, say)
         if output is not None:
             nbformat.write(book, output)
     return RunResult(book, Path(output) if output else None)
+
+
+def _finish(server: Server, keep: bool, say: Progress) -> None:
+    server.stop()
+    if keep:
+        say(f"the run's server data is kept in {server.root}")
+    else:
+        server.remove()
 
 
 def _prepare_replay(server: Server, session: Path, turns: list[dict[str, Any]], mode: str,
@@ -302,39 +321,36 @@ def _prepare_replay(server: Server, session: Path, turns: list[dict[str, Any]], 
 
 
 def _execute(book: Any, path: Path, env: dict[str, str], cell_timeout: float,
-             say: Progress) -> None:
+             say: Progress, injected: int | None) -> None:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # the kernel inherits them
-    code_cells = [i for i, c in enumerate(book.cells) if c.cell_type == "code"]
     client = NotebookClient(book, kernel_name=book.metadata.get("kernelspec", {}).get(
         "name", "python3"), timeout=cell_timeout, store_widget_state=True,
-        resources={"metadata": {"path": str(path.parent.absolute())}})
-
-    clock = {"start": time.monotonic()}
-
-    def label(cell_index: int) -> str:
-        return f"[{code_cells.index(cell_index) + 1}/{len(code_cells)}] cell {cell_index + 1}"
+        resources={"metadata": {"path": str(path.parent.absolute())}}, config=_kernel_config())
+    label = _cell_labels(book, injected)
+    current = {"cell": "", "start": time.monotonic()}  # the failing one, if the run fails
 
     def started(cell: Any, cell_index: int, **_: Any) -> None:
         if cell.cell_type == "code":
-            clock["start"] = time.monotonic()
-            say(f"{label(cell_index)} …")
+            current.update(cell=label(cell_index), start=time.monotonic())
+            say(f"{current['cell']} …")
 
-    def finished(cell: Any, cell_index: int, **_: Any) -> None:
-        if cell.cell_type == "code":
-            say(f"{label(cell_index)} done in {time.monotonic() - clock['start']:.1f}s")
+    def finished(cell: Any, cell_index: int, execute_reply: Any = None, **_: Any) -> None:
+        reply = (execute_reply or {}).get("content", {})
+        if cell.cell_type == "code" and reply.get("status", "ok") == "ok":
+            say(f"{current['cell']} done in {time.monotonic() - current['start']:.1f}s")
 
     client.on_cell_start = started
     client.on_cell_executed = finished
     try:
         client.execute()
     except CellTimeoutError as exc:
-        raise CellFailed(_failing_cell(book), f"timed out after {cell_timeout:g}s") from exc
+        raise CellFailed(current["cell"], f"timed out after {cell_timeout:g}s") from exc
     except CellExecutionError as exc:
-        raise CellFailed(_failing_cell(book), f"{exc.ename}: {exc.evalue}") from exc
+        raise CellFailed(current["cell"], f"{exc.ename}: {exc.evalue}") from exc
     finally:
         for key, value in saved.items():
             if value is None:
@@ -343,16 +359,48 @@ def _execute(book: Any, path: Path, env: dict[str, str], cell_timeout: float,
                 os.environ[key] = value
 
 
-def _failing_cell(book: Any) -> int:
-    for index, cell in enumerate(book.cells):
-        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-            return index + 1
-    executed = [i for i, c in enumerate(book.cells)
-                if c.cell_type == "code" and c.get("execution_count")]
-    return (executed[-1] + 2) if executed else 1
+def _cell_labels(book: Any, injected: int | None) -> Callable[[int], str]:
+    """One counter for progress and failures: the position among the notebook's own code
+    cells ("cell 3/10"); the injected parameters are "parameters"."""
+    own = [i for i, c in enumerate(book.cells) if c.cell_type == "code" and i != injected]
+
+    def label(index: int) -> str:
+        return "parameters" if index == injected else f"cell {own.index(index) + 1}/{len(own)}"
+
+    return label
+
+
+def _kernel_config() -> Any:
+    """The run's kernels talk over encrypted channels (CurveZMQ) when pyzmq can: else
+    ipykernel warns at each start that they are plain TCP, amid the progress lines."""
+    import zmq
+    from traitlets.config import Config
+
+    policy = "auto" if zmq.has("curve") else "disabled"
+    return Config({"KernelManager": {"transport_encryption": policy}})
 
 
 # -- export -----------------------------------------------------------------------------------
+
+
+def error_line(message: str) -> str:
+    """How %agent reports a failed turn (a cancelled one too): on stderr, one line."""
+    return f"agenstra: {message}\n"
+
+
+def _answer_output(response: dict[str, Any]) -> Any:
+    """The output %%agent gives for `response`, so that a replay of the export matches it."""
+    import nbformat
+
+    if response.get("type") != "text":
+        return nbformat.v4.new_output("stream", name="stderr",
+                                      text=error_line(response.get("result", "")))
+    # What magics.AgentAnswer shows, by the answer's format, rendered later by whatever
+    # opens the notebook: no image in it may load itself.
+    text, fmt = response.get("result", ""), response_format(response)
+    return nbformat.v4.new_output(
+        "execute_result", data={"text/plain": repr(text), "text/html": result_html(text, fmt),
+                                "text/markdown": result_markdown(text, fmt)})
 
 
 def export_conversation(client: Any, agent: str, notebook: Path | str,
@@ -379,15 +427,7 @@ def export_conversation(client: Any, agent: str, notebook: Path | str,
         answer = answers.get(message["correlationId"])
         response = (answer or {}).get("response") or {"type": "error", "result": "no answer"}
         cell = nbformat.v4.new_code_cell(f"%%agent\n{message['text']}")
-        if response.get("type") == "text":
-            from .magics import AgentAnswer
-            from .render import inert_markdown
-
-            # Rendered later by whatever opens the notebook: no image in it may load itself.
-            cell.outputs = [nbformat.v4.new_output(
-                "execute_result", data={"text/plain": repr(response["result"]),
-                                        "text/html": AgentAnswer(response["result"])._repr_html_(),
-                                        "text/markdown": inert_markdown(response["result"])})]
+        cell.outputs = [_answer_output(response)]
         book.cells.append(cell)
         writer.add({"agent": agent, "agentId": handle.id, "clientId": handle.client_id,
                     "provider": provider, "prompt": message["text"], "events": [],

@@ -3,29 +3,61 @@
 The transcript is the agent's own: messages sent from the sidebar, another notebook or a
 script appear here live, and the history is replayed when the widget is created. Agent
 output is rendered as sanitised markdown; a streaming answer updates only its own bubble.
+The transcript opens at the newest message and follows new ones while the user is at the
+bottom; scrolled up, it stays put and offers "Jump to latest".
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import re
 import threading
 from typing import Any
 
 import ipywidgets as widgets
+from markdown_it import MarkdownIt
+from pygments.lexer import Lexer
+from pygments.lexers import get_lexer_by_name
+from pygments.token import (
+    Comment,
+    Error,
+    Generic,
+    Keyword,
+    Name,
+    Number,
+    Operator,
+    Punctuation,
+    String,
+)
+from pygments.util import ClassNotFound
 
 from .client import AgenstraClient, AgenstraError, Agent, connect
-from .protocol import ChatEventKind, ManagerEvent
-from .render import markdown_html, plain_html, tool_line
+from .protocol import (
+    FORMAT_MARKDOWN,
+    FORMAT_TEXT,
+    ChatEventKind,
+    ManagerEvent,
+    ResponseFormat,
+    response_format,
+)
+from .render import markdown_html, plain_html, text_html, tool_line
 
+# Text colour set with its background, from pairs that meet WCAG AA (4.5:1) in the light
+# and dark themes (font-color1 on layout-color1/2); accents are borders, as in the sidebar
+# (brand-color3 and error-color3 stay pale in the dark theme: white text on them is unreadable).
+_TEXT = "color:var(--jp-ui-font-color1, #212121);"
 BUBBLE = {
-    "user": "margin:4px 0 4px 20%;padding:6px 10px;border-radius:8px;"
-            "background:var(--jp-brand-color3, #e3f2fd)",
-    "agent": "margin:4px 20% 4px 0;padding:6px 10px;border-radius:8px;"
-             "background:var(--jp-layout-color2, #f5f5f5)",
-    "error": "margin:4px 20% 4px 0;padding:6px 10px;border-radius:8px;"
-             "background:var(--jp-error-color3, #ffebee)",
+    "user": "margin:4px 0 4px 20%;padding:6px 10px;border-radius:8px;" + _TEXT +
+            "background:var(--jp-layout-color2, #eeeeee);"
+            "border-right:3px solid var(--jp-brand-color1, #1976d2)",
+    "agent": "margin:4px 20% 4px 0;padding:6px 10px;border-radius:8px;" + _TEXT +
+             "background:var(--jp-layout-color1, #ffffff);"
+             "border:1px solid var(--jp-border-color2, #e0e0e0)",
+    "error": "margin:4px 20% 4px 0;padding:6px 10px;border-radius:8px;" + _TEXT +
+             "background:var(--jp-layout-color2, #eeeeee);"
+             "border-left:3px solid var(--jp-error-color1, #d32f2f)",
 }
 NOTICE = ("margin:2px 0;padding:3px 8px;border-radius:2px;font-size:90%;line-height:1.4;"
           "background:var(--jp-layout-color2, #f5f5f5);color:var(--jp-ui-font-color1, #212121);"
@@ -39,6 +71,41 @@ STATES = {"connected": "● connected", "reconnecting": "◌ reconnecting…",
           "disconnected": "○ disconnected"}
 
 
+# Code blocks as the sidebar shows them: on the editor's background, long lines scrolling
+# (a wrapped line would read as two), tokens in JupyterLab's own editor colours.
+CODE_BLOCK = ("margin:4px 0;padding:6px;overflow-x:auto;white-space:pre;overflow-wrap:normal;"
+              "background:var(--jp-cell-editor-background, #f5f5f5);"
+              "border:1px solid var(--jp-cell-editor-border-color, #e0e0e0);border-radius:2px;"
+              "color:var(--jp-content-font-color1, #212121);"
+              "font-family:var(--jp-code-font-family, monospace);"
+              "font-size:var(--jp-code-font-size, 13px);"
+              "line-height:var(--jp-code-line-height, 1.4)")
+TOKEN_COLOR = {
+    Keyword: "keyword", Operator.Word: "keyword", Name.Builtin: "builtin",
+    Name.Function: "def", Name.Class: "def", Name.Decorator: "meta", Name.Tag: "tag",
+    Name.Attribute: "attribute", String: "string", Number: "number", Comment: "comment",
+    Operator: "operator", Punctuation: "punctuation", Generic.Heading: "header", Error: "error",
+}
+# The transcript's scrolling, which ipywidgets cannot do from the kernel: a column-reverse
+# box opens at its end and stays there while content grows at it, the browser's scroll
+# anchoring keeps a scrolled-up view where it is, and a scroll-driven animation shows
+# "Jump to latest" only while the view is more than 40px above the end.
+TRANSCRIPT_CSS = """<style>
+.agenstra-chat .agenstra-scroller {display:flex; flex-direction:column-reverse;
+  overflow-y:auto; overflow-x:hidden; max-height:480px}
+.agenstra-chat .agenstra-transcript {flex-shrink:0; overflow:visible}
+.agenstra-chat .agenstra-transcript > .widget-html {min-width:0; margin:0}
+.agenstra-chat .agenstra-transcript .widget-html-content {min-width:0; line-height:1.4}
+.agenstra-chat .agenstra-jump {position:sticky; bottom:0; height:0; overflow:visible;
+  align-self:center; z-index:1; visibility:hidden; animation:agenstra-jump linear;
+  animation-timeline:scroll(nearest block); animation-range:40px 100%}
+.agenstra-chat .agenstra-jump button {position:relative; top:-40px}
+@keyframes agenstra-jump {from, to {visibility:visible}}
+</style>"""
+_FENCES = MarkdownIt("commonmark", {"html": False}).enable("table")
+_CODE_BLOCK = re.compile(r"<pre><code>(.*?)</code></pre>", re.DOTALL)
+
+
 def bubble_html(message: dict[str, Any]) -> str:
     if message.get("from") == "user":
         return f'<div style="{BUBBLE["user"]}">{plain_html(message.get("text", ""))}</div>'
@@ -47,8 +114,54 @@ def bubble_html(message: dict[str, Any]) -> str:
         return f'<div style="{BUBBLE["error"]}">{plain_html(response.get("result", ""))}</div>'
     tools = "".join(tool_line(p) for p in response.get("parts", [])
                     if p.get("kind") in (ChatEventKind.TOOL_CALL, ChatEventKind.TOOL_RESULT))
-    body = markdown_html(response.get("result", ""))
+    text = response.get("result", "")
+    if response_format(response) == FORMAT_TEXT:  # command output: line for line
+        body = text_html(text)
+    else:
+        body = styled_code_blocks(text, markdown_html(text))
     return f'<div style="{BUBBLE["agent"]}">{tools}{body}</div>'
+
+
+def styled_code_blocks(text: str, markup: str) -> str:
+    """`markup` (the sanitised HTML of markdown `text`) with each code block styled as the
+    sidebar's and highlighted by its fence's language. The code comes from the parsed
+    markdown, block by block in document order, escaped token by token."""
+    blocks = iter([t for t in _FENCES.parse(text) if t.type in ("fence", "code_block")])
+
+    def styled(match: re.Match[str]) -> str:
+        token = next(blocks, None)
+        body = highlight(token.content, token.info) if token is not None else match[1]
+        return f'<pre style="{CODE_BLOCK}"><code>{body}</code></pre>'
+
+    return _CODE_BLOCK.sub(styled, markup)
+
+
+def highlight(code: str, language: str) -> str:
+    """Code as escaped HTML, its tokens coloured when `language` names a known lexer."""
+    lexer = _lexer(language)
+    if lexer is None:
+        return html.escape(code)
+    parts = []
+    tokens = ((_token_color(kind), value) for kind, value in lexer.get_tokens(code))
+    for color, runs in itertools.groupby(tokens, key=lambda token: token[0]):
+        text = html.escape("".join(value for _, value in runs))
+        parts.append(f'<span style="color:var(--jp-mirror-editor-{color}-color)">{text}</span>'
+                     if color else text)
+    return "".join(parts)
+
+
+def _lexer(language: str) -> Lexer | None:
+    name = language.split()[0] if language.strip() else ""
+    try:
+        return get_lexer_by_name(name, stripnl=False) if name else None
+    except ClassNotFound:
+        return None
+
+
+def _token_color(kind: Any) -> str | None:
+    while kind not in TOKEN_COLOR and kind.parent is not None:
+        kind = kind.parent
+    return TOKEN_COLOR.get(kind)
 
 
 def sandbox_notice_html(catalog: dict[str, Any], runtime: str | None) -> str:
@@ -73,10 +186,11 @@ class _LiveTurn:
         self.widget = widgets.HTML()
         self.text = ""
         self.tools: list[str] = []
+        self.format: ResponseFormat = FORMAT_MARKDOWN  # a `status` event may say `text`
 
     def render(self) -> None:
-        self.widget.value = (f'<div style="{BUBBLE["agent"]}">{"".join(self.tools)}'
-                             f"{plain_html(self.text)}</div>")
+        body = text_html(self.text) if self.format == FORMAT_TEXT else plain_html(self.text)
+        self.widget.value = f'<div style="{BUBBLE["agent"]}">{"".join(self.tools)}{body}</div>'
 
 
 class ChatWidget(widgets.VBox):
@@ -88,28 +202,42 @@ class ChatWidget(widgets.VBox):
                                        description="Agent")
         self.status = widgets.HTML(STATES.get(self.client.state, self.client.state))
         self.sandbox = widgets.HTML()  # shown only while agents are not sandboxed
-        self.transcript = widgets.VBox(layout=widgets.Layout(max_height="480px",
-                                                             overflow_y="auto"))
+        self.transcript = widgets.VBox()
+        self.transcript.add_class("agenstra-transcript")
+        self.jump_button = widgets.Button(description="Jump to latest", icon="arrow-down")
+        self._jump = widgets.Box([self.jump_button])
+        self._jump.add_class("agenstra-jump")
+        self.scroller = self._scroll_box()
         self.input = widgets.Textarea(placeholder="Message the agent…",
                                       layout=widgets.Layout(width="100%"))
         self.send_button = widgets.Button(description="Send", button_style="primary")
-        self.cancel_button = widgets.Button(description="Cancel", button_style="warning")
+        self.cancel_button = widgets.Button(description="Cancel", button_style="",
+                                            layout=widgets.Layout(display="none"))
         self.error = widgets.HTML()
         super().__init__([
-            widgets.HBox([self.picker, self.status]), self.sandbox, self.transcript, self.input,
+            widgets.HBox([self.picker, self.status]), self.sandbox, self.scroller, self.input,
             widgets.HBox([self.send_button, self.cancel_button]), self.error,
+            widgets.HTML(TRANSCRIPT_CSS, layout=widgets.Layout(display="none")),
         ], **kwargs)
+        self.add_class("agenstra-chat")
         self.agent: Agent | None = None
         self._unsubscribe: Any = None
         self._live: dict[str, _LiveTurn] = {}
-        self._shown: set[str] = set()
+        self._running: set[str] = set()  # turns asked for and not answered yet
+        self._shown_seq = 0  # the last message shown: seq grows strictly per agent
         self._lock = threading.RLock()
         self.send_button.on_click(lambda _: self.send())
         self.cancel_button.on_click(lambda _: self.cancel())
+        self.jump_button.on_click(lambda _: self.jump())
         self.picker.observe(lambda change: self.use(change["new"]), names="value")
         self.client.on_state(lambda state: setattr(self.status, "value", STATES.get(state, state)))
         if self.picker.value:
             self.use(self.picker.value)
+
+    def _scroll_box(self) -> widgets.Box:
+        box = widgets.Box([self._jump, self.transcript])
+        box.add_class("agenstra-scroller")
+        return box
 
     # -- actions -------------------------------------------------------------------------
 
@@ -118,12 +246,14 @@ class ChatWidget(widgets.VBox):
         with self._lock:
             if self._unsubscribe:
                 self._unsubscribe()
-            self.transcript.children, self._live, self._shown = (), {}, set()
+            self.transcript.children, self._live, self._shown_seq = (), {}, 0
+            self._running.clear()
             self.agent = self.client.agent(name)
             for message in list(self.agent.messages):
                 self._add_message(message)
             self._unsubscribe = self.agent.subscribe(self._on_event)
             agent = self.agent
+        self.jump()  # another transcript opens at its newest message too
         self.sandbox.value = self._sandbox_notice(agent)
 
     def _sandbox_notice(self, agent: Agent) -> str:
@@ -142,7 +272,15 @@ class ChatWidget(widgets.VBox):
             return
         self.input.value = ""
         self.error.value = ""
-        self.agent.send(message)
+        self.agent.send(message, on_error=lambda exc: setattr(self.error, "value",
+                                                              plain_html(str(exc))))
+
+    def jump(self) -> None:
+        """Show the newest message. The kernel cannot scroll a view, but a new scroll box
+        (around the same transcript) opens at its end."""
+        old, self.scroller = self.scroller, self._scroll_box()
+        self.children = tuple(self.scroller if child is old else child for child in self.children)
+        old.close()
 
     def cancel(self) -> None:
         if self.agent is not None:
@@ -163,9 +301,10 @@ class ChatWidget(widgets.VBox):
                 self.error.value = plain_html(payload.get("message", "error"))
 
     def _add_message(self, message: dict[str, Any]) -> None:
-        if message["id"] in self._shown:
+        if message.get("seq", 0) <= self._shown_seq:
             return
-        self._shown.add(message["id"])
+        self._shown_seq = message["seq"]
+        self._track(message)
         bubble = widgets.HTML(bubble_html(message))
         live = self._live.pop(message.get("correlationId", ""), None)
         children = list(self.transcript.children)
@@ -174,6 +313,15 @@ class ChatWidget(widgets.VBox):
         else:
             children.append(bubble)
         self.transcript.children = tuple(children)
+
+    def _track(self, message: dict[str, Any]) -> None:
+        """Cancel is offered while a turn runs: from its question to its answer."""
+        turn = message.get("correlationId", "")
+        if message.get("from") == "user":
+            self._running.add(turn)
+        else:
+            self._running.discard(turn)
+        self.cancel_button.layout.display = "" if self._running else "none"
 
     def _stream(self, event: dict[str, Any]) -> None:
         live = self._live.get(event["correlationId"])
@@ -185,6 +333,8 @@ class ChatWidget(widgets.VBox):
             live.text += payload.get("delta", "")
         elif kind in (ChatEventKind.TOOL_CALL, ChatEventKind.TOOL_RESULT):
             live.tools.append(tool_line(payload))
+        elif kind == ChatEventKind.STATUS and response_format(payload) == FORMAT_TEXT:
+            live.format = FORMAT_TEXT
         else:
             return
         live.render()  # only this bubble changes; the transcript is not rebuilt

@@ -90,3 +90,46 @@ def test_magic_errors_are_messages_not_tracebacks(jupyter_server, monkeypatch, t
 def test_notebooks_are_committed_without_outputs(name):
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in book.cells if c.cell_type == "code")
+
+
+def test_agent_use_confirms_and_then_plain_text_goes_to_that_agent(jupyter_server, monkeypatch,
+                                                                    tmp_path):
+    book = nbformat.v4.new_notebook()
+    book.cells = [nbformat.v4.new_code_cell(source) for source in (
+        "%load_ext agenstra_jupyter\nfrom agenstra_jupyter.client import connect\n"
+        "connect().create_agent('m-echo', provider='echo')",
+        "%agent m-echo before use",  # no agent chosen: the first word names the agent
+        "%agent use m-echo",
+        "%agent some text",
+        "%agent use nobody",
+        "%agent still to m-echo",
+    )]
+    path = tmp_path / "use.ipynb"
+    nbformat.write(book, path)
+    executed = run(path, jupyter_server, monkeypatch, tmp_path)
+    texts = [text_of(cell).strip() for cell in executed.cells[1:]]
+    assert "Echo: before use" in texts[0]
+    assert texts[1] == "Using agent m-echo"
+    assert "Echo: some text" in texts[2]
+    assert "agenstra: No agent named 'nobody'" in texts[3]
+    assert "Echo: still to m-echo" in texts[4]  # a failed `use` keeps the agent chosen
+
+
+def test_agent_magic_shows_command_output_as_a_listing(jupyter_server, monkeypatch, tmp_path):
+    book = nbformat.v4.new_notebook()
+    book.cells = [nbformat.v4.new_code_cell(source) for source in (
+        "%load_ext agenstra_jupyter\nfrom agenstra_jupyter.client import connect\n"
+        "connect().create_agent('m-shell', provider='shell')",
+        "%agent use m-shell",
+        "%agent printf '# not a heading\\n*not emphasis*\\n'",
+        "_",
+    )]
+    path = tmp_path / "listing.ipynb"
+    nbformat.write(book, path)
+    executed = run(path, jupyter_server, monkeypatch, tmp_path)
+    (shown,) = executed.cells[2].outputs
+    assert "<h1" not in shown.data["text/html"] and "<em>" not in shown.data["text/html"]
+    assert "white-space:pre;" in shown.data["text/html"]
+    assert shown.data["text/markdown"] == (
+        "```text\n# not a heading\n*not emphasis*\n[exit code 0]\n```")
+    assert "'# not a heading\\n*not emphasis*\\n[exit code 0]'" in text_of(executed.cells[3])

@@ -9,7 +9,14 @@ from html.parser import HTMLParser
 import nbformat
 import pytest
 
-from agenstra_jupyter.render import inert_markdown, markdown_html, sanitize
+from agenstra_jupyter.render import (
+    inert_markdown,
+    markdown_html,
+    response_html,
+    response_markdown,
+    result_html,
+    sanitize,
+)
 from agenstra_jupyter.sessions import export_conversation
 
 REMOTE = "https://evil.example/leak?data=secret"
@@ -210,3 +217,34 @@ def test_magic_answers_give_notebooks_inert_markdown():
     assert "![" not in markdown and re.search(r"<[A-Za-z]", markdown) is None
     assert f"[image: chart]({REMOTE})" in markdown
     assert str(answer).startswith("see ![chart]")  # the value itself is the agent's text
+
+
+# -- command output (`format: "text"`) ---------------------------------------------------------
+
+# The one inline style of command output; it loads nothing.
+_PRE_STYLE = ("margin:0;white-space:pre;overflow-x:auto;"
+              "font-family:var(--jp-code-font-family, monospace)")
+LISTING = "total 4\ndrwxr-xr-x  2 root root 4096 bin\n-rw-r--r--  1 root root   12 **not bold**\n"
+
+
+def test_text_output_keeps_its_lines_and_is_never_markdown():
+    out = response_html({"type": "text", "result": LISTING + "[exit code 0]", "format": "text"})
+    assert out.startswith("<pre ") and "white-space:pre;" in out
+    assert "total 4\ndrwxr-xr-x" in out and "**not bold**" in out and "<strong>" not in out
+    assert "<p>" not in out
+    hostile = result_html("<img src=x onerror=1> ![i](https://e.example/x)", "text")
+    assert "<img" not in hostile and fetched(hostile) == [f"pre[style]={_PRE_STYLE}"]
+    # Without a format (agents' answers, older managers) it is markdown.
+    assert response_html({"type": "text", "result": "**bold**"}) == "<p><strong>bold</strong></p>\n"
+    assert response_html({"type": "error", "result": "a <b>"}).count("&lt;b&gt;") == 1
+
+
+@pytest.mark.parametrize("text", [LISTING, "a ``` b\n```\n<img src=x>\n", "````\n", "no end"])
+def test_text_output_as_markdown_is_one_code_block(text):
+    from markdown_it import MarkdownIt
+
+    markdown = response_markdown({"type": "text", "result": text, "format": "text"})
+    tokens = MarkdownIt("commonmark", {"html": True}).parse(markdown)
+    assert [t.type for t in tokens] == ["fence"]
+    assert tokens[0].content.removesuffix("\n") == text.removesuffix("\n")  # line for line
+    assert response_markdown({"type": "text", "result": "**b**"}) == "**b**"

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import html
 import itertools
+import re
 import time
 
+import ipywidgets as widgets
 import pytest
 
-from agenstra_jupyter.client import AgenstraError
-from agenstra_jupyter.widgets import ChatWidget
+from agenstra_jupyter.client import AgenstraError, Agent
+from agenstra_jupyter.protocol import ManagerEvent
+from agenstra_jupyter.widgets import ChatWidget, bubble_html
 
 
 def type_and_send(widget: ChatWidget, text: str) -> None:
@@ -81,13 +85,17 @@ def test_agent_html_is_rendered_inert(client):
     assert "<script" not in bubbles(widget)[0] and "<img" not in bubbles(widget)[0]
 
 
-def test_cancel_button(client):
+def test_cancel_button_only_while_a_turn_runs(client):
     client.create_agent("w-slow", provider="echo", config={"delay": 30})
     widget = ChatWidget("w-slow", client=client)
+    assert widget.cancel_button.layout.display == "none"  # nothing to cancel
     type_and_send(widget, "take your time")
     wait_for(lambda: len(widget.transcript.children) == 2)  # the answer is streaming
+    assert widget.cancel_button.layout.display != "none"
+    assert ChatWidget("w-slow", client=client).cancel_button.layout.display != "none"
     click(widget.cancel_button)
     wait_for(lambda: "Cancelled" in bubbles(widget)[-1] and "<pre" in bubbles(widget)[-1])
+    assert widget.cancel_button.layout.display == "none"
 
 
 def test_transcript_is_shared_and_restored(jupyter_server, client):
@@ -127,8 +135,112 @@ def test_sandbox_state_is_shown_under_the_header(client, monkeypatch):
     assert 'data-level="warning"' in widget.sandbox.value
 
     def unreachable(client_id=None):
-        raise AgenstraError("The manager is unreachable")
+        raise AgenstraError("REMOTE_UNAVAILABLE", "The manager is unreachable")
 
     monkeypatch.setattr(client, "providers", unreachable)
     widget.use("w-sandbox")
     assert widget.sandbox.value == ""
+
+
+def test_a_message_that_cannot_be_sent_says_why(jupyter_server, client):
+    client.create_agent("w-unsent", provider="echo")
+    closing = jupyter_server.client()
+    widget = ChatWidget("w-unsent", client=closing)
+    closing.close()  # as the server going away, or refusing the token, leaves it
+    type_and_send(widget, "hello?")
+    assert "closed" in wait_for(lambda: widget.error.value, timeout=10)
+
+
+class _OneAgentClient:
+    """Just what a ChatWidget asks of its client, for one agent fed by hand."""
+
+    state = "connected"
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def agents(self, client_id=None):
+        return [{"id": self._agent.id, "name": self._agent.name, "runtime": "process"}]
+
+    def providers(self, client_id=None):
+        return {"providers": [], "runtimes": []}
+
+    def agent(self, name):
+        return self._agent
+
+    def on_state(self, listener):
+        pass
+
+
+def test_replays_are_dropped_without_per_message_bookkeeping():
+    """A widget open for days holds its bubbles, and nothing else that grows with them."""
+    agent = Agent(client=None, client_id="local", id="a", name="a")
+    widget = ChatWidget("a", client=_OneAgentClient(agent))
+    for seq in range(1, 1001):
+        message = {"id": f"m{seq}", "seq": seq, "agentId": "a", "from": "user", "text": "x"}
+        agent._receive(ManagerEvent.CHAT_MESSAGE, message)
+        widget._on_event(ManagerEvent.CHAT_MESSAGE, dict(message))  # shown already
+    assert len(widget.transcript.children) == 1000
+    ours = set(vars(widget)) - set(vars(widgets.VBox()))
+    growing = [name for name in ours
+               if hasattr(getattr(widget, name), "__len__") and len(getattr(widget, name)) > 10]
+    assert growing == []
+
+
+def agent_bubble(text: str) -> str:
+    return bubble_html({"from": "agent", "response": {"type": "text", "result": text}})
+
+
+def test_code_blocks_have_a_background_highlighting_and_scroll():
+    bubble = agent_bubble("Run:\n```python\nimport os  # why\nprint('a' * 3)\n```\n"
+                          "and\n```\nplain text\n```")
+    python, plain = bubble.split("<pre")[1:]
+    for block in (python, plain):
+        assert "background:var(--jp-cell-editor-background" in block
+        assert "white-space:pre;" in block and "overflow-x:auto" in block  # no wrapping
+    keyword = '<span style="color:var(--jp-mirror-editor-keyword-color)">import</span>'
+    assert keyword in python
+    assert '<span style="color:var(--jp-mirror-editor-comment-color)"># why</span>' in python
+    assert "<span" not in plain and "plain text" in plain  # no language, no colours
+
+
+def test_code_blocks_stay_inert():
+    bubble = agent_bubble("```html\n</code></pre><script>alert(1)</script>\n```\n"
+                          "```python\nx = '<img src=x onerror=alert(2)>'\n```")
+    assert "<script" not in bubble and "<img" not in bubble
+    shown = html.unescape(re.sub(r"<[^>]*>", "", bubble))  # the text the page shows
+    assert "</code></pre><script>alert(1)</script>" in shown
+    assert "x = '<img src=x onerror=alert(2)>'" in shown
+    assert bubble.count("<pre") == 2 and bubble.count("</pre>") == 2
+
+
+def test_jump_to_latest_opens_a_fresh_scroll_box_around_the_same_transcript():
+    agent = Agent(client=None, client_id="local", id="a", name="a")
+    widget = ChatWidget("a", client=_OneAgentClient(agent))
+    old = widget.scroller
+    assert old in widget.children and widget.transcript in old.children
+    assert "agenstra-scroller" in old._dom_classes
+    click(widget.jump_button)
+    assert widget.scroller is not old and widget.scroller in widget.children
+    assert old not in widget.children and old.comm is None  # closed, not leaked
+    assert widget.transcript in widget.scroller.children
+
+
+def test_command_output_is_a_listing_not_markdown():
+    listing = "total 8\ndrwxr-xr-x  2 root root 4096 *tmp*\n-rw-r--r--  1 root root   12 # x\n"
+    bubble = bubble_html({"from": "agent", "response": {
+        "type": "text", "format": "text", "result": listing + "[exit code 0]"}})
+    assert "<p>" not in bubble and "<em>" not in bubble and "<h1" not in bubble
+    assert "white-space:pre;" in bubble  # line for line, long lines scroll
+    shown = html.unescape(re.sub(r"<[^>]*>", "", bubble))
+    assert shown.endswith(listing + "[exit code 0]")
+
+
+def test_a_shell_answer_streams_and_ends_as_a_listing(client):
+    client.create_agent("w-shell", provider="shell")
+    widget = ChatWidget("w-shell", client=client)
+    type_and_send(widget, "printf 'one  *two*\\n# three\\n'")
+    answer = wait_for(lambda: len(widget.transcript.children) == 2
+                      and "exit code" in bubbles(widget)[1] and bubbles(widget)[1])
+    assert "<p>" not in answer and "<h1" not in answer and "<em>" not in answer
+    assert "one  *two*\n# three\n[exit code 0]" in html.unescape(answer)
