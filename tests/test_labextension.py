@@ -9,43 +9,47 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from agenstra_jupyter.client import TurnError
+
+from .browser import (
+    ARTIFACTS,
+    CONTRAST_JS,
+    MESSAGES,
+    PANEL,
+    STATE_KEY,
+    agent_id,
+    create_agent,
+    find_in_palette,
+    lab_env,
+    lab_page,
+    open_agent_form,
+    open_panel,
+    send,
+    shown_ids,
+    snap,
+    stored_ids,
+    use_dark_theme,
+    wait_answer,
+    wait_selected,
+    wait_state,
+    wait_until,
+    workspace,
+    write_widget_notebook,
+)
 from .conftest import JupyterProcess, start_jupyter, stop_jupyter
 from .fakes import ACP_AGENT_COMMAND
 
-CHROMIUM = os.environ.get("AGENSTRA_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "labextension"
-# Flags that keep Chromium off the network this machine does not have.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-PANEL = "#agenstra-chat"
-MESSAGES = f"{PANEL} .jp-AgenstraChat-message[data-id]"
-TIMEOUT_MS = 30_000
-STATE_KEY = "@agenstra/jupyterlab:plugin:state"  # where the panel remembers its agent
-
 pytestmark = pytest.mark.timeout(300)
-
-
-def _browser_reason() -> str | None:
-    if not shutil.which(CHROMIUM):
-        return f"no Chromium at {CHROMIUM} (scripts/test.sh installs Debian's chromium)"
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[test]')"
-    return None
 
 
 @pytest.fixture
@@ -60,28 +64,6 @@ def jp_server_cleanup() -> Iterator[None]:
     yield None
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator:
-    reason = _browser_reason()
-    if reason:
-        if os.environ.get("AGENSTRA_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def lab_env(root: Path) -> dict[str, str]:
-    """Echo agents answer with what they got; JupyterLab keeps its state under `root`."""
-    return {"AGENSTRA_DEFAULT_PROVIDER": "echo",
-            "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces"),
-            "JUPYTERLAB_SETTINGS_DIR": str(root / "settings")}
-
-
 @pytest.fixture
 def lab(tmp_path) -> Iterator[JupyterProcess]:
     server = start_jupyter(tmp_path, lab_env(tmp_path))
@@ -89,127 +71,10 @@ def lab(tmp_path) -> Iterator[JupyterProcess]:
     stop_jupyter(server)
 
 
-@contextmanager
-def lab_page(browser, server: JupyterProcess, name: str) -> Iterator:
-    """JupyterLab, logged in, in a fresh browser context; a screenshot of it at the end."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    try:
-        page.goto(f"{server.full_url}lab?token={server.token}")
-        page.wait_for_selector(".jp-LabShell")
-        yield page
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-        context.close()
-    assert not errors, f"uncaught errors in the page: {errors}"
-
-
-def use_dark_theme(page) -> None:
-    """Switch JupyterLab to its dark theme through the command palette."""
-    page.keyboard.press("Escape")  # out of any text field first
-    page.keyboard.press("Control+Shift+C")
-    palette = page.wait_for_selector(".lm-CommandPalette-input", state="visible")
-    palette.fill("Use Theme: JupyterLab Dark")
-    page.keyboard.press("Enter")
-    page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
-
-
 @pytest.fixture
 def page(browser, lab, request) -> Iterator:
     with lab_page(browser, lab, request.node.name) as page:
         yield page
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-def open_panel(page) -> None:
-    """The keyboard shortcut (Alt+Shift+C) opens the panel; it connects on its own."""
-    page.locator("#jp-main-dock-panel").click(position={"x": 5, "y": 5})
-    page.keyboard.press("Alt+Shift+C")
-    page.wait_for_selector(f"{PANEL}:visible")
-    wait_state(page, "connected")
-
-
-def wait_state(page, state: str) -> None:
-    page.wait_for_selector(f'{PANEL} .jp-AgenstraChat-status[data-state="{state}"]')
-
-
-def open_agent_form(page) -> None:
-    """`+` is enabled once the manager's providers list has arrived."""
-    page.click(f"{PANEL} [title='New agent'][aria-disabled='false']")
-    page.wait_for_selector(f"{PANEL} form.jp-AgenstraChat-create")
-
-
-def create_agent(page, name: str, provider: str = "echo", config: dict | None = None) -> None:
-    open_agent_form(page)
-    page.fill(f"{PANEL} input[aria-label='Agent name']", name)
-    page.select_option(f"{PANEL} select[aria-label=Provider]", provider)
-    if config is not None:
-        page.fill(f"{PANEL} textarea[aria-label=Config]", json.dumps(config))
-    page.click(f"{PANEL} button:has-text('Create')")
-    wait_selected(page, name)
-
-
-def wait_selected(page, agent_name: str) -> None:
-    page.wait_for_function(
-        "name => document.querySelector('#agenstra-chat select[aria-label=Agent]')"
-        "?.selectedOptions[0]?.textContent === name", arg=agent_name)
-
-
-def send(page, text: str) -> None:
-    box = page.locator(f"{PANEL} textarea[aria-label=Message]")
-    box.fill(text)
-    box.press("Enter")
-
-
-def wait_answer(page, text: str):
-    """The agent's stored answer containing `text`."""
-    answer = page.locator(f"{MESSAGES}.jp-mod-agent", has_text=text)
-    answer.last.wait_for()
-    return answer.last
-
-
-def shown_ids(page) -> list[str]:
-    return page.eval_on_selector_all(MESSAGES, "nodes => nodes.map(n => n.dataset.id)")
-
-
-def rest(server: JupyterProcess, path: str) -> Any:
-    response = httpx.get(f"{server.full_url}{path}",
-                         headers={"Authorization": f"token {server.token}"})
-    response.raise_for_status()
-    return response.json()
-
-
-def agent_id(server: JupyterProcess, name: str) -> str:
-    agents = rest(server, "agenstra/api/clients/local/agents")
-    return next(a["id"] for a in agents if a["name"] == name)
-
-
-def stored_ids(server: JupyterProcess, agent_name: str) -> list[str]:
-    """The agent's history as the controller's REST API returns it."""
-    path = f"agenstra/api/clients/local/agents/{agent_id(server, agent_name)}/messages"
-    return [m["id"] for m in rest(server, path)]
-
-
-def workspace(server: JupyterProcess) -> dict:
-    return rest(server, "lab/api/workspaces/default")
-
-
-def wait_until(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.2)
-
-
-def snap(page, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.locator(PANEL).screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
 # -- tests -----------------------------------------------------------------------------
@@ -267,9 +132,8 @@ def test_panel_opens_creates_an_agent_and_chats(page, lab):
     assert "helper" not in page.locator(f"{PANEL} select[aria-label=Agent]").inner_text()
 
     # The palette offers the command.
-    page.keyboard.press("Control+Shift+C")
-    page.keyboard.type("Agent Chat")
-    page.wait_for_selector(".lm-CommandPalette-item:has-text('Open Agent Chat')")
+    page.wait_for_selector(".jp-Dialog", state="detached")
+    find_in_palette(page, "Agent Chat", "Open Agent Chat")
     page.keyboard.press("Escape")
 
 
@@ -294,25 +158,6 @@ def test_switching_managers(page, lab, start_manager):
     wait_selected(page, "far")
     wait_answer(page, "over there")
     assert len(shown_ids(page)) == 2
-
-
-def test_bad_agent_form_input_is_explained_and_sends_nothing(page, lab):
-    open_panel(page)
-    open_agent_form(page)
-    page.fill(f"{PANEL} input[aria-label='Agent name']", "ok-name")
-    page.fill(f"{PANEL} textarea[aria-label=Config]", "{not json")
-    page.click(f"{PANEL} button:has-text('Create')")
-    assert page.locator(f"{PANEL} .jp-AgenstraChat-formError").inner_text() == (
-        "Config must be JSON")
-    # The manager's own refusal (a taken name) is shown as a notice.
-    page.fill(f"{PANEL} input[aria-label='Agent name']", "assistant")
-    page.fill(f"{PANEL} textarea[aria-label=Config]", "")
-    page.click(f"{PANEL} button:has-text('Create')")
-    notice = page.locator(f"{PANEL} .jp-AgenstraChat-notice")
-    notice.wait_for()
-    assert "assistant" in notice.inner_text()
-    names = page.locator(f"{PANEL} select[aria-label=Agent] option").all_inner_texts()
-    assert names == ["assistant"]
 
 
 def test_agent_output_renders_inert(page, lab):
@@ -363,57 +208,8 @@ def test_streaming_tool_calls_and_cancel(page, lab):
     assert page.locator(f"{PANEL} button:has-text('Cancel')").count() == 0
 
 
-# The WCAG contrast ratio of each element's text against the background it is drawn on.
-CONTRAST_JS = """selectors => {
-  const rgba = c => {
-    const v = c.match(/[\\d.]+/g).map(Number);
-    return [v[0], v[1], v[2], v[3] ?? 1];
-  };
-  const backdrop = el => {
-    for (; el; el = el.parentElement) {
-      const c = rgba(getComputedStyle(el).backgroundColor);
-      if (c[3] > 0.5) return c;
-    }
-    return [255, 255, 255, 1];
-  };
-  const luminance = c => c.slice(0, 3).map(v => {
-    v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
-  }).reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
-  const ratio = el => {
-    const bg = backdrop(el), fg = rgba(getComputedStyle(el).color);
-    const text = [0, 1, 2].map(i => fg[i] * fg[3] + bg[i] * (1 - fg[3]));
-    const [hi, lo] = [luminance(text), luminance(bg)].sort((a, b) => b - a);
-    return (hi + 0.05) / (lo + 0.05);
-  };
-  return Object.fromEntries(selectors.map(s => [s, ratio(document.querySelector(s))]));
-}"""
-READABLE = [f"{MESSAGES}.jp-mod-user", f"{MESSAGES}.jp-mod-agent p",
-            f"{PANEL} textarea[aria-label=Message]", f"{PANEL} .jp-AgenstraChat-statusText"]
-
-
-def test_readable_in_light_and_dark_themes(page, lab):
-    open_panel(page)
-    send(page, "how readable is this?")
-    wait_answer(page, "readable")
-    for theme in ("light", "dark"):
-        if theme == "dark":
-            use_dark_theme(page)
-        ratios = page.evaluate(CONTRAST_JS, READABLE)
-        low = {selector: round(r, 2) for selector, r in ratios.items() if r < 4.5}
-        assert not low, f"text below WCAG AA contrast in the {theme} theme: {low}"
-        snap(page, f"theme-{theme}")
-
-
 def test_notebook_widget_message_appears_live_and_code_inserts(page, lab):
-    notebook = {
-        "cells": [{"cell_type": "code", "execution_count": None, "id": "chat", "metadata": {},
-                   "outputs": [], "source": "from agenstra_jupyter.widgets import ChatWidget\n"
-                                            "ChatWidget('assistant')"}],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
-                                    "name": "python3"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    }
-    (Path(lab.data_dir).parent / "chat.ipynb").write_text(json.dumps(notebook))
+    write_widget_notebook(Path(lab.data_dir).parent, "chat", "assistant")
     page.goto(f"{lab.full_url}lab/tree/chat.ipynb")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
     open_panel(page)
@@ -592,3 +388,303 @@ def test_remote_images_wait_for_a_click(page, lab):
         snap(page, "images-loaded")
     finally:
         images.close()
+
+
+# -- one server for the tests below: each adds agents of its own -----------------------------
+
+TRANSCRIPT = f"{PANEL} .jp-AgenstraChat-transcript"
+JUMP = f"{PANEL} .jp-AgenstraChat-jump"
+AT_BOTTOM = ("() => { const n = document.querySelector('#agenstra-chat "
+             ".jp-AgenstraChat-transcript'); return n.scrollHeight - n.scrollTop"
+             " - n.clientHeight < 40; }")
+
+
+@pytest.fixture(scope="module")
+def shared_lab(tmp_path_factory) -> Iterator[JupyterProcess]:
+    root = tmp_path_factory.mktemp("shared-lab")
+    server = start_jupyter(root, lab_env(root))
+    yield server
+    stop_jupyter(server)
+
+
+@pytest.fixture
+def shared_page(browser, shared_lab, request) -> Iterator:
+    with lab_page(browser, shared_lab, request.node.name) as page:
+        open_panel(page)
+        yield page
+
+
+def scroll_of(page) -> dict:
+    return page.eval_on_selector(TRANSCRIPT, "n => ({top: n.scrollTop, height: n.scrollHeight,"
+                                             " view: n.clientHeight})")
+
+
+def scroll_up(page, pixels: int = 600) -> None:
+    """The user turns the mouse wheel over the transcript (once there is room to scroll)."""
+    page.wait_for_function(AT_BOTTOM)
+    page.wait_for_function(f"() => {{ const n = document.querySelector('{TRANSCRIPT}');"
+                           f" return n.scrollHeight > n.clientHeight + {pixels}; }}")
+    box = page.locator(TRANSCRIPT).bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -pixels)
+    page.wait_for_selector(JUMP)
+    page.wait_for_timeout(300)  # the wheel's smooth scroll settles
+
+
+def test_transcript_follows_the_answer_until_the_user_scrolls_up(shared_page, shared_lab):
+    page = shared_page
+    create_agent(page, "streamer", "echo", {"delay": 3})
+    send(page, "a short first answer")
+    wait_answer(page, "a short first answer")
+    # The second answer streams for 3 s, far taller than the panel: the view stays at its end.
+    send(page, "\n\n".join(f"paragraph {i} of a long answer" for i in range(60)))
+    live = page.locator(f"{PANEL} .jp-mod-live")
+    live.wait_for()
+    samples = 0
+    while live.count():
+        page.wait_for_function(AT_BOTTOM, timeout=2000)  # back at the bottom after each delta
+        samples += 1
+        page.wait_for_timeout(150)
+    wait_answer(page, "paragraph 59")
+    page.wait_for_function(AT_BOTTOM)  # and after the stored answer rendered
+    assert samples >= 5
+    assert scroll_of(page)["height"] > 3 * scroll_of(page)["view"]
+    assert page.locator(JUMP).count() == 0
+    snap(page, "follow-streamed")
+
+    # Scrolled up, the view stays where the user put it while more arrives.
+    scroll_up(page)
+    top = scroll_of(page)["top"]
+    client = shared_lab.client()
+    try:
+        client.agent("streamer").chat("more, sent from elsewhere")
+    finally:
+        client.close()
+    wait_answer(page, "more, sent from elsewhere")
+    page.wait_for_timeout(300)
+    assert scroll_of(page)["top"] == top
+    assert page.locator(JUMP).is_visible()
+    snap(page, "follow-scrolled-up")
+    page.click(JUMP)
+    page.wait_for_function(AT_BOTTOM)
+    page.wait_for_selector(JUMP, state="detached")
+    snap(page, "follow-jumped")
+
+
+def test_shell_output_is_a_listing_and_code_lines_scroll(shared_page):
+    page = shared_page
+    create_agent(page, "sh", "shell")
+    send(page, "sleep 2; ls -la /; printf '%0300d\\n' 0")
+    # While it runs, the turn says for how long.
+    page.wait_for_function(
+        "() => /^running [1-9] s$/.test(document.querySelector("
+        "'#agenstra-chat .jp-mod-live .jp-AgenstraChat-running')?.textContent ?? '')")
+    snap(page, "shell-running")
+    answer = wait_answer(page, "exit code 0")
+    output = answer.locator("pre.jp-AgenstraChat-output")
+    lines = output.inner_text().splitlines()
+    assert lines[0].startswith("total") and len(lines) > 5
+    assert any(line.startswith("drwx") and line.endswith(" tmp") for line in lines)
+    assert lines[-1] == "[exit code 0]"
+    assert answer.locator(".jp-RenderedMarkdown").count() == 0  # never read as markdown
+    assert output.evaluate("n => n.scrollWidth > n.clientWidth")  # the long line scrolls
+    snap(page, "shell-listing")
+
+    # A code block of an agent's markdown scrolls its long lines too, and keeps its breaks.
+    page.select_option(f"{PANEL} select[aria-label=Agent]", label="assistant")
+    send(page, f"Code:\n```python\nx = '{'a' * 300}'\nprint(x)\n```")
+    code = wait_answer(page, "print(x)").locator(".jp-RenderedMarkdown pre")
+    assert code.evaluate("n => getComputedStyle(n).whiteSpace") == "pre"
+    assert code.evaluate("n => n.scrollWidth > n.clientWidth")
+    assert code.inner_text().splitlines()[1] == "print(x)"
+    snap(page, "code-scrolls")
+
+
+def test_create_form_fits_shows_examples_and_forgets_fixed_errors(shared_page):
+    page = shared_page
+    open_agent_form(page)
+    form = f"{PANEL} form.jp-AgenstraChat-create"
+    # The runtime select ends inside the form, its long label cut short before the arrow.
+    fit = page.eval_on_selector(f"{form} select[aria-label=Runtime]", """s => ({
+        right: s.getBoundingClientRect().right, title: s.title,
+        formRight: s.closest('form').getBoundingClientRect().right,
+        overflow: getComputedStyle(s).textOverflow})""")
+    assert fit["right"] <= fit["formRight"] and fit["overflow"] == "ellipsis"
+    assert fit["title"].startswith("process")
+    # The config placeholder is the chosen provider's example.
+    config = page.locator(f"{form} textarea[aria-label=Config]")
+    page.select_option(f"{form} select[aria-label=Provider]", "openai")
+    assert json.loads(config.get_attribute("placeholder")) == {
+        "model": "gpt-4o-mini", "baseUrl": "https://api.openai.com/v1",
+        "apiKeyEnv": "OPENAI_API_KEY"}
+    snap(page, "create-form-openai")
+    page.select_option(f"{form} select[aria-label=Provider]", "echo")
+    assert json.loads(config.get_attribute("placeholder")) == {"delay": 1}
+
+    # A problem is shown until the user changes what it was about.
+    error = page.locator(f"{form} .jp-AgenstraChat-formError")
+    page.fill(f"{form} input[aria-label='Agent name']", "formed")
+    config.fill("{not json")
+    page.click(f"{form} button:has-text('Create')")
+    assert error.inner_text() == "Config must be JSON"
+    snap(page, "create-form-error")
+    config.fill('{"delay": 0}')
+    assert error.count() == 0
+    # The manager's refusal (a taken name) is shown in the form, where it is fixed.
+    page.fill(f"{form} input[aria-label='Agent name']", "assistant")
+    page.click(f"{form} button:has-text('Create')")
+    error.wait_for()
+    assert "exists already" in error.inner_text()
+    assert page.locator(f"{PANEL} .jp-AgenstraChat-notice").count() == 0
+    page.fill(f"{form} input[aria-label='Agent name']", "formed")
+    assert error.count() == 0
+    page.click(f"{form} button:has-text('Create')")
+    wait_selected(page, "formed")
+    page.wait_for_selector(form, state="detached")
+    assert page.locator(f"{PANEL} [role=alert]").count() == 0
+
+
+# Every kind of text the panel shows, on its own background, per agent view.
+READABLE = {
+    "status": f"{PANEL} .jp-AgenstraChat-statusText",
+    "message box": f"{PANEL} textarea[aria-label=Message]",
+    "send button": f"{PANEL} .jp-AgenstraChat-send",
+    "notice": f"{PANEL} .jp-AgenstraChat-notice span",
+}
+READABLE_BY_AGENT = {
+    "assistant": {"user message": f"{MESSAGES}.jp-mod-user",
+                  "agent text": f"{MESSAGES}.jp-mod-agent p",
+                  "code block": f"{MESSAGES} .jp-RenderedMarkdown pre",
+                  "jump button": JUMP},
+    "timed": {"command output": f"{MESSAGES} pre.jp-AgenstraChat-output",
+              "error message": f"{MESSAGES}.jp-mod-error"},
+    "tools": {"tool card": f"{PANEL} .jp-AgenstraChat-tool summary",
+              "tool state": f"{PANEL} .jp-AgenstraChat-toolState",
+              "tool detail": f"{PANEL} .jp-AgenstraChat-tool pre"},
+}
+READABLE_FORM = {
+    "form label": f"{PANEL} form.jp-AgenstraChat-create label",
+    "form hint": f"{PANEL} form .jp-AgenstraChat-hint",
+    "form error": f"{PANEL} form .jp-AgenstraChat-formError",
+    "create button": f"{PANEL} form button[type=submit]",
+    "cancel button": f"{PANEL} form button[type=button]",
+}
+
+
+def low_contrast(page, selectors: dict[str, str]) -> dict[str, float]:
+    for name, selector in selectors.items():
+        assert page.locator(selector).count(), f"nothing to measure: {name}"
+    ratios = page.evaluate(CONTRAST_JS, list(selectors.values()))
+    return {name: round(ratios[s], 2) for name, s in selectors.items() if ratios[s] < 4.5}
+
+
+def test_readable_in_light_and_dark_themes(shared_page, shared_lab):
+    """WCAG AA (4.5:1) for every text/background pair of the panel, in both themes."""
+    page = shared_page
+    # A notice: a message to an agent deleted behind the panel's back is refused.
+    create_agent(page, "doomed")
+    httpx.delete(f"{shared_lab.full_url}agenstra/api/clients/local/agents/"
+                 f"{agent_id(shared_lab, 'doomed')}",
+                 headers={"Authorization": f"token {shared_lab.token}"}).raise_for_status()
+    send(page, "anyone there?")
+    page.locator(f"{PANEL} .jp-AgenstraChat-notice").wait_for()
+    create_agent(page, "tools", "acp", {"command": ACP_AGENT_COMMAND})
+    send(page, "files")
+    page.locator(f"{MESSAGES} .jp-AgenstraChat-tool").first.wait_for()
+    create_agent(page, "timed", "shell", {"timeout": 1})
+    send(page, "ls /")
+    wait_answer(page, "exit code 0")
+    send(page, "sleep 5")
+    page.locator(f"{MESSAGES}.jp-mod-error").wait_for()
+    page.select_option(f"{PANEL} select[aria-label=Agent]", label="assistant")
+    send(page, "Some `code` and a block:\n```\nprint('hi')\n```\n" + "\n\n".join(
+        f"line {i}" for i in range(40)))
+    wait_answer(page, "line 39")
+
+    for theme in ("light", "dark"):
+        if theme == "dark":
+            use_dark_theme(page)
+        low = {}
+        for agent, selectors in READABLE_BY_AGENT.items():
+            page.select_option(f"{PANEL} select[aria-label=Agent]", label=agent)
+            page.locator(MESSAGES).first.wait_for()
+            if agent == "assistant":
+                wait_answer(page, "line 39")
+                scroll_up(page)
+            if agent == "tools":
+                page.locator(f"{PANEL} .jp-AgenstraChat-tool summary").first.click()
+            page.fill(f"{PANEL} textarea[aria-label=Message]", "typed, not sent")
+            low |= low_contrast(page, {**READABLE, **selectors})
+            snap(page, f"theme-{theme}-{agent}")
+        open_agent_form(page)
+        page.fill(f"{PANEL} input[aria-label='Agent name']", "x")
+        page.fill(f"{PANEL} textarea[aria-label=Config]", "[]")
+        page.click(f"{PANEL} form button:has-text('Create')")
+        low |= low_contrast(page, READABLE_FORM)
+        snap(page, f"theme-{theme}-form")
+        page.click(f"{PANEL} form button:has-text('Cancel')")
+        assert not low, f"text below WCAG AA contrast in the {theme} theme: {low}"
+
+
+WIDGET = ".jp-OutputArea .widget-html-content"
+READABLE_WIDGET = {
+    "user bubble": f"{WIDGET} > div[style*='border-right']",
+    "agent bubble": f"{WIDGET} > div[style*='border:1px'] :is(p, pre)",
+    "error bubble": f"{WIDGET} > div[style*='border-left']",
+}
+
+
+def test_chat_widget_readable_in_light_and_dark_themes(browser, shared_lab, request):
+    client = shared_lab.client()
+    try:
+        client.create_agent("bubbles", provider="shell", config={"timeout": 1})
+        agent = client.agent("bubbles")
+        agent.chat("echo hello from the widget")
+        with pytest.raises(TurnError):
+            agent.chat("sleep 5")  # timed out: an error bubble
+    finally:
+        client.close()
+    write_widget_notebook(Path(shared_lab.data_dir).parent, "bubbles", "bubbles")
+    with lab_page(browser, shared_lab, request.node.name) as page:
+        page.goto(f"{shared_lab.full_url}lab/tree/bubbles.ipynb")
+        page.locator(".jp-StatusBar-TextItem", has_text="| Idle").wait_for(timeout=60_000)
+        page.locator(".jp-Notebook .jp-Cell").first.click()
+        page.keyboard.press("Shift+Enter")
+        page.locator(READABLE_WIDGET["error bubble"]).wait_for(timeout=60_000)
+        for theme in ("light", "dark"):
+            if theme == "dark":
+                use_dark_theme(page)
+            low = low_contrast(page, READABLE_WIDGET)
+            page.locator(".jp-OutputArea").first.screenshot(
+                path=str(ARTIFACTS / f"widget-contrast-{theme}.png"))
+            assert not low, f"widget text below WCAG AA contrast in the {theme} theme: {low}"
+
+
+def test_an_unreachable_manager_is_one_clear_state(shared_page, shared_lab, start_manager):
+    """A manager that does not answer: the status line says so (not "Connected" next to a
+    notice), and the empty panel says why + is disabled."""
+    page = shared_page
+    remote = start_manager("gone")
+    headers = {"Authorization": f"token {shared_lab.token}"}
+    clients = f"{shared_lab.full_url}agenstra/api/clients"
+    registered = httpx.post(clients, headers=headers, json={
+        "name": "gone", "endpoint": remote.url, "apiKey": remote.api_key})
+    assert registered.status_code == 201, registered.text
+    remote.kill()
+    try:
+        page.click(f"{PANEL} [title='Refresh managers and agents']")
+        page.select_option(f"{PANEL} select[aria-label=Manager]", label="gone")
+        wait_state(page, "remote-down")
+        status = page.locator(f"{PANEL} .jp-AgenstraChat-status").inner_text()
+        assert "Manager unreachable" in status and "Connected" not in status
+        empty = page.locator(f"{PANEL} .jp-AgenstraChat-empty").inner_text()
+        assert empty.startswith("Manager unreachable") and "create one" not in empty
+        assert page.locator(f"{PANEL} [title='New agent'][aria-disabled='true']").count() == 1
+        assert page.locator(f"{PANEL} .jp-AgenstraChat-notice").count() == 0
+        snap(page, "manager-unreachable")
+        # Another manager that answers: connected again, nothing left of that state.
+        page.select_option(f"{PANEL} select[aria-label=Manager]", label="local")
+        wait_state(page, "connected")
+        page.wait_for_selector(f"{PANEL} .jp-AgenstraChat-empty", state="detached")
+    finally:
+        httpx.delete(f"{clients}/{registered.json()['id']}", headers=headers)

@@ -7,7 +7,6 @@ ChatWidget shows the same warning. Screenshots land in test-artifacts/labextensi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,13 +14,9 @@ import pytest
 
 from agenstra_jupyter.widgets import UNSANDBOXED, ChatWidget, sandbox_notice_html
 
-from .conftest import JupyterProcess, start_jupyter, stop_jupyter
-from .test_labextension import (  # noqa: F401  (fixtures)
+from .browser import (
     CONTRAST_JS,
     PANEL,
-    browser,
-    jp_asyncio_loop,
-    jp_server_cleanup,
     lab_env,
     lab_page,
     open_agent_form,
@@ -30,13 +25,27 @@ from .test_labextension import (  # noqa: F401  (fixtures)
     snap,
     use_dark_theme,
     wait_selected,
+    write_widget_notebook,
 )
+from .conftest import JupyterProcess, start_jupyter, stop_jupyter
 
 STRIP = f"{PANEL} .jp-AgenstraChat-sandbox"
 INSTALL = ("Agents cannot run: no working sandbox on this host (bubblewrap is not installed). "
            "Install it with `apt-get install bubblewrap slirp4netns`")
 
 pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def jp_asyncio_loop() -> Iterator[None]:
+    """Replaces pytest-jupyter's loop: Playwright runs its own loop here for the whole module."""
+    yield None
+
+
+@pytest.fixture
+def jp_server_cleanup() -> Iterator[None]:
+    """No in-process Jupyter server here: each test starts a real one in a subprocess."""
+    yield None
 
 
 def catalog(**process) -> dict:
@@ -87,7 +96,7 @@ def test_providers_and_widget_say_agents_run_unsandboxed(unsandboxed):
         client.close()
 
 
-def test_sidebar_strip_and_create_form(browser, unsandboxed, request):  # noqa: F811
+def test_sidebar_strip_and_create_form(browser, unsandboxed, request):
     with lab_page(browser, unsandboxed, request.node.name) as page:
         open_panel(page)
         wait_selected(page, "assistant")
@@ -128,7 +137,7 @@ def test_sidebar_strip_and_create_form(browser, unsandboxed, request):  # noqa: 
         snap(page, "sandbox-none-dark")
 
 
-def test_form_bad_ports_are_explained(browser, unsandboxed, request):  # noqa: F811
+def test_form_bad_ports_are_explained(browser, unsandboxed, request):
     with lab_page(browser, unsandboxed, request.node.name) as page:
         open_panel(page)
         open_agent_form(page)
@@ -139,16 +148,8 @@ def test_form_bad_ports_are_explained(browser, unsandboxed, request):  # noqa: F
         assert error.inner_text().startswith("Loopback ports")
 
 
-def test_notebook_widget_shows_the_warning(browser, unsandboxed, request):  # noqa: F811
-    notebook = {
-        "cells": [{"cell_type": "code", "execution_count": None, "id": "chat", "metadata": {},
-                   "outputs": [], "source": "from agenstra_jupyter.widgets import ChatWidget\n"
-                                            "ChatWidget('assistant')"}],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
-                                    "name": "python3"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    }
-    (Path(unsandboxed.data_dir).parent / "sandbox.ipynb").write_text(json.dumps(notebook))
+def test_notebook_widget_shows_the_warning(browser, unsandboxed, request):
+    write_widget_notebook(Path(unsandboxed.data_dir).parent, "sandbox", "assistant")
     with lab_page(browser, unsandboxed, request.node.name) as page:
         page.goto(f"{unsandboxed.full_url}lab/tree/sandbox.ipynb")
         page.wait_for_selector(".jp-Notebook .jp-Cell")

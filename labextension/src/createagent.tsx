@@ -6,14 +6,17 @@
 import { Button, HTMLSelect } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-import { agentCreateRequest, IAgentCreate, ICatalog } from './protocol';
+import { agentCreateRequest, configPlaceholder, IAgentCreate, ICatalog } from './protocol';
 import { NETWORK_HINT, runtimeLabel, withNetwork } from './sandbox';
 
 export interface ICreateAgentProps {
   catalog: ICatalog;
-  onCreate: (request: IAgentCreate) => Promise<void>;
+  /** Creates the agent; what went wrong (the manager's refusal), or null. */
+  onCreate: (request: IAgentCreate) => Promise<string | null>;
   onCancel: () => void;
 }
+
+type Change = React.ChangeEvent<HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement>;
 
 export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentProps): JSX.Element {
   const runtimes = catalog.runtimes.filter(r => r.available);
@@ -30,6 +33,12 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
   const [problem, setProblem] = React.useState<string | null>(null);
   const described = catalog.providers.find(p => p.name === provider);
   const chosen = catalog.runtimes.find(r => r.name === runtime);
+  const placeholder = configPlaceholder(described);
+  // Any edit may be the fix: the last problem goes until the next Create says otherwise.
+  const field = (set: (value: string) => void) => (event: Change) => {
+    set(event.currentTarget.value);
+    setProblem(null);
+  };
 
   const submit = async (event: React.FormEvent) => {
     event.preventDefault();
@@ -41,8 +50,7 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
       setProblem(request);
       return;
     }
-    setProblem(null);
-    await onCreate(request);
+    setProblem(await onCreate(request));
   };
   return (
     <form className="jp-AgenstraChat-create" onSubmit={e => void submit(e)}>
@@ -50,22 +58,22 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
         Name
         <input className="jp-mod-styled" value={name} required autoFocus
           placeholder="my-agent" aria-label="Agent name"
-          onChange={e => setName(e.currentTarget.value)} />
+          onChange={field(setName)} />
       </label>
       <label>
         Provider
         <HTMLSelect aria-label="Provider" value={provider}
           options={catalog.providers.map(p => p.name)}
-          onChange={e => setProvider(e.currentTarget.value)} />
+          onChange={field(setProvider)} />
       </label>
       {described && <div className="jp-AgenstraChat-hint">{described.description}</div>}
       <label>
         Runtime
-        <HTMLSelect aria-label="Runtime" value={runtime}
+        <HTMLSelect aria-label="Runtime" value={runtime} title={chosen && runtimeLabel(chosen)}
           options={catalog.runtimes.map(r => ({
             value: r.name, label: runtimeLabel(r), disabled: !r.available
           }))}
-          onChange={e => setRuntime(e.currentTarget.value)} />
+          onChange={field(setRuntime)} />
       </label>
       {unavailable.map(r => (
         <div key={r.name} className="jp-AgenstraChat-hint jp-mod-unavailable">
@@ -78,12 +86,12 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
             Network
             <HTMLSelect aria-label="Network" value={network}
               options={[{ value: '', label: 'provider default' }, 'none', 'egress']}
-              onChange={e => setNetwork(e.currentTarget.value)} />
+              onChange={field(setNetwork)} />
           </label>
           <label>
             Loopback ports
             <input className="jp-mod-styled" value={ports} placeholder="e.g. 11434"
-              aria-label="Loopback ports" onChange={e => setPorts(e.currentTarget.value)} />
+              aria-label="Loopback ports" onChange={field(setPorts)} />
           </label>
           <div className="jp-AgenstraChat-hint">{NETWORK_HINT}</div>
           {chosen?.network === 'missing' && network !== 'none' && (
@@ -97,13 +105,14 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
         <label>
           Image
           <input className="jp-mod-styled" value={image} placeholder="(manager default)"
-            aria-label="Image" onChange={e => setImage(e.currentTarget.value)} />
+            aria-label="Image" onChange={field(setImage)} />
         </label>
       )}
       <label>
         Config (JSON, optional)
-        <textarea className="jp-mod-styled" value={config} rows={3} aria-label="Config"
-          placeholder='{"preset": "claude"}' onChange={e => setConfig(e.currentTarget.value)} />
+        <textarea className="jp-mod-styled" value={config} aria-label="Config"
+          rows={Math.max(3, placeholder.split('\n').length + 1)} placeholder={placeholder}
+          onChange={field(setConfig)} />
       </label>
       {problem && <div className="jp-AgenstraChat-formError" role="alert">{problem}</div>}
       <div className="jp-AgenstraChat-formButtons">

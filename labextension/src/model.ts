@@ -7,13 +7,56 @@ import { UUID } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { ControllerApi } from './api';
-import { ChatConnection } from './connection';
-import { IAgent, IAgentCreate, ICatalog, IClient } from './protocol';
+import { ChatConnection, IConnectionStatus } from './connection';
+import { IAgent, IAgentCreate, ICatalog, IClient, REMOTE_UNAVAILABLE } from './protocol';
 import { agentKey, ChatStore, Transcript } from './state';
 
 export interface ISelection {
   clientId: string | null;
   agentId: string | null;
+}
+
+/** The one state the status line shows: the worst that applies to the selected manager. */
+export interface IStatusView {
+  state: string;
+  text: string;
+}
+
+const SOCKET_TEXT = {
+  connecting: 'Connecting…',
+  connected: 'Connected',
+  reconnecting: 'Reconnecting…',
+  disconnected: 'Disconnected',
+  refused: 'Not allowed to connect'
+};
+
+/** How long a manager that did not answer waits before it is asked again (ms). */
+export const RETRY_MS = 5000;
+
+/**
+ * The browser's own socket first (while it is down nothing is known of any manager), then
+ * the selected manager: its link from the controller down, or its REST answers 502.
+ */
+export function statusView(
+  status: IConnectionStatus,
+  clientId: string | null,
+  unreachable: boolean
+): IStatusView {
+  if (status.socket !== 'connected') {
+    const text =
+      status.socket === 'reconnecting' && status.attempt
+        ? `Reconnecting (attempt ${status.attempt})…`
+        : SOCKET_TEXT[status.socket];
+    return { state: status.socket, text };
+  }
+  const attempt = clientId !== null ? status.remotes.get(clientId) : undefined;
+  if (attempt) {
+    return { state: 'remote-down', text: `Manager unreachable, reconnecting (attempt ${attempt})…` };
+  }
+  if (attempt !== undefined || unreachable) {
+    return { state: 'remote-down', text: 'Manager unreachable' };
+  }
+  return { state: 'connected', text: SOCKET_TEXT.connected };
 }
 
 export class SidebarModel {
@@ -26,7 +69,7 @@ export class SidebarModel {
       const { error } = connection.status;
       if (error && error !== this._reported) {
         this._reported = error; // shown once: a dismissed error does not come back
-        this.notice = error.message;
+        this._report(error);
       }
       this._emit();
       // Back online: whatever failed to open (the manager was away) is tried again.
@@ -41,6 +84,8 @@ export class SidebarModel {
   /** The last failure, shown until dismissed. */
   notice: string | null = null;
   loading = false;
+  /** The first load has ended (well or not). */
+  loaded = false;
 
   get store(): ChatStore {
     return this.connection.store;
@@ -70,28 +115,61 @@ export class SidebarModel {
     return this.agents.find(a => a.id === this.selection.agentId);
   }
 
+  /** Whether the selected manager's REST answers said it cannot be reached. */
+  get unreachable(): boolean {
+    const { clientId } = this.selection;
+    return clientId !== null && this._unreachable.has(clientId);
+  }
+
+  get status(): IStatusView {
+    return statusView(this.connection.status, this.selection.clientId, this.unreachable);
+  }
+
+  /** What the panel says while no agent is selected, and why `+` is disabled if it is. */
+  get emptyText(): string {
+    if (this.unreachable) {
+      return 'Manager unreachable: its agents show here once it answers again.';
+    }
+    if (this.loading || !this.loaded) {
+      return 'Loading…';
+    }
+    if (!this.clients.length) {
+      return 'No manager is registered with this server.';
+    }
+    if (!this.catalog) {
+      return 'This manager could not be loaded: refresh to try again.';
+    }
+    return 'No agent yet: create one with +.';
+  }
+
   /** Loads managers and agents, keeping `preferred` (the remembered agent) when it exists. */
   load(preferred?: ISelection): Promise<void> {
     this._started = true;
     // One load at a time: a refresh must not race the start-up load of the remembered agent.
     this._loading = this._loading.then(() =>
       this._guard(async () => {
+        const picks = this._picks;
         const wanted = preferred ?? this.selection;
         this.clients = await this.api.clients();
         const clientId =
           this.clients.find(c => c.id === wanted.clientId)?.id ?? this.clients[0]?.id ?? null;
-        await this._useClient(clientId, wanted.agentId);
-      }).then(() => undefined)
+        await this._useClient(clientId, wanted.agentId, picks);
+      }).then(() => {
+        this.loaded = true;
+        this._emit();
+      })
     );
     return this._loading;
   }
 
   async selectClient(clientId: string): Promise<void> {
+    this._picks++;
     await this._guard(() => this._useClient(clientId, null));
     this._selected.emit(this.selection);
   }
 
   async selectAgent(agentId: string | null): Promise<void> {
+    this._picks++;
     this.selection = { ...this.selection, agentId };
     this._selected.emit(this.selection);
     this._emit();
@@ -104,16 +182,22 @@ export class SidebarModel {
     return this._started ? this.load() : Promise.resolve();
   }
 
-  async createAgent(request: IAgentCreate): Promise<boolean> {
+  /** Creates an agent and selects it; what went wrong (for the form to show), or null. */
+  async createAgent(request: IAgentCreate): Promise<string | null> {
     const clientId = this.selection.clientId;
     if (!clientId) {
-      return false;
+      return 'Choose a manager first';
     }
-    return this._guard(async () => {
-      const agent = await this.api.createAgent(clientId, request);
-      this.agents = await this.api.agents(clientId);
-      await this.selectAgent(agent.id); // the new agent, selected, is the confirmation
-    });
+    let problem: string | null = null;
+    await this._guard(
+      async () => {
+        const agent = await this.api.createAgent(clientId, request);
+        this.agents = await this.api.agents(clientId);
+        await this.selectAgent(agent.id); // the new agent, selected, is the confirmation
+      },
+      error => (problem = error?.message ?? String(error))
+    );
+    return problem;
   }
 
   async deleteAgent(): Promise<boolean> {
@@ -122,8 +206,15 @@ export class SidebarModel {
       return false;
     }
     return this._guard(async () => {
-      await this.api.deleteAgent(clientId, agentId);
+      // Logged out while the agent exists: a logout after the delete would be refused, and
+      // the refusal shown as a notice next to the successful delete.
       await this.connection.close(clientId, agentId);
+      try {
+        await this.api.deleteAgent(clientId, agentId);
+      } catch (error) {
+        await this.connection.open(clientId, agentId).catch(() => undefined); // still there
+        throw error;
+      }
       this.agents = await this.api.agents(clientId);
       await this.selectAgent(this.agents[0]?.id ?? null);
     });
@@ -171,8 +262,19 @@ export class SidebarModel {
     this._emit();
   }
 
-  /** Shows a manager's agents; the view is cleared only when the manager changes. */
-  private async _useClient(clientId: string | null, agentId: string | null): Promise<void> {
+  /**
+   * Shows a manager's agents; the view is cleared only when the manager changes. A load
+   * that the user's own choice overtook (`picks` counts them) applies nothing: the
+   * refresh that started before the click must not take the click back.
+   */
+  private async _useClient(
+    clientId: string | null,
+    agentId: string | null,
+    picks = this._picks
+  ): Promise<void> {
+    if (picks !== this._picks) {
+      return;
+    }
     if (clientId !== this.selection.clientId) {
       this.selection = { clientId, agentId: null };
       this.agents = [];
@@ -186,27 +288,57 @@ export class SidebarModel {
       this.api.agents(clientId),
       this.api.catalog(clientId)
     ]);
+    if (picks !== this._picks) {
+      return;
+    }
     this.agents = agents;
     this.catalog = catalog;
+    this._unreachable.delete(clientId);
     const chosen = agents.find(a => a.id === agentId) ?? agents[0];
     this.selection = { clientId, agentId: chosen?.id ?? null };
     this._emit();
     await this.openSelected();
   }
 
-  /** Runs a user action: shows progress, turns failures into a notice. */
-  private async _guard(action: () => Promise<unknown>): Promise<boolean> {
+  /** Runs a user action: shows progress, turns failures into a notice (or `onError`). */
+  private async _guard(
+    action: () => Promise<unknown>,
+    onError: (error: any) => void = error => this._report(error)
+  ): Promise<boolean> {
     this.loading = true;
     this._emit();
     try {
       await action();
       return true;
     } catch (error: any) {
-      this.notice = error?.message ?? String(error);
+      onError(error);
       return false;
     } finally {
       this.loading = false;
       this._emit();
+    }
+  }
+
+  /**
+   * A failure becomes a notice, but an unreachable manager is a state: the status line
+   * says it (once, not also a notice) until the manager answers again, asked every RETRY_MS.
+   */
+  private _report(error: any): void {
+    const clientId = this.selection.clientId;
+    if (error?.code === REMOTE_UNAVAILABLE && clientId) {
+      this._unreachable.add(clientId);
+      this._retryLater();
+    } else {
+      this.notice = error?.message ?? String(error);
+    }
+  }
+
+  private _retryLater(): void {
+    if (!this._retry) {
+      this._retry = setTimeout(() => {
+        this._retry = null;
+        void this.refresh();
+      }, RETRY_MS);
     }
   }
 
@@ -215,6 +347,9 @@ export class SidebarModel {
   }
 
   private _reported: unknown = null;
+  private _picks = 0;
+  private readonly _unreachable = new Set<string>();
+  private _retry: ReturnType<typeof setTimeout> | null = null;
   private _started = false;
   private _loading: Promise<void> = Promise.resolve();
   private _failed: { key: string | null; text: string; correlationId: string } | null = null;

@@ -15,13 +15,20 @@ import {
 import { Message } from '@lumino/messaging';
 import * as React from 'react';
 
-import { IConnectionStatus } from './connection';
 import { CodeText, CreateAgentForm } from './createagent';
+import { Follower } from './follow';
 import { ICodeActions, Markdown } from './markdown';
-import { IChatMessage } from './protocol';
-import { SidebarModel } from './model';
+import { IChatMessage, ResponseFormat, responseFormat } from './protocol';
+import { IStatusView, SidebarModel } from './model';
 import { sandboxWarning } from './sandbox';
-import { agentKey, ILiveTurn, IToolActivity, toolsOf, Transcript } from './state';
+import {
+  agentKey,
+  ILiveTurn,
+  IToolActivity,
+  runningText,
+  toolsOf,
+  Transcript
+} from './state';
 
 export class ChatPanel extends ReactWidget {
   constructor(
@@ -78,7 +85,7 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
   return (
     <>
       <div className="jp-AgenstraChat-header">
-        <StatusLine status={model.connection.status} clientId={model.selection.clientId}
+        <StatusLine status={model.status} refused={model.connection.status.socket === 'refused'}
           onRetry={() => model.connection.reconnect()} />
         <AgentActions model={model} onCreate={() => setCreating(!creating)} />
       </div>
@@ -87,9 +94,11 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
       {creating && model.catalog && (
         <CreateAgentForm catalog={model.catalog} onCancel={() => setCreating(false)}
           onCreate={async request => {
-            if (await model.createAgent(request)) {
+            const problem = await model.createAgent(request);
+            if (!problem) {
               setCreating(false);
             }
+            return problem;
           }} />
       )}
       {model.notice && (
@@ -99,50 +108,27 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
         </div>
       )}
       {transcript ? (
-        <TranscriptView transcript={transcript} rendermime={rendermime} actions={actions} />
+        <TranscriptView key={model.selectedKey} transcript={transcript} rendermime={rendermime}
+          actions={actions} />
       ) : (
-        <div className="jp-AgenstraChat-empty">
-          {model.loading ? 'Loading…' : 'No agent yet: create one with +.'}
-        </div>
+        <div className="jp-AgenstraChat-empty">{model.emptyText}</div>
       )}
       <Composer model={model} busy={!!transcript?.busy} />
     </>
   );
 }
 
-const SOCKET_TEXT = {
-  connecting: 'Connecting…',
-  connected: 'Connected',
-  reconnecting: 'Reconnecting…',
-  disconnected: 'Disconnected',
-  refused: 'Not allowed to connect'
-};
-
 function StatusLine(props: {
-  status: IConnectionStatus;
-  clientId: string | null;
+  status: IStatusView;
+  refused: boolean;
   onRetry: () => void;
 }): JSX.Element {
-  const { status, clientId } = props;
-  let state: string = status.socket;
-  let text = SOCKET_TEXT[status.socket];
-  if (status.socket === 'reconnecting' && status.attempt) {
-    text = `Reconnecting (attempt ${status.attempt})…`;
-  }
-  const remoteAttempt = clientId !== null ? status.remotes.get(clientId) : undefined;
-  if (status.socket === 'connected' && remoteAttempt !== undefined) {
-    state = 'remote-down';
-    text = remoteAttempt
-      ? `Manager unreachable, reconnecting (attempt ${remoteAttempt})…`
-      : 'Manager unreachable';
-  }
+  const { state, text } = props.status;
   return (
     <div className={`jp-AgenstraChat-status jp-mod-${state}`} data-state={state}>
       <span className="jp-AgenstraChat-statusDot" />
       <span className="jp-AgenstraChat-statusText">{text}</span>
-      {status.socket === 'refused' && (
-        <Button small onClick={props.onRetry}>Retry</Button>
-      )}
+      {props.refused && <Button small onClick={props.onRetry}>Retry</Button>}
     </div>
   );
 }
@@ -215,22 +201,51 @@ function TranscriptView(props: {
 }): JSX.Element {
   const { transcript, rendermime, actions } = props;
   const scroller = React.useRef<HTMLDivElement>(null);
-  const pinned = React.useRef(true);
+  const content = React.useRef<HTMLDivElement>(null);
+  const follower = React.useRef<Follower | null>(null);
+  const [following, setFollowing] = React.useState(true);
+  // Any change of size (a message, a delta, markdown rendered late, a resized panel)
+  // keeps the view at the bottom while it follows.
   React.useLayoutEffect(() => {
-    const node = scroller.current;
-    if (node && pinned.current) {
-      node.scrollTop = node.scrollHeight;
+    const follow = (follower.current = new Follower(scroller.current!, setFollowing));
+    follow.jump();
+    const observer = new ResizeObserver(() => follow.resized());
+    observer.observe(scroller.current!);
+    observer.observe(content.current!);
+    return () => observer.disconnect();
+  }, []);
+  // What the user sends brings the view down to it.
+  const sending = transcript.pending.size;
+  React.useLayoutEffect(() => {
+    if (sending) {
+      follower.current?.jump();
     }
-  });
-  const onScroll = () => {
-    const node = scroller.current;
-    if (node) {
-      pinned.current = node.scrollHeight - node.scrollTop - node.clientHeight < 40;
-    }
-  };
+  }, [sending]);
   return (
-    <div className="jp-AgenstraChat-transcript" ref={scroller} onScroll={onScroll}
-      role="log" aria-live="polite">
+    <div className="jp-AgenstraChat-transcriptBox">
+      <div className="jp-AgenstraChat-transcript" ref={scroller}
+        onScroll={() => follower.current?.scrolled()} role="log" aria-live="polite">
+        <div ref={content}>
+          <Messages transcript={transcript} rendermime={rendermime} actions={actions} />
+        </div>
+      </div>
+      {!following && (
+        <Button small className="jp-AgenstraChat-jump" onClick={() => follower.current?.jump()}>
+          Jump to latest ↓
+        </Button>
+      )}
+    </div>
+  );
+}
+
+function Messages(props: {
+  transcript: Transcript;
+  rendermime: IRenderMimeRegistry;
+  actions: ICodeActions;
+}): JSX.Element {
+  const { transcript, rendermime, actions } = props;
+  return (
+    <>
       {transcript.messages.map(message => (
         <MessageView key={message.id} message={message} rendermime={rendermime}
           actions={actions} />
@@ -247,7 +262,7 @@ function TranscriptView(props: {
       {transcript.busy && transcript.live.size === 0 && (
         <div className="jp-AgenstraChat-working">Waiting for the agent…</div>
       )}
-    </div>
+    </>
   );
 }
 
@@ -272,9 +287,23 @@ function MessageView(props: {
   return (
     <div className="jp-AgenstraChat-message jp-mod-agent" {...attrs}>
       <ToolList tools={toolsOf(response.parts ?? [])} />
-      <Markdown text={response.result} rendermime={props.rendermime} actions={props.actions} />
+      <Result text={response.result} format={responseFormat(response)}
+        rendermime={props.rendermime} actions={props.actions} />
     </div>
   );
+}
+
+/** An answer's text: command output as it was printed, anything else as markdown. */
+function Result(props: {
+  text: string;
+  format: ResponseFormat;
+  rendermime: IRenderMimeRegistry;
+  actions: ICodeActions;
+}): JSX.Element {
+  if (props.format === 'text') {
+    return <pre className="jp-AgenstraChat-output">{props.text}</pre>;
+  }
+  return <Markdown text={props.text} rendermime={props.rendermime} actions={props.actions} />;
 }
 
 function LiveTurnView(props: {
@@ -283,16 +312,27 @@ function LiveTurnView(props: {
   actions: ICodeActions;
 }): JSX.Element {
   const { turn } = props;
+  const now = useNow(1000);
   return (
     <div className="jp-AgenstraChat-message jp-mod-agent jp-mod-live">
       <ToolList tools={turn.tools} />
-      {turn.text ? (
-        <Markdown text={turn.text} rendermime={props.rendermime} actions={props.actions} />
-      ) : (
-        <div className="jp-AgenstraChat-thinking">{turn.status ?? 'Thinking…'}</div>
+      {turn.text && (
+        <Result text={turn.text} format={turn.format} rendermime={props.rendermime}
+          actions={props.actions} />
       )}
+      <div className="jp-AgenstraChat-running">{runningText(turn.status, now - turn.startedAt)}</div>
     </div>
   );
+}
+
+/** The time, renewed every `ms` while the component is shown. */
+function useNow(ms: number): number {
+  const [now, setNow] = React.useState(Date.now);
+  React.useEffect(() => {
+    const timer = setInterval(() => setNow(Date.now()), ms);
+    return () => clearInterval(timer);
+  }, [ms]);
+  return now;
 }
 
 /** Tool calls, collapsed: the name shows, arguments and result open on click. */

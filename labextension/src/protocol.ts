@@ -44,6 +44,9 @@ export const ChatEventKind = {
   status: 'status'
 } as const;
 
+/** The controller's code for a manager it cannot reach (ErrorCode in protocol.py). */
+export const REMOTE_UNAVAILABLE = 'REMOTE_UNAVAILABLE';
+
 export interface IErrorPayload {
   message: string;
   code: string;
@@ -66,6 +69,17 @@ export interface IPart {
   isError?: boolean;
 }
 
+/**
+ * How an answer's `result` is shown: `markdown` (agents' prose; the default when absent) or
+ * `text` (command output: preformatted, never read as markdown). A turn's `status` events
+ * may carry it too, so the live view matches (ResponseFormat in protocol.py).
+ */
+export type ResponseFormat = 'markdown' | 'text';
+
+export function responseFormat(carrier?: { format?: unknown } | null): ResponseFormat {
+  return carrier?.format === 'text' ? 'text' : 'markdown';
+}
+
 export interface IChatMessage {
   id: string;
   seq: number;
@@ -74,7 +88,7 @@ export interface IChatMessage {
   timestamp: string;
   correlationId: string;
   text?: string;
-  response?: { type: 'text' | 'error'; result: string; parts?: IPart[] };
+  response?: { type: 'text' | 'error'; result: string; parts?: IPart[]; format?: ResponseFormat };
 }
 
 export interface IChatEvent {
@@ -119,6 +133,16 @@ export interface IProviderInfo {
   name: string;
   description: string;
   capabilities: string[];
+  /** A valid config to start from (the form's placeholder). */
+  example?: Record<string, unknown>;
+}
+
+/** The config field's placeholder: the provider's example, one key a line, or `{}`. */
+export function configPlaceholder(provider?: IProviderInfo): string {
+  const keys = Object.entries(provider?.example ?? {}).map(
+    ([key, value]) => `${JSON.stringify(key)}: ${JSON.stringify(value)}`
+  );
+  return `{${keys.join(',\n ')}}`;
 }
 
 export interface IRuntimeInfo {

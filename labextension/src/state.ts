@@ -10,7 +10,9 @@ import {
   IChatEvent,
   IChatMessage,
   IPart,
-  ManagerEvent
+  ManagerEvent,
+  ResponseFormat,
+  responseFormat
 } from './protocol';
 
 /** A tool call of a turn, merged with its result once that arrives. */
@@ -29,6 +31,10 @@ export interface ILiveTurn {
   text: string;
   tools: IToolActivity[];
   status?: string;
+  /** `text` once an event said so (command output): shown preformatted. */
+  format: ResponseFormat;
+  /** When this panel saw the turn start (ms): what "running 12 s" counts from. */
+  startedAt: number;
   lastSequence: number;
 }
 
@@ -99,7 +105,14 @@ export class Transcript {
     }
     let turn = this.live.get(event.correlationId);
     if (!turn) {
-      turn = { correlationId: event.correlationId, text: '', tools: [], lastSequence: -1 };
+      turn = {
+        correlationId: event.correlationId,
+        text: '',
+        tools: [],
+        format: 'markdown',
+        startedAt: Date.now(),
+        lastSequence: -1
+      };
       this.live.set(event.correlationId, turn);
     }
     if (typeof event.sequence === 'number') {
@@ -138,9 +151,20 @@ function applyToTurn(turn: ILiveTurn, kind: string, payload: Record<string, any>
     turn.text += typeof payload.delta === 'string' ? payload.delta : '';
   } else if (kind === ChatEventKind.status) {
     turn.status = typeof payload.message === 'string' ? payload.message : undefined;
+    if (payload.format !== undefined) {
+      turn.format = responseFormat(payload);
+    }
   } else {
     addToolActivity(turn.tools, kind, payload);
   }
+}
+
+/** The live line of a running turn: its status and how long it has run ("running 12 s"). */
+export function runningText(status: string | undefined, elapsedMs: number): string {
+  const seconds = Math.max(0, Math.floor(elapsedMs / 1000));
+  const time = seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+  const running = `running ${time}`;
+  return status && status !== 'running' ? `${status} · ${running}` : running;
 }
 
 /** Records a tool call, or merges a result into its call (by toolCallId). */

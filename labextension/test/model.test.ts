@@ -1,10 +1,10 @@
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
-import { ControllerApi } from '../src/api';
+import { ApiError, ControllerApi } from '../src/api';
 import { ChatConnection } from '../src/connection';
-import { SidebarModel } from '../src/model';
+import { RETRY_MS, SidebarModel, statusView } from '../src/model';
 import { ChatStore } from '../src/state';
-import { FakeSocket } from './fakes';
+import { FakeSocket, settle } from './fakes';
 
 /** The controller's REST API as the model uses it, over two managers. */
 function fakeApi(): ControllerApi {
@@ -20,9 +20,8 @@ function fakeApi(): ControllerApi {
   } as unknown as ControllerApi;
 }
 
-function setUp(): { model: SidebarModel; socket: FakeSocket } {
+function setUp(api = fakeApi()): { model: SidebarModel; socket: FakeSocket } {
   const socket = new FakeSocket();
-  const api = fakeApi();
   const connection = new ChatConnection(socket, new ChatStore(), (c, a, after) =>
     api.messages(c, a, after)
   );
@@ -70,7 +69,8 @@ describe('SidebarModel', () => {
         ? { ok: false, error: { code: 'REMOTE_UNAVAILABLE', message: 'Manager unavailable' } }
         : { ok: true };
     expect(await model.send('hello')).toBe(false);
-    expect(model.notice).toBe('Manager unavailable');
+    expect(model.status.text).toBe('Manager unreachable'); // a state, said once
+    expect(model.notice).toBeNull();
     socket.answer = () => ({ ok: true });
     expect(await model.send('hello')).toBe(true);
     expect(await model.send('hello')).toBe(true); // sent: a new message, a new id
@@ -80,5 +80,126 @@ describe('SidebarModel', () => {
     expect(ids).toHaveLength(3);
     expect(ids[1]).toBe(ids[0]);
     expect(ids[2]).not.toBe(ids[0]);
+  });
+});
+
+describe('a refresh and a click at the same time', () => {
+  it('keeps the agent the user picked while the refresh was on its way', async () => {
+    const api = fakeApi() as any;
+    const { model } = setUp(api);
+    await model.load({ clientId: 'local', agentId: 'a2' });
+    let answer: () => void = () => undefined;
+    const list = api.agents;
+    api.agents = (clientId: string) =>
+      new Promise(resolve => (answer = () => resolve(list(clientId))));
+    const refresh = model.refresh(); // e.g. the panel shown again: it asks for the agents
+    await settle();
+    await model.selectAgent('a1'); // meanwhile the user picks another agent
+    answer();
+    await refresh;
+    expect(model.selection).toEqual({ clientId: 'local', agentId: 'a1' });
+  });
+});
+
+describe('deleting an agent', () => {
+  it('logs out before the delete, so no refusal of a late logout shows as a notice', async () => {
+    const order: string[] = [];
+    const api = fakeApi() as any;
+    api.deleteAgent = async () => order.push('delete');
+    const { model, socket } = setUp(api);
+    socket.answer = (_event, payload) => {
+      if (payload?.event === 'logout') {
+        order.push('logout');
+      }
+      return { ok: true };
+    };
+    await model.load({ clientId: 'local', agentId: 'a2' });
+    expect(await model.deleteAgent()).toBe(true);
+    expect(order).toEqual(['logout', 'delete']);
+    expect(model.notice).toBeNull();
+  });
+});
+
+/** A controller whose local manager answers 502 while `down`, and refuses taken names. */
+function flakyApi(): { api: ControllerApi; state: { down: boolean; agents: any[] } } {
+  const state = { down: true, agents: [] as any[] };
+  const unreachable = () => new ApiError('Manager unreachable', 502, 'REMOTE_UNAVAILABLE');
+  const api = {
+    clients: async () => [{ id: 'local', name: 'local' }],
+    agents: async () => {
+      if (state.down) {
+        throw unreachable();
+      }
+      return state.agents;
+    },
+    catalog: async () => ({ providers: [], runtimes: [] }),
+    messages: async () => [],
+    createAgent: async (_client: string, request: any) => {
+      if (state.agents.some(a => a.name === request.name)) {
+        throw new ApiError(`An agent named '${request.name}' exists already`, 409, 'CONFLICT');
+      }
+      const agent = { id: `id-${request.name}`, name: request.name };
+      state.agents.push(agent);
+      return agent;
+    }
+  } as unknown as ControllerApi;
+  return { api, state };
+}
+
+describe('one clear state at a time', () => {
+  afterEach(() => vi.useRealTimers());
+
+  it('says "Manager unreachable" in the status line, not also a green Connected', async () => {
+    const { api } = flakyApi();
+    const { model } = setUp(api);
+    await model.load();
+    expect(model.status).toEqual({ state: 'remote-down', text: 'Manager unreachable' });
+    expect(model.notice).toBeNull(); // said once, by the status line
+    expect(model.catalog).toBeNull(); // so + is disabled, and the empty text says why
+    expect(model.emptyText).toMatch(/^Manager unreachable/);
+    expect(model.emptyText).not.toMatch(/create one/);
+  });
+
+  it('asks again by itself and clears the state once the manager answers', async () => {
+    vi.useFakeTimers();
+    const { api, state } = flakyApi();
+    const { model } = setUp(api);
+    await model.load();
+    state.down = false;
+    await vi.advanceTimersByTimeAsync(RETRY_MS);
+    expect(model.status).toEqual({ state: 'connected', text: 'Connected' });
+    expect(model.emptyText).toBe('No agent yet: create one with +.');
+  });
+
+  it('says why there is no agent while loading', async () => {
+    const { model } = setUp(flakyApi().api);
+    expect(model.emptyText).toBe('Loading…'); // before the first load
+  });
+
+  it('puts the socket first: nothing is known of a manager while it is down', () => {
+    const status = { socket: 'reconnecting' as const, attempt: 3, remotes: new Map(), error: null };
+    expect(statusView(status, 'local', true)).toEqual({
+      state: 'reconnecting', text: 'Reconnecting (attempt 3)…'
+    });
+    const linkDown = { ...status, socket: 'connected' as const, remotes: new Map([['local', 2]]) };
+    expect(statusView(linkDown, 'local', false).text).toBe(
+      'Manager unreachable, reconnecting (attempt 2)…'
+    );
+    expect(statusView(linkDown, 'other', false).state).toBe('connected');
+  });
+
+  it("gives the form the manager's refusal, and no notice that would outlive the fix", async () => {
+    const { api, state } = flakyApi();
+    state.down = false;
+    state.agents.push({ id: 'a1', name: 'assistant' });
+    const { model } = setUp(api);
+    await model.load();
+    expect(await model.createAgent({ name: 'assistant', provider: 'echo' })).toMatch(
+      /exists already/
+    );
+    expect(model.notice).toBeNull();
+    expect(await model.createAgent({ name: 'helper', provider: 'echo' })).toBeNull();
+    expect(model.selection.agentId).toBe('id-helper');
+    expect(model.notice).toBeNull();
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { agentKey, ChatStore, toolsOf, Transcript } from '../src/state';
+import { agentKey, ChatStore, runningText, toolsOf, Transcript } from '../src/state';
 import { agentMessage, userMessage } from './fakes';
 
 describe('Transcript', () => {
@@ -113,5 +113,39 @@ describe('ChatStore', () => {
     store.receive(key, 'chatMessage', { ...message });
     store.receive(key, 'somethingElse', {});
     expect(seen).toEqual([key]);
+  });
+});
+
+describe('a running turn', () => {
+  const event = (kind: string, payload: any, sequence: number) => ({
+    agentId: 'a1', correlationId: 'c1', kind, payload, sequence
+  });
+
+  it('is shown as command output once a status says its format is text', () => {
+    const transcript = new Transcript();
+    transcript.apply(event('assistantDelta', { delta: '# not a heading' }, 0));
+    expect(transcript.live.get('c1')!.format).toBe('markdown');
+    transcript.apply(event('status', { message: 'running', format: 'text' }, 1));
+    transcript.apply(event('status', { message: 'still running' }, 2)); // keeps the format
+    const turn = transcript.live.get('c1')!;
+    expect(turn.format).toBe('text');
+    expect(turn.status).toBe('still running');
+  });
+
+  it('counts from when the panel saw it start', () => {
+    const before = Date.now();
+    const transcript = new Transcript();
+    transcript.apply(event('status', { message: 'running' }, 0));
+    const startedAt = transcript.live.get('c1')!.startedAt;
+    expect(startedAt).toBeGreaterThanOrEqual(before);
+    expect(startedAt).toBeLessThanOrEqual(Date.now());
+  });
+
+  it('says how long it has run, with its status when that says more', () => {
+    expect(runningText(undefined, 0)).toBe('running 0 s');
+    expect(runningText('running', 12_400)).toBe('running 12 s');
+    expect(runningText('starting claude', 3_000)).toBe('starting claude · running 3 s');
+    expect(runningText(undefined, 125_000)).toBe('running 2 min 5 s');
+    expect(runningText(undefined, -50)).toBe('running 0 s'); // clocks never go back on screen
   });
 });
