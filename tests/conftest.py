@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .helpers import FrontendClient, ManagerProcess
+from .fakes.vendors import FakeVendor
+from .helpers import CLI_BIN, FAKE_BIN, FrontendClient, ManagerProcess
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 
@@ -39,6 +40,22 @@ def start_manager(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def manager(start_manager) -> ManagerProcess:
     return start_manager()
+
+
+@pytest.fixture
+def start_scripted_manager(start_manager):
+    """Start real managers that also offer the deterministic `scripted` provider
+    (tests/fakes/providers.py), injected through `provider_classes`."""
+    from .fakes.providers import MANAGER_ARGS
+
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+
+    def start(name: str = "m", env: dict | None = None, **kwargs) -> ManagerProcess:
+        return start_manager(name, env={"PYTHONPATH": path, **(env or {})},
+                             args=MANAGER_ARGS, **kwargs)
+
+    return start
 
 
 def _docker_reason() -> str | None:
@@ -73,6 +90,48 @@ def sandbox_available() -> None:
     if os.environ.get("AGENSTRA_REQUIRE_SANDBOX") == "1":
         pytest.fail(f"The sandbox is required here: {reason}")
     pytest.skip(reason)
+
+
+# -- agent CLIs against fake model APIs ------------------------------------------------------
+
+
+@pytest.fixture
+def vendor() -> Iterator[FakeVendor]:
+    """A fake model API on 127.0.0.1 speaking each vendor's streaming format."""
+    fake = FakeVendor().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def cli_manager(start_manager) -> ManagerProcess:
+    """A manager that finds the real agent CLIs (and the fake ones) on its PATH.
+
+    The fake CLIs (`#!/usr/bin/env python3`) and custom commands (`python3 -c ...`) run with
+    this test run's interpreter, as in an activated virtualenv: what else is first on PATH
+    may not work in a sandbox (a pyenv shim runs `~/.pyenv/libexec`, hidden with HOME)."""
+    path = f"{CLI_BIN}:{FAKE_BIN}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    return start_manager(env={"PATH": path})
+
+
+# -- headless Chromium (tests/browser.py has the page helpers) -------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    from .browser import CHROMIUM, CHROMIUM_ARGS, browser_reason
+
+    reason = browser_reason()
+    if reason:
+        if os.environ.get("AGENSTRA_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 # -- Jupyter server with the controller extension (pytest-jupyter) -------------------------
@@ -185,7 +244,10 @@ class JupyterProcess:
 
 
 def start_jupyter(root: Path, extra_env: dict | None = None, port: int = 0,
-                  token: str = "") -> JupyterProcess:
+                  token: str = "", args: list[str] | None = None,
+                  stdin: int | None = None) -> JupyterProcess:
+    """A `jupyter server` subprocess in a process group of its own (as a terminal runs it);
+    `stdin` may be a terminal (a pty), for what Jupyter does only on one."""
     import socket
     import time
 
@@ -202,8 +264,8 @@ def start_jupyter(root: Path, extra_env: dict | None = None, port: int = 0,
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
          f"--port={port}", "--ServerApp.base_url=/jp/", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}"],
-        stdout=log, stderr=log, env=env, cwd=root,
+         f"--ServerApp.root_dir={root}", *(args or [])],
+        stdout=log, stderr=log, env=env, cwd=root, stdin=stdin, start_new_session=True,
     )
     server = JupyterProcess(f"http://127.0.0.1:{port}", "/jp/", token, data_dir, env, process)
     deadline = time.monotonic() + 60

@@ -19,6 +19,7 @@ import socketio
 from agenstra_jupyter.protocol import (
     AGENTS_NAMESPACE,
     CLIENTS_NAMESPACE,
+    MAX_FRAME_BYTES,
     ControllerEvent,
     ManagerEvent,
 )
@@ -26,6 +27,25 @@ from agenstra_jupyter.redact import REDACTED
 
 READY_PREFIX = "agenstra-manager listening on "
 WAIT = 20.0  # seconds any single expectation may take before the test fails
+
+# The real agent CLIs (scripts/test.sh installs them) and the fake ones in tests/fakes/bin.
+CLI_BIN = Path(os.environ.get("AGENSTRA_TEST_CLI_BIN", "/var/tmp/agenstra-clis/node_modules/.bin"))
+FAKE_BIN = Path(__file__).parent / "fakes" / "bin"
+SECRET = "sk-test-secret-4f9a1c"  # a provider key that must never show up anywhere
+
+
+def need_cli(name: str) -> None:
+    """Skip (fail under AGENSTRA_REQUIRE_CLIS=1) unless the agent CLI `name` is installed."""
+    import pytest
+
+    if (CLI_BIN / name).exists():
+        return
+    reason = f"the {name} CLI is not installed in {CLI_BIN} (scripts/test.sh installs it)"
+    if os.environ.get("AGENSTRA_REQUIRE_CLIS") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+# The frame limit every tier's clients use (aiohttp's default would be 4 MiB).
+FRAME_OPTIONS = {"websocket_extra_options": {"max_msg_size": MAX_FRAME_BYTES}}
 
 
 @dataclass
@@ -145,7 +165,7 @@ class AgentsClient:
     """A python-socketio client on the manager's `/agents` namespace."""
 
     def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
+        self.sio = socketio.AsyncClient(reconnection=False, **FRAME_OPTIONS)
         self.log = EventLog()
         self.sio.on("*", self.log.record, namespace=AGENTS_NAMESPACE)
         self.sio.on(
@@ -202,6 +222,12 @@ class AgentsClient:
         await self.sio.disconnect()
 
 
+def events_of(client: AgentsClient, correlation_id: str, kind: str | None = None) -> list:
+    """The `chatEvent`s of one turn (of one kind) that `client` received."""
+    return [e for e in client.log.of(ManagerEvent.CHAT_EVENT)
+            if e["correlationId"] == correlation_id and (kind is None or e["kind"] == kind)]
+
+
 def assert_seq_complete(messages: list[dict[str, Any]], first: int = 1) -> None:
     """Messages are exactly seq first, first+1, ... with no gap and no duplicate."""
     assert [m["seq"] for m in messages] == list(range(first, first + len(messages)))
@@ -211,7 +237,7 @@ class FrontendClient:
     """A python-socketio client on the controller's `/clients` namespace, as a kernel uses it."""
 
     def __init__(self) -> None:
-        self.sio = socketio.AsyncClient(reconnection=False)
+        self.sio = socketio.AsyncClient(reconnection=False, **FRAME_OPTIONS)
         self.log = EventLog()
         self.sio.on("*", self.log.record, namespace=CLIENTS_NAMESPACE)
         self.sio.on("connect_error", lambda data: self.log.record("connect_error", data),
@@ -266,6 +292,16 @@ class FrontendClient:
 
     async def close(self) -> None:
         await self.sio.disconnect()
+
+
+async def login_cookie(jupyter: Any) -> str:
+    """Log in through Jupyter's login page, as a browser does; return the Cookie header."""
+    async with httpx.AsyncClient(base_url=jupyter.url) as http:
+        page = await http.get(f"{jupyter.base_url}login")
+        xsrf = page.cookies["_xsrf"]
+        await http.post(f"{jupyter.base_url}login",
+                        data={"password": jupyter.token, "_xsrf": xsrf})
+        return "; ".join(f"{name}={value}" for name, value in http.cookies.items())
 
 
 # -- a secret in every config field (tests/test_secrets.py, tests/test_hostile.py) --------
@@ -338,6 +374,19 @@ MASKED_CONFIG = {
 def leaked(text: str | bytes) -> list[str]:
     data = text.encode() if isinstance(text, str) else text
     return [name for name, value in SECRETS.items() if value.encode() in data]
+
+
+def stored_secrets(data_dir: Path) -> list[str]:
+    """The plaintext agent passwords and manager API keys a controller keeps (sealed)."""
+    import sqlite3
+
+    from cryptography.fernet import Fernet
+
+    with sqlite3.connect(data_dir / "controller.sqlite") as registry:
+        sealed = [row[0] for row in registry.execute("select password from agent_credentials")]
+        sealed += [row[0] for row in registry.execute("select api_key from clients")]
+    box = Fernet((data_dir / "controller.key").read_bytes().strip())
+    return [box.decrypt(token.encode()).decode() for token in sealed]
 
 
 def database_bytes(path: Path) -> bytes:

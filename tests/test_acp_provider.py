@@ -8,15 +8,7 @@ from agenstra_jupyter.protocol import ChatEventKind, ManagerEvent
 
 from .fakes import ACP_AGENT_COMMAND
 from .fakes.vendors import Reply
-from .helpers import AgentsClient
-from .test_cli_providers import (  # noqa: F401  (fixtures)
-    CLI_BIN,
-    SECRET,
-    cli_manager,
-    events_of,
-    need_cli,
-    vendor,
-)
+from .helpers import CLI_BIN, SECRET, AgentsClient, events_of, need_cli
 
 
 async def acp_agent(manager, name: str, **config) -> tuple[dict, AgentsClient]:
@@ -102,7 +94,7 @@ async def test_acp_config_is_validated(manager):
             assert response.status_code == 400 and message in response.json()["message"]
 
 
-async def test_real_claude_agent_acp_adapter(cli_manager, vendor):  # noqa: F811
+async def test_real_claude_agent_acp_adapter(cli_manager, vendor):
     need_cli("claude-agent-acp")
     vendor.script(Reply(text="Answer through the ACP adapter."))
     config = {"command": [str(CLI_BIN / "claude-agent-acp")],

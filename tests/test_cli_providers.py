@@ -13,38 +13,18 @@ import os
 import shutil
 from pathlib import Path
 
-import pytest
-
 from agenstra_jupyter.protocol import ChatEventKind, ManagerEvent
 
 from .fakes.vendors import FakeVendor, Reply, ToolUse
-from .helpers import AgentsClient, assert_seq_complete
-
-CLI_BIN = Path(os.environ.get("AGENSTRA_TEST_CLI_BIN", "/var/tmp/agenstra-clis/node_modules/.bin"))
-FAKE_BIN = Path(__file__).parent / "fakes" / "bin"
-SECRET = "sk-test-secret-4f9a1c"  # a provider key that must never show up anywhere
-
-
-def need_cli(name: str):
-    if (CLI_BIN / name).exists():
-        return
-    reason = f"the {name} CLI is not installed in {CLI_BIN} (scripts/test.sh installs it)"
-    if os.environ.get("AGENSTRA_REQUIRE_CLIS") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def vendor():
-    fake = FakeVendor().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture
-def cli_manager(start_manager):
-    path = f"{CLI_BIN}:{FAKE_BIN}:{os.environ['PATH']}"
-    return start_manager(env={"PATH": path})
+from .helpers import (
+    CLI_BIN,
+    FAKE_BIN,
+    SECRET,
+    AgentsClient,
+    assert_seq_complete,
+    events_of,
+    need_cli,
+)
 
 
 def claude_config(vendor: FakeVendor, **extra) -> dict:
@@ -58,11 +38,6 @@ async def cli_agent(manager, name: str, config: dict) -> tuple[dict, AgentsClien
     client = await AgentsClient().connect(manager)
     await client.login(agent)
     return agent, client
-
-
-def events_of(client: AgentsClient, correlation_id: str, kind: str | None = None) -> list:
-    return [e for e in client.log.of(ManagerEvent.CHAT_EVENT)
-            if e["correlationId"] == correlation_id and (kind is None or e["kind"] == kind)]
 
 
 def deltas(client: AgentsClient, correlation_id: str) -> str:
@@ -112,7 +87,7 @@ async def test_claude_tool_call_and_result(cli_manager, vendor):
     assert result["payload"]["toolCallId"] == call["payload"]["toolCallId"]
     assert "tool-output" in result["payload"]["result"]
     kinds = [p["kind"] for p in answer["response"]["parts"]]
-    assert kinds == ["toolCall", "toolResult", "text"]  # tool events are stored with it
+    assert kinds == ["toolCall", "toolResult"]  # tool events are stored; the text once, as result
     await client.close()
 
 

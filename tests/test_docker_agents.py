@@ -17,15 +17,7 @@ import pytest
 from agenstra_jupyter.protocol import ChatEventKind
 
 from .fakes.vendors import Reply
-from .helpers import AgentsClient
-from .test_cli_providers import (  # noqa: F401  (fixtures)
-    CLI_BIN,
-    SECRET,
-    cli_manager,
-    events_of,
-    need_cli,
-    vendor,
-)
+from .helpers import CLI_BIN, SECRET, AgentsClient, events_of, need_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_available")]
 
@@ -72,7 +64,7 @@ async def docker_agent(manager, name: str, provider: str, config: dict, image: s
     return agent, client
 
 
-async def test_claude_cli_in_a_container(cli_manager, vendor, agent_image):  # noqa: F811
+async def test_claude_cli_in_a_container(cli_manager, vendor, agent_image):
     vendor.script(Reply(text="Hello from inside the container."))
     config = {"preset": "claude",
               "env": {"ANTHROPIC_BASE_URL": vendor.url, "ANTHROPIC_API_KEY": SECRET},
@@ -88,7 +80,7 @@ async def test_claude_cli_in_a_container(cli_manager, vendor, agent_image):  # n
     await client.close()
 
 
-async def test_acp_agent_in_a_container(cli_manager, agent_image):  # noqa: F811
+async def test_acp_agent_in_a_container(cli_manager, agent_image):
     config = {"command": ["python3", "/opt/acp_agent.py"], "network": "none"}
     agent, client = await docker_agent(cli_manager, "boxedacp", "acp", config, agent_image)
     assert (await client.chat("hello"))["response"]["result"] == "Hello from ACP"

@@ -77,12 +77,20 @@ def test_manager_killed_during_a_burst_and_a_streaming_turn(server):
                                                                            strict=True)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)
-    os.kill(server.manager_pid(), signal.SIGKILL)  # mid-burst, mid-stream
+    wait_for(lambda: len(answers) >= 4)  # the burst is under way ...
+    os.kill(server.manager_pid(), signal.SIGKILL)  # ... and killed in its middle, mid-stream
+    with sqlite3.connect(manager_db(server)) as db:  # what the dead manager had stored
+        stored_at_kill = db.execute("select count(*) from messages where agent_id = ?",
+                                    (bursting[0].id,)).fetchone()[0]
+    answered_at_kill = len(answers)
     for thread in threads:
         thread.join(180)
     assert sorted(answers) == sorted(f"Echo: {t}{n}" for t in "ab" for n in range(15))
     rows = check_database(server, bursting[0].id)
+    # The kill landed mid-burst: part of the burst was stored and answered before it, the
+    # rest only by the restarted manager.
+    assert 4 <= answered_at_kill < 30 and 8 <= stored_at_kill < len(rows) == 60, (
+        answered_at_kill, stored_at_kill, len(rows))
     for agent in bursting:
         wait_for(lambda agent=agent: agent.last_seq == len(rows))
         assert [m["seq"] for m in agent.messages] == [r[0] for r in rows]

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import httpx
 import pytest
 import socketio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from agenstra_jupyter.protocol import ErrorCode
+from agenstra_jupyter.protocol import MAX_FRAME_BYTES, ErrorCode
 
 from .conftest import start_jupyter, stop_jupyter
-from .helpers import database_bytes, leaked, secret_config
+from .helpers import database_bytes, leaked, secret_config, stored_secrets
 
 FUZZ = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -97,20 +98,25 @@ def test_fuzzed_manager_rest_is_refused(fuzz_manager, body, path):
 
 
 def test_deep_nesting_and_garbage_frames_do_not_take_the_manager_down(fuzz_manager):
-    deep: object = "x"
-    for _ in range(5000):
-        deep = [deep]
-    attacker = socketio.SimpleClient()
-    attacker.connect(fuzz_manager.url, namespace="/agents", transports=["websocket"],
-                     auth={"apiKey": fuzz_manager.api_key})
-    try:
-        attacker.emit("chat", {"message": deep})
-        attacker.receive(timeout=5)
-    except (socketio.exceptions.TimeoutError, socketio.exceptions.DisconnectedError,
-            RecursionError, ValueError):
-        pass  # refused or dropped: either way, only this socket is affected
-    finally:
-        attacker.disconnect()
+    # Built by hand: the client's own json.dumps would refuse this depth and send nothing.
+    deep = "[" * 5000 + '"x"' + "]" * 5000
+    frames = [f'2/agents,["chat",{{"message":{deep}}}]', '2/agents,["chat",{"message":',
+              "2/agents,", "9 not a packet", '2/agents,["' + "\\u" + 'zz"]']
+    for frame in frames:
+        attacker = socketio.SimpleClient(reconnection=False)
+        attacker.connect(fuzz_manager.url, namespace="/agents", transports=["websocket"],
+                         auth={"apiKey": fuzz_manager.api_key})
+        try:
+            attacker.client.eio.send(frame)  # one raw Socket.IO packet
+            # The sentinel: a request answered only after the garbage before it was handled
+            # (or the socket is gone). Silence would mean the manager choked on it.
+            attacker.emit("cancel", {})
+            name, reply = attacker.receive(timeout=10)
+            assert name == "error" and reply["code"], (frame[:40], name, reply)
+        except socketio.exceptions.DisconnectedError:
+            pass  # dropped: only this socket is affected
+        finally:
+            attacker.disconnect()
     health = httpx.get(f"{fuzz_manager.url}/api/health",
                        headers={"Authorization": f"Bearer {fuzz_manager.api_key}"})
     assert health.json()["status"] == "ok"
@@ -126,8 +132,8 @@ def guarded_server(tmp_path_factory):
     stop_jupyter(server)
 
 
-def frontend(server) -> socketio.SimpleClient:
-    client = socketio.SimpleClient()
+def frontend(server, reconnection: bool = True) -> socketio.SimpleClient:
+    client = socketio.SimpleClient(reconnection=reconnection)
     client.connect(f"{server.url}?token={server.token}", namespace="/clients",
                    socketio_path="jp/agenstra/socket.io", transports=["websocket"])
     return client
@@ -139,24 +145,151 @@ def rest(server, method: str, path: str, **kwargs) -> httpx.Response:
                          **kwargs)
 
 
+# -- the controller's socket, fuzzed past setClient -----------------------------------------
+
+ERROR_CODES = {value for name, value in vars(ErrorCode).items() if name.isupper()}
+TARGET = "<the fuzz target>"  # stands for the id of an echo agent with stored credentials
+after_seqs = (st.integers() | st.integers(min_value=2**63 - 2, max_value=2**64)
+              | st.integers(min_value=10**22, max_value=10**23)
+              | st.sampled_from(["12", "\uff11\uff12"]) | json_values)  # 12 in fullwidth digits
+login_payloads = st.fixed_dictionaries({}, optional={
+    "afterSeq": after_seqs, "password": json_values, "agentId": json_values,
+    "agentName": json_values})
+
+
+def mostly(good, bad, odds: int = 4):
+    """`good`, `odds` times as often as `bad`: enough well-formed requests to get through."""
+    return st.integers(0, odds).flatmap(lambda pick: bad if pick == 0 else good)
+
+
+chat_payloads = st.fixed_dictionaries(
+    {"message": mostly(st.text(min_size=1, max_size=200), json_values)},
+    optional={"correlationId": mostly(st.text(min_size=1, max_size=64),
+                                      st.text(max_size=140) | json_values),
+              "stream": mostly(st.booleans(), json_values)})
+# Mostly the agent whose credentials are stored (the link opens, the login is real).
+agent_ids = mostly(st.just(TARGET), st.text(max_size=70) | json_values)
+FORWARDED = ["login", "chat", "cancel", "logout", "permissionResponse"]
+login_forwards = st.fixed_dictionaries({"event": st.just("login"), "agentId": agent_ids},
+                                       optional={"payload": login_payloads})
+chat_forwards = st.fixed_dictionaries({"event": st.just("chat"), "agentId": agent_ids,
+                                       "payload": chat_payloads})
+other_forwards = st.fixed_dictionaries(
+    {"event": st.sampled_from(FORWARDED) | st.text(max_size=70)},
+    optional={"agentId": agent_ids, "payload": shaped_payloads})
+controller_requests = st.one_of(
+    st.tuples(st.just("forward"), login_forwards),
+    st.tuples(st.just("forward"), login_forwards),
+    st.tuples(st.just("forward"), chat_forwards),
+    st.tuples(st.just("forward"), chat_forwards),
+    st.tuples(st.just("forward"), other_forwards),
+    st.tuples(st.just("forward"), shaped_payloads),
+    st.tuples(st.just("setClient"), shaped_payloads | st.just({"clientId": "local"})),
+    st.tuples(controller_events, shaped_payloads),
+)
+
+
 @pytest.fixture(scope="module")
-def controller_socket(guarded_server):
-    client = frontend(guarded_server)
+def fuzz_server(tmp_path_factory):
+    """No rate limits here, so the fuzzed requests reach login, afterSeq and links."""
+    server = start_jupyter(tmp_path_factory.mktemp("fuzzc"), {
+        "AGENSTRA_CHAT_RATE": "0", "AGENSTRA_LOGIN_RATE": "0", "AGENSTRA_EVENT_RATE": "0",
+        "AGENSTRA_DEFAULT_PROVIDER": "echo"})
+    agents = {}
+    for name in ("fuzz-target", "bystander"):
+        created = rest(server, "POST", "/clients/local/agents",
+                       json={"name": name, "provider": "echo"})
+        assert created.status_code == 201, created.text
+        agents[name] = created.json()["id"]
+    server.agents = agents
+    yield server
+    stop_jupyter(server)
+
+
+@pytest.fixture(scope="module")
+def fuzzer(fuzz_server):
+    client = frontend(fuzz_server, reconnection=False)  # so a drop shows
+    assert client.call("setClient", {"clientId": "local"}) == {"ok": True}
     yield client
     client.disconnect()
 
 
-@FUZZ
-@given(event=controller_events, payload=shaped_payloads)
-def test_fuzzed_controller_events_are_refused(guarded_server, controller_socket, event,
-                                              payload):
-    before = rest(guarded_server, "GET", "/clients").json()
-    ack = controller_socket.call(event, payload, timeout=30)
-    if ack.get("ok"):  # a well-formed setClient {clientId: "local"} may be generated
-        assert event == "setClient" and payload == {"clientId": "local"}
-    else:
-        assert ack["error"]["code"] and ack["error"]["message"]
-    assert rest(guarded_server, "GET", "/clients").json() == before
+class Bystander:
+    """Another frontend socket on the same server, logged into its own agent."""
+
+    def __init__(self, server) -> None:
+        self.agent = server.agents["bystander"]
+        self.socket = frontend(server, reconnection=False)
+        assert self.socket.call("setClient", {"clientId": "local"}) == {"ok": True}
+        ack = self.socket.call("forward", {"event": "login", "agentId": self.agent}, timeout=30)
+        assert ack == {"ok": True}
+        self.turns = 0
+
+    def check(self) -> None:
+        """One turn of its own: answered, and nothing but its own agent's traffic before it."""
+        self.turns += 1
+        correlation = f"bystander-{self.turns}"
+        ack = self.socket.call("forward", {"event": "chat", "agentId": self.agent, "payload": {
+            "message": f"still here {self.turns}", "correlationId": correlation}}, timeout=30)
+        assert ack == {"ok": True}
+        while True:
+            name, payload = self.socket.receive(timeout=30)
+            assert name in ("forwardedEvent", "clientSet"), (name, payload)
+            if name == "clientSet":
+                continue
+            assert payload["agentId"] == self.agent and payload["clientId"] == "local"
+            message = payload["payload"]
+            if (payload["event"] == "chatMessage" and message["from"] == "agent"
+                    and message["correlationId"] == correlation):
+                assert message["response"]["result"] == f"Echo: still here {self.turns}"
+                return
+
+
+@pytest.fixture(scope="module")
+def bystander(fuzz_server):
+    watcher = Bystander(fuzz_server)
+    yield watcher
+    watcher.socket.disconnect()
+
+
+@settings(FUZZ, max_examples=120)
+@given(request=controller_requests)
+def test_fuzzed_controller_requests_after_set_client(fuzz_server, fuzzer, bystander, request):
+    name, payload = request
+    if isinstance(payload, dict) and payload.get("agentId") == TARGET:
+        payload = {**payload, "agentId": fuzz_server.agents["fuzz-target"]}
+    before = rest(fuzz_server, "GET", "/clients").json()
+    ack = fuzzer.call(name, payload, timeout=60)  # answered, not left hanging
+    assert isinstance(ack, dict) and isinstance(ack.get("ok"), bool), ack
+    forwarded = payload.get("event") if name == "forward" and isinstance(payload, dict) else ""
+    event(f"{name if name in ('forward', 'setClient') else '*'} "
+          f"{forwarded if forwarded in FORWARDED else '*'}: "
+          f"{'ok' if ack['ok'] else ack['error']['code']}")  # --hypothesis-show-statistics
+    if not ack["ok"]:
+        assert ack["error"]["code"] in ERROR_CODES and ack["error"]["message"], ack
+        assert ack["error"]["code"] != ErrorCode.INTERNAL, ack  # refused, not crashed
+    if name == "setClient" and ack["ok"]:
+        assert payload["clientId"] == "local"  # no other client exists
+    assert rest(fuzz_server, "GET", "/clients").json() == before
+    assert fuzzer.connected
+    bystander.check()  # another socket of the same server is unaffected
+
+
+def test_fuzzed_controller_socket_still_works(fuzz_server, fuzzer):
+    """After all that, the fuzzing socket itself still logs in and chats."""
+    agent = fuzz_server.agents["fuzz-target"]
+    assert fuzzer.call("setClient", {"clientId": "local"}) == {"ok": True}
+    assert fuzzer.call("forward", {"event": "login", "agentId": agent}, timeout=30) == {
+        "ok": True}
+    assert fuzzer.call("forward", {"event": "chat", "agentId": agent, "payload": {
+        "message": "after the fuzz", "correlationId": "after-fuzz"}}, timeout=30) == {"ok": True}
+    while True:
+        name, payload = fuzzer.receive(timeout=30)
+        if (name == "forwardedEvent" and payload["event"] == "chatMessage"
+                and payload["payload"]["correlationId"] == "after-fuzz"
+                and payload["payload"]["from"] == "agent"):
+            assert payload["payload"]["response"]["result"] == "Echo: after the fuzz"
+            break
 
 
 @FUZZ
@@ -170,16 +303,26 @@ def test_fuzzed_controller_rest_is_refused(guarded_server, body):
     assert rest(guarded_server, "GET", "/clients/local/agents").json() == before
 
 
-def test_an_oversize_frame_drops_only_that_socket(guarded_server, controller_socket):
-    attacker = frontend(guarded_server)
+def test_an_oversize_frame_drops_only_that_socket(guarded_server):
+    bystander = frontend(guarded_server)
+    attacker = frontend(guarded_server, reconnection=False)  # a drop is final
     try:
-        attacker.call("forward", {"event": "chat", "payload": {"message": "z" * 400_000}},
-                      timeout=5)
-    except (socketio.exceptions.TimeoutError, socketio.exceptions.DisconnectedError):
-        pass
+        assert attacker.call("setClient", {"clientId": "local"}) == {"ok": True}
+        # Over max_message_bytes but within the frame limit: refused, the socket stays.
+        big = attacker.call("forward", {"event": "chat", "agentId": "x",
+                                        "payload": {"message": "z" * 400_000}}, timeout=30)
+        assert big["error"]["code"] == ErrorCode.PAYLOAD_TOO_LARGE and attacker.connected
+        # Over the frame limit every tier shares: the transport drops that socket.
+        attacker.emit("forward", {"event": "chat", "agentId": "x",
+                                  "payload": {"message": "z" * (MAX_FRAME_BYTES + 1)}})
+        deadline = time.monotonic() + 30
+        while attacker.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not attacker.connected, "the oversize frame did not drop its socket"
     finally:
         attacker.disconnect()
-    assert controller_socket.call("setClient", {"clientId": "local"}) == {"ok": True}
+    assert bystander.call("setClient", {"clientId": "local"}) == {"ok": True}
+    bystander.disconnect()
 
 
 def test_floods_and_caps(guarded_server):
@@ -219,21 +362,12 @@ def test_no_secret_in_logs_events_or_rest(guarded_server):
     client.call("forward", {"event": "chat", "agentId": agent["id"],
                             "payload": {"message": "hi", "correlationId": "s1"}}, timeout=30)
     events = []
-    try:
-        while True:
-            events.append(client.receive(timeout=1))
-    except socketio.exceptions.TimeoutError:
-        pass
+    while not any(e[0] == "forwardedEvent" and e[1]["event"] == "chatMessage"
+                  and e[1]["payload"]["from"] == "agent" for e in events):
+        events.append(client.receive(timeout=30))  # up to the turn's answer, all of it
     client.disconnect()
-    assert any(e[1].get("event") == "chatMessage" for e in events if e[0] == "forwardedEvent")
     data_dir = guarded_server.data_dir
-    registry = sqlite3.connect(data_dir / "controller.sqlite")
-    encrypted = [row[0] for row in registry.execute("select password from agent_credentials")]
-    encrypted += [row[0] for row in registry.execute("select api_key from clients")]
-    from cryptography.fernet import Fernet
-
-    box = Fernet((data_dir / "controller.key").read_bytes().strip())
-    secrets = [box.decrypt(token.encode()).decode() for token in encrypted]
+    secrets = stored_secrets(data_dir)
     seen = json.dumps(events) + (data_dir.parent / "jupyter.log").read_text()
     for path in ("/clients", "/clients/local", "/clients/local/agents",
                  f"/clients/local/agents/{agent['id']}",

@@ -29,8 +29,7 @@ from agenstra_jupyter.protocol import ChatEventKind
 
 from .conftest import TEST_IMAGE, start_jupyter, stop_jupyter
 from .fakes.vendors import Reply, ToolUse
-from .helpers import AgentsClient
-from .test_cli_providers import CLI_BIN, need_cli, vendor  # noqa: F401
+from .helpers import CLI_BIN, AgentsClient, need_cli
 
 needs_bwrap = pytest.mark.usefixtures("sandbox_available")
 MARK = secrets.token_hex(6)
@@ -270,7 +269,7 @@ def test_other_agents_workspaces_are_invisible(machine):
 
 
 @needs_bwrap
-async def test_real_claude_code_asked_to_escape_gets_nothing(start_manager, vendor):  # noqa: F811
+async def test_real_claude_code_asked_to_escape_gets_nothing(start_manager, vendor):
     need_cli("claude")
     home = Path(f"/home/agenstra-cli-{MARK}")
     (home / ".ssh").mkdir(parents=True, mode=0o700)

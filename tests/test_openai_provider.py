@@ -7,11 +7,10 @@ import json
 from agenstra_jupyter.protocol import ChatEventKind, ManagerEvent
 
 from .fakes.vendors import Reply, ToolUse
-from .helpers import AgentsClient
-from .test_cli_providers import SECRET, events_of, vendor  # noqa: F401  (fixture)
+from .helpers import SECRET, AgentsClient, events_of
 
 
-async def openai_agent(manager, vendor, name="gpt", **config):  # noqa: F811
+async def openai_agent(manager, vendor, name="gpt", **config):
     config = {"model": "gpt-test", "baseUrl": f"{vendor.url}/v1",
               "env": {"OPENAI_API_KEY": SECRET}, **config}
     agent = await manager.create_agent(name=name, provider="openai", config=config)
@@ -20,7 +19,7 @@ async def openai_agent(manager, vendor, name="gpt", **config):  # noqa: F811
     return agent, client
 
 
-async def test_streams_and_sends_the_conversation(manager, vendor):  # noqa: F811
+async def test_streams_and_sends_the_conversation(manager, vendor):
     vendor.script(Reply(text="First answer, streamed."), Reply(text="Second."))
     _, client = await openai_agent(manager, vendor, system="Be brief.")
     first = await client.chat("question one", correlationId="a")
@@ -43,7 +42,7 @@ async def test_streams_and_sends_the_conversation(manager, vendor):  # noqa: F81
     await client.close()
 
 
-async def test_history_is_bounded_by_turns(manager, vendor):  # noqa: F811
+async def test_history_is_bounded_by_turns(manager, vendor):
     _, client = await openai_agent(manager, vendor, historyTurns=1)
     for n in range(3):
         await client.chat(f"q{n}")
@@ -52,7 +51,7 @@ async def test_history_is_bounded_by_turns(manager, vendor):  # noqa: F811
     await client.close()
 
 
-async def test_rate_limit_and_server_errors_are_retried(manager, vendor):  # noqa: F811
+async def test_rate_limit_and_server_errors_are_retried(manager, vendor):
     vendor.script(Reply(status=429, retry_after=0), Reply(status=503, retry_after=0),
                   Reply(text="third time lucky"))
     _, client = await openai_agent(manager, vendor)
@@ -63,7 +62,7 @@ async def test_rate_limit_and_server_errors_are_retried(manager, vendor):  # noq
     await client.close()
 
 
-async def test_errors_end_the_turn_with_a_short_message(manager, vendor):  # noqa: F811
+async def test_errors_end_the_turn_with_a_short_message(manager, vendor):
     vendor.script(Reply(status=400, error_message="model not found: gpt-test"),
                   *[Reply(status=500, retry_after=0)] * 3,
                   Reply(text="cut short", cut_after=2), Reply(text="never used"))
@@ -78,7 +77,7 @@ async def test_errors_end_the_turn_with_a_short_message(manager, vendor):  # noq
     await client.close()
 
 
-async def test_unreachable_endpoint_and_tool_calls(manager, vendor):  # noqa: F811
+async def test_unreachable_endpoint_and_tool_calls(manager, vendor):
     _, offline = await openai_agent(manager, vendor, name="offline",
                                     baseUrl="http://127.0.0.1:9/v1", maxRetries=1)
     answer = await offline.chat("hi")
@@ -94,7 +93,7 @@ async def test_unreachable_endpoint_and_tool_calls(manager, vendor):  # noqa: F8
     await client.close()
 
 
-async def test_cancel_a_slow_stream(manager, vendor):  # noqa: F811
+async def test_cancel_a_slow_stream(manager, vendor):
     vendor.script(Reply(text="slow " * 50, chunk_delay=0.2), Reply(text="after"))
     _, client = await openai_agent(manager, vendor)
     await client.emit(ManagerEvent.CHAT, {"message": "go", "correlationId": "s"})

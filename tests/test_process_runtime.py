@@ -23,6 +23,7 @@ async def test_commands_run_in_the_agents_workspace(manager):
     home = manager.data_dir / "agents" / agent["id"] / "home"
     assert answer["response"]["result"] == f"{workspace}\n{home}\nouterr\n[exit code 0]"
     assert answer["response"]["exitCode"] == 0
+    assert answer["response"]["format"] == "text"  # command output: shown preformatted
     await client.close()
 
 
