@@ -319,7 +319,7 @@ class AgenstraClient:
         self._closed = False
         self._redial_task: asyncio.Future[None] | None = None
         self._context = client_id  # the controller's current client for this socket
-        self._loop.run(self._connect(), 60)
+        self._loop.run(self._connect(), 120)  # longer than the dial and restore waits
 
     @property
     def connected(self) -> bool:
@@ -341,6 +341,13 @@ class AgenstraClient:
         self._sio = self._socket()
         self._restored, self._failed = asyncio.Event(), asyncio.Event()
         try:
+            await self._dial_and_restore()
+        except BaseException:  # refused, timed out or cancelled: no socket left redialling
+            await self._sio.shutdown()
+            raise
+
+    async def _dial_and_restore(self) -> None:
+        try:
             await self._dial()
         except socketio.exceptions.ConnectionError as exc:
             raise _fresh(self._failure) or AgenstraError(
@@ -348,7 +355,6 @@ class AgenstraClient:
                 f"Cannot connect to the controller at {self._where}: {exc}") from None
         await asyncio.wait_for(self._restored.wait(), 60)
         if (error := self._restore_error) is not None:  # e.g. no such manager: of no use
-            await self._sio.shutdown()
             raise AgenstraError(error.code, f"Cannot use manager {self.client_id!r} of "
                                             f"{self._where}: {error.message}")
 

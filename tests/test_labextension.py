@@ -421,13 +421,21 @@ def scroll_of(page) -> dict:
 
 def scroll_up(page, pixels: int = 600) -> None:
     """The user turns the mouse wheel over the transcript (once there is room to scroll)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.wait_for_function(AT_BOTTOM)
     page.wait_for_function(f"() => {{ const n = document.querySelector('{TRANSCRIPT}');"
                            f" return n.scrollHeight > n.clientHeight + {pixels}; }}")
     box = page.locator(TRANSCRIPT).bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.wheel(0, -pixels)
-    page.wait_for_selector(JUMP)
+    for attempt in range(3):  # a wheel turned while late markdown still renders may not count
+        page.mouse.wheel(0, -pixels)
+        try:
+            page.wait_for_selector(JUMP, timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
     page.wait_for_timeout(300)  # the wheel's smooth scroll settles
 
 
