@@ -37,6 +37,7 @@ class ManagerEvent:
     CANCEL = "cancel"
     LOGOUT = "logout"
     LOGOUT_SUCCESS = "logoutSuccess"
+    PERMISSION_RESPONSE = "permissionResponse"
     ERROR = "error"
 
 
@@ -60,6 +61,29 @@ class ChatEventKind:
     TOOL_CALL = "toolCall"
     TOOL_RESULT = "toolResult"
     STATUS = "status"
+    PERMISSION_REQUEST = "permissionRequest"
+    PERMISSION_RESOLVED = "permissionResolved"
+    FILES_CHANGED = "filesChanged"
+
+
+# -- approvals (DESIGN.md "Approvals") -------------------------------------------------
+
+# What a tool call asking for permission does (ACP's ToolKind values).
+PERMISSION_KINDS = ("read", "edit", "delete", "move", "search", "execute", "fetch", "other")
+OPTION_KINDS = ("allow_once", "allow_always", "reject_once", "reject_always")
+PERMISSION_OUTCOMES = ("allowed", "rejected", "expired", "cancelled")
+DECIDERS = ("user", "policy", "timeout")
+# Agent config `permissions`: ask (reads inside the workspace allowed, the rest asks),
+# workspace (reads and edits inside allowed, the rest asks), allow, deny.
+PERMISSION_POLICIES = ("ask", "workspace", "allow", "deny")
+DEFAULT_PERMISSION_POLICY = "ask"
+# The options a request offers when its agent names none of its own.
+DEFAULT_PERMISSION_OPTIONS = (
+    {"optionId": "allow_once", "name": "Allow", "kind": "allow_once"},
+    {"optionId": "allow_always", "name": "Always allow", "kind": "allow_always"},
+    {"optionId": "reject_once", "name": "Reject", "kind": "reject_once"},
+    {"optionId": "reject_always", "name": "Always reject", "kind": "reject_always"},
+)
 
 
 class ErrorCode:
@@ -78,6 +102,7 @@ class ErrorCode:
     UNAVAILABLE = "UNAVAILABLE"  # the agent's runtime cannot serve this now
     # manager
     NOT_LOGGED_IN = "NOT_LOGGED_IN"
+    UNKNOWN_REQUEST = "UNKNOWN_REQUEST"  # a permissionResponse for no pending request
     # controller
     NO_CLIENT = "NO_CLIENT"
     UNKNOWN_CLIENT = "UNKNOWN_CLIENT"
@@ -99,6 +124,7 @@ HTTP_STATUS = {
     ErrorCode.CONFLICT: 409,
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.UNKNOWN_CLIENT: 404,
+    ErrorCode.UNKNOWN_REQUEST: 404,
     ErrorCode.REMOTE_UNAVAILABLE: 502,
 }
 
@@ -206,6 +232,16 @@ class LogoutRequest(_Request):
     pass
 
 
+class PermissionResponseRequest(_Request):
+    """A user's answer to a pending `permissionRequest`. The controller sets `user` (who
+    answered, from the Jupyter identity); a frontend's own `user` is replaced."""
+
+    requestId: str = Field(min_length=1, max_length=128)
+    optionId: str = Field(min_length=1, max_length=128)
+    agentId: str | None = Field(default=None, min_length=1, max_length=64)
+    user: str | None = Field(default=None, max_length=256)
+
+
 class AgentCreateRequest(_Request):
     """REST body creating an agent, on the manager and (forwarded) on the controller."""
 
@@ -215,6 +251,9 @@ class AgentCreateRequest(_Request):
     image: str | None = Field(default=None, min_length=1, max_length=256)
     config: dict[str, Any] = Field(default_factory=dict)
     description: str = Field(default="", max_length=2000)
+    # The folder the agent works in (DESIGN.md "Projects"): relative to the Jupyter root
+    # when sent to the controller, the resolved absolute path when sent to a manager.
+    project: str | None = Field(default=None, min_length=1, max_length=4096)
 
 
 class SetClientRequest(_Request):

@@ -29,6 +29,8 @@ agents = Table(
     Column("provider_state", JSON, nullable=False, default=dict),
     Column("created_at", String(32), nullable=False),
     Column("updated_at", String(32), nullable=False),
+    # The user's folder the agent works in (absolute, on this host); NULL: a private one.
+    Column("project", Text),
 )
 
 messages = Table(
@@ -43,6 +45,37 @@ messages = Table(
     Column("correlation_id", String(128), nullable=False),
     Column("created_at", String(32), nullable=False),
     Index("ix_messages_agent_seq", "agent_id", "seq", unique=True),
+)
+
+# Approvals (DESIGN.md "Approvals"): every request an agent made that a user was asked,
+# pending until answered, expired or cancelled; pending ones are sent again at each login.
+permission_requests = Table(
+    "permission_requests",
+    metadata,
+    Column("id", String(64), primary_key=True),  # the requestId
+    Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    # The chatEvent as it was sent (agentId, correlationId, kind, payload, sequence).
+    Column("event", JSON, nullable=False),
+    Column("state", String(16), nullable=False, default="pending"),  # or an outcome
+    Column("option_id", String(128)),
+    Column("decided_by", String(16)),  # user | policy | timeout
+    Column("user", String(256)),  # who answered, as the controller named them
+    Column("created_at", String(32), nullable=False),
+    Column("expires_at", String(32), nullable=False),
+    Column("resolved_at", String(32)),
+    Index("ix_permission_requests_agent_state", "agent_id", "state"),
+)
+
+# "Always" answers: one decision per agent and tool kind.
+permission_rules = Table(
+    "permission_rules",
+    metadata,
+    Column("agent_id", String(64), ForeignKey("agents.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("decision", String(8), nullable=False),  # allow | reject
+    Column("created_at", String(32), nullable=False),
 )
 
 
@@ -60,6 +93,7 @@ class AgentRecord:
     description: str = ""
     state: str = "stopped"
     provider_state: dict[str, Any] = field(default_factory=dict)
+    project: str | None = None
 
     @classmethod
     def from_row(cls, row: Any, **overrides: Any) -> AgentRecord:
@@ -76,6 +110,7 @@ class AgentRecord:
             "config": redact(self.config),
             "description": self.description,
             "state": self.state,
+            "project": self.project,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
         }

@@ -8,14 +8,25 @@ from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, literal, select, text, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    delete,
+    func,
+    insert,
+    inspect,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from .. import protocol
 from ..db import Database, Migration
 from ..secrets import SecretBox, SecretKeyError
 from .bounds import fit_stored
-from .models import AgentRecord, agents, messages
+from .models import AgentRecord, agents, messages, permission_requests, permission_rules
 
 
 class NameTaken(Exception):
@@ -44,9 +55,18 @@ def _v3_seal_configs(box: SecretBox, conn: Connection) -> None:
         conn.execute(update(agents).where(agents.c.id == row.id).values(config=sealed))
 
 
+def _v4_projects_and_approvals(conn: Connection) -> None:
+    # A new database has the column already (v1 creates today's `agents` table).
+    if "project" not in {column["name"] for column in inspect(conn).get_columns("agents")}:
+        conn.execute(text("ALTER TABLE agents ADD COLUMN project TEXT"))
+    permission_requests.create(conn)
+    permission_rules.create(conn)
+
+
 def migrations(box: SecretBox) -> list[Migration]:
     """The schema's steps; sealing the configs of older databases needs the key."""
-    return [_v1_initial, _v2_correlation_index, partial(_v3_seal_configs, box)]
+    return [_v1_initial, _v2_correlation_index, partial(_v3_seal_configs, box),
+            _v4_projects_and_approvals]
 
 
 def seal_config(box: SecretBox, config: dict[str, Any]) -> dict[str, str]:

@@ -13,6 +13,7 @@ from traitlets.config import LoggingConfigurable
 from ...protocol import ChatEventKind
 from ..bounds import TurnLimits, clip_text, wire_size
 from ..models import AgentRecord
+from ..permissions import AskPermission, PermissionAsk, Resolution, refuse_all
 from ..runtimes import Runtime
 
 # emit(kind, payload): send a transient `chatEvent` of the running turn to every subscriber.
@@ -30,6 +31,8 @@ class Turn:
     stream: bool
     emit: EmitEvent
     limits: TurnLimits = field(default_factory=TurnLimits)
+    # Asks before the agent acts (policy first, then the user); see permissions.py.
+    ask: AskPermission = refuse_all
 
 
 @dataclass
@@ -60,6 +63,7 @@ class TurnRecorder:
 
     def __init__(self, turn: Turn) -> None:
         self._emit = turn.emit
+        self._ask = turn.ask
         self._limits = turn.limits
         self._text: list[str] = []
         self._text_size = 0
@@ -120,6 +124,20 @@ class TurnRecorder:
             payload["result"] = _clip(result)
         if self._keep({"kind": ChatEventKind.TOOL_RESULT, **payload}):
             await self._emit(ChatEventKind.TOOL_RESULT, payload)
+
+    async def ask(self, request: PermissionAsk) -> Resolution:
+        """Ask before the agent acts; the outcome is kept as a `permission` part."""
+        resolution = await self._ask(request)
+        part = {"kind": "permission", "requestId": resolution.request_id,
+                "title": request.title, "toolKind": request.kind, "paths": request.paths,
+                "outcome": resolution.outcome, "by": resolution.by,
+                "optionId": resolution.option_id}
+        if request.tool_call_id:
+            part["toolCallId"] = request.tool_call_id
+        if resolution.user:
+            part["user"] = resolution.user
+        self._keep(part)
+        return resolution
 
     async def status(self, message: str) -> None:
         await self._emit(ChatEventKind.STATUS, {"message": message})
