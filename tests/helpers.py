@@ -393,3 +393,21 @@ def database_bytes(path: Path) -> bytes:
     """The database file and its -wal/-shm as they lie on disk, read byte for byte."""
     companions = [path.with_name(path.name + suffix) for suffix in ("", "-wal", "-shm")]
     return b"".join(p.read_bytes() for p in companions if p.exists())
+
+
+def permission_requests(client: AgentsClient, correlation_id: str | None = None) -> list:
+    """The `permissionRequest` events `client` received (of one turn)."""
+    return [e for e in client.log.of(ManagerEvent.CHAT_EVENT)
+            if e["kind"] == "permissionRequest"
+            and correlation_id in (None, e["correlationId"])]
+
+
+async def answer_requests(client: AgentsClient, option_id: str, count: int) -> list:
+    """Answer the next `count` permission requests with `option_id`, one at a time."""
+    asked = len(permission_requests(client))
+    for n in range(asked, asked + count):
+        requests = await client.log.wait_for(
+            lambda _, n=n: len(permission_requests(client)) > n and permission_requests(client))
+        await client.emit(ManagerEvent.PERMISSION_RESPONSE, {
+            "requestId": requests[n]["payload"]["requestId"], "optionId": option_id})
+    return permission_requests(client)[asked:]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from agenstra_jupyter.protocol import ChatEventKind, ManagerEvent
 
 from .fakes import ACP_AGENT_COMMAND
 from .fakes.vendors import Reply
-from .helpers import CLI_BIN, SECRET, AgentsClient, events_of, need_cli
+from .helpers import CLI_BIN, SECRET, AgentsClient, answer_requests, events_of, need_cli
 
 
 async def acp_agent(manager, name: str, **config) -> tuple[dict, AgentsClient]:
@@ -32,9 +33,13 @@ async def test_acp_streams_and_keeps_its_session(manager):
 
 
 async def test_acp_permissions_deny_writes_outside_the_workspace(manager):
-    agent, client = await acp_agent(manager, "acp2")
-    answer = await client.chat("files", correlationId="f")
+    # `workspace` allows edits inside; the one outside is the user's to answer: rejected.
+    agent, client = await acp_agent(manager, "acp2", permissions="workspace")
+    answer, [asked] = await asyncio.gather(client.chat("files", correlationId="f"),
+                                           answer_requests(client, "no", 1))
     assert answer["response"]["result"] == "outside=no inside=yes"
+    assert asked["payload"]["paths"] == ["/etc/agenstra-test.txt"]
+    assert asked["payload"]["kind"] == "edit"
     workspace = manager.data_dir / "workspaces" / agent["id"]
     assert (workspace / "note.txt").read_text() == "written inside\n"
     assert not Path("/etc/agenstra-test.txt").exists()
@@ -42,16 +47,20 @@ async def test_acp_permissions_deny_writes_outside_the_workspace(manager):
     results = events_of(client, "f", ChatEventKind.TOOL_RESULT)
     assert [c["payload"]["toolCallId"] for c in calls] == ["outside", "inside"]
     assert [r["payload"]["result"] for r in results] == ["refused", "written inside\n"]
-    statuses = [e["payload"]["message"] for e in events_of(client, "f", ChatEventKind.STATUS)]
-    assert "permission refused: write outside" in statuses
+    resolved = [(e["payload"]["outcome"], e["payload"]["by"])
+                for e in events_of(client, "f", ChatEventKind.PERMISSION_RESOLVED)]
+    assert resolved == [("rejected", "user"), ("allowed", "policy")]
     await client.close()
 
 
 async def test_acp_paths_are_judged_after_symlinks_and_commands_are_not_auto_approved(manager):
-    _, client = await acp_agent(manager, "acp-escape")
-    answer = await client.chat("escape")
-    # An edit through a link leading out, and any command, are refused; a read whose path
-    # resolves outside (the link's target) is refused too, and a symlink is never opened.
+    _, client = await acp_agent(manager, "acp-escape", permissions="workspace")
+    # An edit through a link leading out, any command, and a read whose path resolves
+    # outside (the link's target) are not approved by the policy: the user is asked (and
+    # rejects them); a symlink is never opened.
+    answer, asked = await asyncio.gather(client.chat("escape"),
+                                         answer_requests(client, "no", 3))
+    assert [a["payload"]["kind"] for a in asked] == ["edit", "execute", "read"]
     assert answer["response"]["result"] == (
         "edit-via-link=no execute=no read-inside=no write-via-link=error read-link=error")
     await client.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -56,6 +57,52 @@ async def test_a_version_1_database_is_migrated_and_keeps_its_data(tmp_path, box
         assert version == (len(migrations(box)),)
         assert db.execute("pragma journal_mode").fetchone() == ("wal",)
     assert "ix_messages_agent_correlation" in indexes(path)
+
+
+async def test_a_version_3_database_gets_projects_and_approvals(tmp_path, box):
+    from agenstra_jupyter.manager.store import seal_config
+
+    path = tmp_path / "v3.sqlite"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        _migrate(conn, migrations(box)[:3])  # what the release before projects created
+        conn.execute(text("alter table agents drop column project"))  # v1 made it without
+        conn.execute(text(
+            "insert into agents (id, name, provider, runtime, config, description, "
+            "password_hash, state, provider_state, created_at, updated_at) values "
+            "('a', 'old', 'acp', 'process', :config, '', 'h', 'running', '{}', 't', 't')"),
+            {"config": json.dumps(seal_config(box, {"command": ["x"], "env": {"K": "v"}}))})
+        conn.execute(text(
+            "insert into messages (id, agent_id, seq, sender, text, correlation_id, created_at) "
+            "values ('m1', 'a', 1, 'user', 'hello', 'c1', 't')"))
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        assert db.execute("select version from schema_version").fetchone() == (3,)
+
+    store = Store(f"sqlite:///{path}", box)
+    await store.open()
+    try:
+        agent = await store.get_agent("a")
+        assert (agent.name, agent.state, agent.project) == ("old", "running", None)
+        assert agent.config == {"command": ["x"], "env": {"K": "v"}}
+        assert (await store.user_message("a", "c1"))["text"] == "hello"
+        await store.create_permission_request("r1", "a", "c1", {"kind": "permissionRequest"},
+                                              "2030-01-01T00:00:00.000Z")
+        assert [r["id"] for r in await store.permission_requests("a", pending=True)] == ["r1"]
+        assert await store.settle_permission_request("r1", "allowed", "user", "yes", "ann")
+        assert not await store.settle_permission_request("r1", "rejected", "user")  # settled
+        await store.set_permission_rule("a", "edit", "allow")
+        await store.set_permission_rule("a", "edit", "reject")  # the newest answer stays
+        assert await store.permission_rule("a", "edit") == "reject"
+        assert await store.delete_agent("a")
+        assert await store.permission_requests() == []
+        assert await store.permission_rule("a", "edit") is None
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("select version from schema_version").fetchone() == (4,)
+        columns = {row[1] for row in db.execute("pragma table_info(agents)")}
+        assert "project" in columns
 
 
 async def test_a_newer_schema_is_refused(tmp_path, box):

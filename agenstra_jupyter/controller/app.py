@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,14 @@ class Controller:
         self._registry_open = False
         self._lock = asyncio.Lock()
 
+    @property
+    def root_dir(self) -> str:
+        """The Jupyter server's root: projects are folders relative to it."""
+        serverapp = self.app.serverapp
+        contents = getattr(serverapp, "contents_manager", None)
+        root = getattr(contents, "root_dir", None) or serverapp.root_dir
+        return os.path.realpath(os.path.expanduser(root))
+
     async def ready(self) -> None:
         """Open the registry and bring up the local manager, once."""
         async with self._lock:
@@ -220,7 +229,7 @@ class Controller:
         elif app.local_manager:
             if self.local is None:  # kept only once started: a retry starts it again
                 local = LocalManager(Path(app.data_dir) / "local-manager", app.manager_args,
-                                     self.log)
+                                     self.log, project_roots=[self.root_dir])
                 await local.start()
                 self.local = local
             await self.registry.set_local(self.local.endpoint, self.local.api_key)

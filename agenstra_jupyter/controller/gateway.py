@@ -67,6 +67,13 @@ def _user_of(environ: dict[str, Any]) -> str | None:
     return getattr(user, "username", None) or str(user)
 
 
+def _name_of(session: FrontendSession) -> str:
+    """The Jupyter user's name, as a permission answer records who gave it."""
+    user = getattr(session.handler, "current_user", None)
+    name = getattr(user, "username", None) or getattr(user, "name", None) or session.user
+    return str(name)[:256]
+
+
 async def _is_authorized(handler: Any, action: str) -> bool:
     """Ask Jupyter's authorizer now (never a cached answer), as jupyter_server's own handlers do."""
     return bool(await ensure_async(handler.authorizer.is_authorized(
@@ -220,6 +227,8 @@ class ClientsNamespace(socketio.AsyncNamespace):
         if not link.wanted and request.event != ManagerEvent.LOGOUT:
             await self._login(session, link, None)
         payload.pop("password", None)
+        if request.event == ManagerEvent.PERMISSION_RESPONSE:
+            payload["user"] = _name_of(session)  # who answered: Jupyter says, not the frontend
         if request.event == ManagerEvent.CHAT:
             self._log.info("forward chat client=%s agent=%s correlationId=%s", link.client_id,
                            link.agent_id, payload.get("correlationId"))

@@ -5,6 +5,7 @@ Jupyter authentication and XSRF apply as for any Jupyter API.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -14,10 +15,18 @@ from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from .. import protocol
+from ..manager.projects import relative_project, resolve_relative
 from ..protocol import AgenstraError, ErrorCode
 from ..redact import redact
 from ..rest_errors import JSONErrors
-from .manager_api import is_agent, is_agents, is_created_agent, is_messages, is_providers
+from .manager_api import (
+    is_agent,
+    is_agents,
+    is_created_agent,
+    is_health,
+    is_messages,
+    is_providers,
+)
 from .registry import ClientNameTaken, ClientRecord
 
 if TYPE_CHECKING:
@@ -61,14 +70,32 @@ class ControllerHandler(JSONErrors, APIHandler):
                                     "The manager rejected the stored API key") from None
             raise
 
+    def view(self, agent: dict[str, Any], credentials: bool) -> dict[str, Any]:
+        return agent_view(agent, credentials, self.controller.root_dir)
 
-def agent_view(agent: dict[str, Any], credentials: bool) -> dict[str, Any]:
-    """A manager's agent as this API shows it: never a password, its config masked.
+    async def project(self, client: ClientRecord, project: str) -> str:
+        """The project as its manager gets it: checked, absolute, symlinks resolved."""
+        health = await self.manager(client, "GET", "/api/health", shape=is_health)
+        if health.get("projects") is not True:
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD,
+                                "This manager cannot open your files: projects need a manager "
+                                "on this host that offers them (the local one)")
+        protected = [self.controller.app.data_dir]  # the registry and its key
+        path = await asyncio.to_thread(resolve_relative, self.controller.root_dir, project,
+                                       protected)
+        return str(path)
+
+
+def agent_view(agent: dict[str, Any], credentials: bool,
+               root: str | None = None) -> dict[str, Any]:
+    """A manager's agent as this API shows it: never a password, its config masked, its
+    project relative to the Jupyter `root` (what a frontend opens documents with).
 
     Masked again here: the manager may be an older or foreign one that masks less.
     """
     view = {key: value for key, value in agent.items() if key != "password"}
     view["config"] = redact(agent.get("config") or {})
+    view["project"] = relative_project(agent.get("project"), root) if root else None
     return {**view, "credentials": credentials}
 
 
@@ -143,22 +170,24 @@ class AgentsHandler(ControllerHandler):
         client = await self.client(client_id)
         agents = await self.manager(client, "GET", "/api/agents", shape=is_agents)
         known = await self.controller.registry.known_agents(client_id)
-        self.send([agent_view(agent, agent["id"] in known) for agent in agents])
+        self.send([self.view(agent, agent["id"] in known) for agent in agents])
 
     @web.authenticated
     @authorized
     async def post(self, client_id: str) -> None:
         request: protocol.AgentCreateRequest = self.body(protocol.AgentCreateRequest)
         client = await self.client(client_id)
+        body = request.model_dump(exclude_none=True)
+        if request.project is not None:
+            body["project"] = await self.project(client, request.project)
         created = await self.manager(
-            client, "POST", "/api/agents", json=request.model_dump(exclude_none=True),
-            shape=is_created_agent,
+            client, "POST", "/api/agents", json=body, shape=is_created_agent,
         )
         password = created.pop("password")
         await self.controller.registry.save_password(
             client_id, created["id"], created["name"], password
         )
-        self.send(agent_view(created, True), status=201)
+        self.send(self.view(created, True), status=201)
 
 
 class AgentHandler(ControllerHandler):
@@ -169,7 +198,7 @@ class AgentHandler(ControllerHandler):
         agent = await self.manager(client, "GET", f"/api/agents/{agent_id}",
                                    shape=is_agent)
         known = await self.controller.registry.known_agents(client_id)
-        self.send(agent_view(agent, agent_id in known))
+        self.send(self.view(agent, agent_id in known))
 
     @web.authenticated
     @authorized
@@ -195,7 +224,7 @@ class AgentActionHandler(ControllerHandler):
         agent = await self.manager(client, "POST", f"/api/agents/{agent_id}/{action}",
                                    shape=is_agent)
         known = await self.controller.registry.known_agents(client_id)
-        self.send(agent_view(agent, agent_id in known))
+        self.send(self.view(agent, agent_id in known))
 
 
 class MessagesHandler(ControllerHandler):

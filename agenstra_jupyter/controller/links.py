@@ -102,6 +102,9 @@ class ManagerLink:
     async def send(self, event: str, payload: Any) -> None:
         if not self.connected:
             raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
+        if event == ManagerEvent.PERMISSION_RESPONSE:
+            await self._call_answer(payload)  # its sender learns UNKNOWN_REQUEST from the ack
+            return
         if event != ManagerEvent.CHAT:
             await self._sio.emit(event, payload, namespace=protocol.AGENTS_NAMESPACE)
             return
@@ -139,6 +142,21 @@ class ManagerLink:
             # The manager's own reason, carried unchanged (NOT_LOGGED_IN, ...).
             raise AgenstraError.from_payload(error) or AgenstraError(
                 ErrorCode.INVALID_PAYLOAD, "The manager refused the message")
+
+    async def _call_answer(self, payload: Any) -> None:
+        """A permissionResponse, passing the manager's refusal (UNKNOWN_REQUEST: settled
+        already) back to the frontend that answered."""
+        try:
+            ack = await self._until_disconnected(self._sio.call(
+                ManagerEvent.PERMISSION_RESPONSE, payload, namespace=protocol.AGENTS_NAMESPACE,
+                timeout=ACK_TIMEOUT))
+        except (socketio.exceptions.SocketIOError, asyncio.TimeoutError, ConnectionError):
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE,
+                                "The manager did not confirm the answer") from None
+        if not (isinstance(ack, dict) and ack.get("ok")):
+            error = ack.get("error") if isinstance(ack, dict) else None
+            raise AgenstraError.from_payload(error) or AgenstraError(
+                ErrorCode.INVALID_PAYLOAD, "The manager refused the answer")
 
     async def _until_disconnected(self, awaitable: Awaitable[Any]) -> Any:
         """Await `awaitable`, failing with ConnectionError as soon as the link drops."""

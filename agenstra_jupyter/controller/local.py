@@ -38,8 +38,10 @@ class LocalManager:
         extra_args: Sequence[str],
         log: logging.Logger,
         restart_delay_max: float = 30.0,
+        project_roots: Sequence[str] = (),
     ) -> None:
         self.data_dir = data_dir
+        self.project_roots = list(project_roots)  # the Jupyter root: same host, same files
         self.api_key = secrets.token_urlsafe(32)
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -85,6 +87,8 @@ class LocalManager:
             *self._extra_args,
         ]
         env = {**os.environ, "AGENSTRA_API_KEY": self.api_key}
+        if self.project_roots:
+            env["AGENSTRA_PROJECT_ROOTS"] = os.pathsep.join(self.project_roots)
         # A session of its own, as Jupyter gives kernels: the terminal's Ctrl-C reaches the
         # server (which asks for confirmation), not the manager and its running turns.
         self._process = await asyncio.create_subprocess_exec(

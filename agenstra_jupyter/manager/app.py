@@ -23,8 +23,10 @@ from ..config import env_config
 from ..secrets import SecretBox, SecretKeyError, private_dir
 from .auth import KeyGate
 from .bounds import MAX_STORED_MESSAGE, QueueLimits, TurnLimits
+from .changes import FileWatch
 from .gateway import AgentsNamespace, bounded_socketio_handler
 from .lock import DataDirInUse, hold
+from .projects import PathList, ProjectPolicy
 from .providers import (
     AcpProvider,
     CliProvider,
@@ -114,12 +116,21 @@ class ManagerApp(Application):
         help="Bytes of waiting messages all agents together may hold; more chats are refused "
         "(RATE_LIMITED). AGENSTRA_MAX_QUEUED_BYTES.",
     ).tag(config=True, env="AGENSTRA_MAX_QUEUED_BYTES")
+    permission_timeout = Float(
+        600.0, help="Seconds an agent's permission request waits for a user's answer; then it "
+        "expires and counts as rejected. AGENSTRA_PERMISSION_TIMEOUT.",
+    ).tag(config=True, env="AGENSTRA_PERMISSION_TIMEOUT")
     bcrypt_rounds = Int(12, help="bcrypt cost for agent passwords (4-31).").tag(
         config=True, env="AGENSTRA_BCRYPT_ROUNDS"
     )
     parent_pid = Int(
         0, help="Exit when this process (the supervising Jupyter server) is gone; 0: never."
     ).tag(config=True)
+    project_roots = PathList(
+        help="Folders under which agents' projects (the user's own folders, DESIGN.md "
+        "'Projects') may lie; empty: projects are refused. The local manager a Jupyter server "
+        "starts gets the server's root. AGENSTRA_PROJECT_ROOTS (os.pathsep-separated)."
+    ).tag(config=True, env="AGENSTRA_PROJECT_ROOTS")
     runtime_classes = List(
         Type(klass=Runtime), [ProcessRuntime, DockerRuntime], help="Runtimes this manager offers."
     ).tag(config=True)
@@ -154,6 +165,12 @@ class ManagerApp(Application):
     def _default_key_file(self) -> str:
         return str(Path(self.data_dir) / "manager.key")
 
+    @validate("permission_timeout")
+    def _positive_timeout(self, proposal: dict[str, Any]) -> float:
+        if proposal["value"] <= 0:
+            raise ValueError("permission_timeout must be more than 0 seconds")
+        return proposal["value"]
+
     @validate("max_turn_text_bytes", "max_turn_parts_bytes", "max_queued_turns",
               "max_queued_bytes")
     def _positive(self, proposal: dict[str, Any]) -> int:
@@ -179,7 +196,7 @@ class ManagerApp(Application):
 
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
-        return [ManagerApp, *self.runtime_classes, *self.provider_classes]
+        return [ManagerApp, FileWatch, *self.runtime_classes, *self.provider_classes]
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -211,6 +228,8 @@ class ManagerApp(Application):
             provider_parent=self,
             turn_limits=self.turn_limits(),
             queue_limits=QueueLimits(self.max_queued_turns, self.max_queued_bytes),
+            projects=self._project_policy(runtimes),
+            permission_timeout=self.permission_timeout,
         )
         key = self.api_key or self._generated_key()
         sio = self.sio = socketio.AsyncServer(
@@ -317,6 +336,18 @@ class ManagerApp(Application):
                                            self.key_file]
             runtimes[cls.name] = runtime
         return runtimes
+
+    def _project_policy(self, runtimes: dict[str, Runtime]) -> ProjectPolicy:
+        """Projects must not hold the manager's own data, wherever it is configured."""
+        protected = [self.data_dir, self.key_file]
+        database = make_url(self.db)
+        if database.get_backend_name() == "sqlite" and database.database:
+            protected.append(database.database)
+        for runtime in runtimes.values():
+            if isinstance(runtime, ProcessRuntime):
+                protected += [runtime.workspace_root, str(runtime.agents_root),
+                              *runtime.protected_paths]
+        return ProjectPolicy(list(self.project_roots), protected)
 
     def _generated_key(self) -> str:
         key = secrets.token_urlsafe(32)

@@ -53,6 +53,21 @@ def clip_parts(parts: list[Any], limit: int) -> tuple[list[Any], bool]:
     return kept, False
 
 
+def clip_diff(diff: Any, text_bytes: int, entries: int = 16) -> list[dict[str, Any]]:
+    """An edit's `[{path, oldText, newText}]` with each text cut to `text_bytes` (a new
+    file's oldText is None) and at most `entries` files; anything else in it is dropped."""
+    if not isinstance(diff, list):
+        return []
+
+    def text(value: Any) -> str:
+        return clip_text(value if isinstance(value, str) else "", text_bytes)[0]
+
+    return [{"path": text(d.get("path")),
+             "oldText": None if d.get("oldText") is None else text(d["oldText"]),
+             "newText": text(d.get("newText"))}
+            for d in diff[:entries] if isinstance(d, dict)]
+
+
 @dataclass(frozen=True)
 class TurnLimits:
     """Wire bytes of text and of parts (tool calls, results) one answer keeps and sends."""

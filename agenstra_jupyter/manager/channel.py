@@ -17,7 +17,9 @@ from typing import Any, Protocol
 from .. import protocol
 from ..protocol import ManagerEvent
 from . import metrics
+from .approvals import DEFAULT_TIMEOUT, ApprovalBroker
 from .bounds import QueueLimits, TurnLimits, fit_response
+from .changes import run_watched
 from .providers import Provider, ProviderError, Turn, TurnResult
 from .runtimes import RuntimeFailure
 from .store import Store
@@ -54,6 +56,37 @@ def error_response(message: str, **extra: Any) -> dict[str, Any]:
     return {**extra, "type": "error", "result": message}
 
 
+def _with_permissions(response: dict[str, Any], permissions: list[Any]) -> dict[str, Any]:
+    """`response` with the permission parts its provider did not keep itself (one that
+    awaited Turn.ask rather than TurnRecorder.ask)."""
+    parts = response.get("parts")
+    parts = parts if isinstance(parts, list) else []
+    kept = {p.get("requestId") for p in parts if isinstance(p, dict)}
+    missing = [p for p in permissions if p["requestId"] not in kept]
+    return {**response, "parts": [*parts, *missing]} if missing else response
+
+
+class _TurnEvents:
+    """The chatEvents of one turn, numbered by `sequence` (see approvals.TurnEvents)."""
+
+    def __init__(self, agent_id: str, correlation_id: str, outbox: Outbox) -> None:
+        self._agent_id = agent_id
+        self._correlation_id = correlation_id
+        self._outbox = outbox
+        self._sequence = 0
+
+    def make(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        self._sequence += 1
+        return protocol.chat_event(self._agent_id, self._correlation_id, kind, payload,
+                                   self._sequence)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self._outbox.to_agent(self._agent_id, ManagerEvent.CHAT_EVENT, event)
+
+    async def emit(self, kind: str, payload: dict[str, Any]) -> None:
+        await self.send(self.make(kind, payload))
+
+
 class AgentChannel:
     def __init__(
         self,
@@ -64,6 +97,7 @@ class AgentChannel:
         log: logging.Logger,
         limits: TurnLimits | None = None,
         queue_limits: QueueLimits | None = None,
+        permission_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.agent_id = agent_id
         self._store = store
@@ -74,6 +108,8 @@ class AgentChannel:
         self._limits = limits or TurnLimits()
         self._queue_limits = queue_limits or QueueLimits()
         self._lock = asyncio.Lock()
+        # Its requests are stored and sent under the lock that orders the history.
+        self.approvals = ApprovalBroker(agent_id, store, self._lock, log, permission_timeout)
         self._queue: asyncio.Queue[_QueuedTurn | None] = asyncio.Queue()
         self._waiting: dict[str, _QueuedTurn] = {}  # queued, not yet started, by correlation id
         self._worker: asyncio.Task[None] | None = None
@@ -85,7 +121,8 @@ class AgentChannel:
     # -- listeners -----------------------------------------------------------------------
 
     async def subscribe(self, sid: str, after_seq: int | None, limit: int) -> None:
-        """Replay history to `sid` (after `after_seq`, or the last `limit`), then make it live."""
+        """Replay history to `sid` (after `after_seq`, or the last `limit`) and the requests
+        still waiting for an answer, then make it live."""
         async with self._lock:
             if after_seq is None:
                 last = await self._store.last_seq(self.agent_id)
@@ -93,6 +130,8 @@ class AgentChannel:
             async for page in self._store.iter_messages(self.agent_id, after_seq):
                 for message in page:
                     await self._outbox.to_socket(sid, ManagerEvent.CHAT_MESSAGE, message)
+            for event in await self.approvals.pending_events():
+                await self._outbox.to_socket(sid, ManagerEvent.CHAT_EVENT, event)
             await self._outbox.join(sid, self.agent_id)
 
     async def unsubscribe(self, sid: str) -> None:
@@ -133,6 +172,7 @@ class AgentChannel:
     def cancel(self, correlation_id: str | None = None) -> bool:
         """Cancel the running turn, or the named one (running or queued); False if neither."""
         if self._current and correlation_id in (None, self._current[0]):
+            self.approvals.cancel_turn(self._current[0], "user")
             self._current[1].cancel()
             return True
         queued = self._waiting.get(correlation_id) if correlation_id else None
@@ -187,32 +227,29 @@ class AgentChannel:
         finally:
             self._current = None
             stop_reason, self._stop_reason = self._stop_reason, None
+            # Nothing may wait past its turn; the broker's parts are the record of a turn
+            # that ended without the provider's (cancelled, failed).
+            permissions = await self.approvals.end_turn(queued.correlation_id)
+        extra: dict[str, Any] = {"parts": permissions} if permissions else {}
         if task.cancelled():
             reason = self._closing or stop_reason or CANCELLED_MESSAGE
-            return error_response(reason, cancelled=True)
+            return error_response(reason, cancelled=True, **extra)
         exc = task.exception()
         if exc is None:
-            return text_response(task.result())
+            return _with_permissions(text_response(task.result()), permissions)
         if isinstance(exc, (ProviderError, RuntimeFailure)):
-            return error_response(str(exc))
+            return error_response(str(exc), **extra)
         self._log.error("Turn of agent %s failed", self.agent_id, exc_info=exc)
-        return error_response(f"The agent failed ({type(exc).__name__})")
+        return error_response(f"The agent failed ({type(exc).__name__})", **extra)
 
     async def _run_provider(self, queued: _QueuedTurn) -> TurnResult:
         if self._provider is None:
             self._provider = await self._provider_factory()
-        sequence = 0
-
-        async def emit(kind: str, payload: dict[str, Any]) -> None:
-            nonlocal sequence
-            sequence += 1
-            event = protocol.chat_event(
-                self.agent_id, queued.correlation_id, kind, payload, sequence
-            )
-            await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_EVENT, event)
-
-        turn = Turn(queued.message, queued.correlation_id, queued.stream, emit, self._limits)
-        return await self._provider.run_turn(turn)
+        events = _TurnEvents(self.agent_id, queued.correlation_id, self._outbox)
+        turn = Turn(queued.message, queued.correlation_id, queued.stream, events.emit,
+                    self._limits, ask=self.approvals.asker(queued.correlation_id, events))
+        # Snapshots the workspace around the turn: filesChanged, and diffs for CLI agents.
+        return await run_watched(self._provider, turn, self._log)
 
     # -- stop and shutdown ---------------------------------------------------------------
 
@@ -227,6 +264,7 @@ class AgentChannel:
             queued.cancelled = reason
         if self._current:
             self._stop_reason = reason
+            self.approvals.cancel_turn(self._current[0], "policy")
             task = self._current[1]
             task.cancel()
             _, pending = await asyncio.wait({task}, timeout=STOP_GRACE)
@@ -249,8 +287,10 @@ class AgentChannel:
         """Cancel the running and queued turns (each still gets its final message)."""
         self._closing = reason
         if self._current:
+            self.approvals.cancel_turn(self._current[0], "policy")
             self._current[1].cancel()
         if self._worker is not None:
             self._queue.put_nowait(None)
             await self._worker
+        await self.approvals.cancel_all()
         await self._close_provider()

@@ -1,4 +1,5 @@
-"""Socket.IO namespace `/agents`: login, chat, cancel, logout (see DESIGN.md)."""
+"""Socket.IO namespace `/agents`: login, chat, cancel, logout, permissionResponse (see
+DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
             ManagerEvent.CHAT: self._chat,
             ManagerEvent.CANCEL: self._cancel,
             ManagerEvent.LOGOUT: self._logout,
+            ManagerEvent.PERMISSION_RESPONSE: self._permission_response,
         }
         service.outbox = self
 
@@ -198,6 +200,16 @@ class AgentsNamespace(socketio.AsyncNamespace):
             raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Not logged in")
         await self._leave_agent(sid)
         await self.emit(ManagerEvent.LOGOUT_SUCCESS, {"agentId": agent_id}, to=sid)
+
+    async def _permission_response(self, sid: str, data: Any) -> dict[str, Any]:
+        request: protocol.PermissionResponseRequest = protocol.parse(
+            protocol.PermissionResponseRequest, data)
+        channel = self._current_channel(sid)
+        if request.agentId is not None and request.agentId != channel.agent_id:
+            raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Not logged in to that agent")
+        # `user` is who the controller says answered; it is stored and announced as given.
+        await channel.approvals.respond(request.requestId, request.optionId, request.user)
+        return protocol.ack_ok()
 
     def _current_channel(self, sid: str) -> AgentChannel:
         """The channel of the agent this socket is logged into (none once it is deleted)."""

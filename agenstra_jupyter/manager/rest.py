@@ -69,7 +69,7 @@ class HealthHandler(ApiHandler):
     async def get(self) -> None:
         agents = await self.service.list_agents()
         self.send({"status": "ok", "service": protocol.MANAGER_SERVICE, "version": __version__,
-                   "agents": len(agents)})
+                   "agents": len(agents), "projects": self.service.projects.enabled})
 
 
 class ProvidersHandler(ApiHandler):

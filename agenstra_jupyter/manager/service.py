@@ -19,9 +19,11 @@ import bcrypt
 
 from .. import protocol
 from ..protocol import AgenstraError, ErrorCode
-from .bounds import QueueLimits, TurnLimits
+from .approvals import DEFAULT_TIMEOUT, cancel_stored, stored_part
+from .bounds import QueueLimits, TurnLimits, clip_parts
 from .channel import AgentChannel, Outbox, error_response
 from .models import AgentRecord
+from .projects import ProjectPolicy
 from .providers import Provider, ProviderError
 from .runtimes import Runtime, RuntimeFailure
 from .store import NameTaken, Store
@@ -42,6 +44,8 @@ class AgentService:
         provider_parent: Any = None,
         turn_limits: TurnLimits | None = None,
         queue_limits: QueueLimits | None = None,
+        projects: ProjectPolicy | None = None,
+        permission_timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.store = store
         self.runtimes = runtimes
@@ -53,6 +57,8 @@ class AgentService:
         self._turn_limits = turn_limits or TurnLimits()
         # One for all channels: the queued bytes are bounded across every agent.
         self._queue_limits = queue_limits or QueueLimits()
+        self.projects = projects or ProjectPolicy()  # none unless project roots are set
+        self._permission_timeout = permission_timeout
         self._channels: dict[str, AgentChannel] = {}
         self.outbox: Outbox | None = None
         # Checked when no agent matches, so a wrong name costs as much time as a wrong
@@ -93,6 +99,7 @@ class AgentService:
             self.runtimes[runtime].validate_config(config)
         except ValueError as exc:
             raise AgenstraError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
+        project = await self._project(request.project, self.runtimes[runtime])
         password = secrets.token_urlsafe(24)
         password_hash = await asyncio.to_thread(
             bcrypt.hashpw, password.encode(), bcrypt.gensalt(self.bcrypt_rounds)
@@ -109,6 +116,7 @@ class AgentService:
             password_hash=password_hash.decode(),
             created_at=now,
             updated_at=now,
+            project=project,
         )
         try:
             await self.store.create_agent(record)
@@ -122,6 +130,18 @@ class AgentService:
             self.log.warning("Agent %s created but not started: %s", record.name, exc.message)
             record = await self.get_agent(record.id)
         return record, password
+
+    async def _project(self, project: str | None, runtime: Runtime) -> str | None:
+        """The resolved project folder (checked again here: the caller may not be our
+        controller), or None for a private workspace."""
+        if project is None:
+            return None
+        path = await self.projects.check(project)
+        try:
+            await asyncio.to_thread(runtime.validate_project, path)
+        except ValueError as exc:
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
+        return str(path)
 
     async def list_agents(self) -> list[AgentRecord]:
         return await self.store.list_agents()
@@ -221,7 +241,7 @@ class AgentService:
                 raise RuntimeError("The service has no outbox")
             channel = AgentChannel(
                 agent.id, self.store, self.outbox, lambda: self._make_provider(agent.id),
-                self.log, self._turn_limits, self._queue_limits,
+                self.log, self._turn_limits, self._queue_limits, self._permission_timeout,
             )
             self._channels[agent.id] = channel
         return channel
@@ -254,13 +274,20 @@ class AgentService:
     # -- manager start and stop ----------------------------------------------------------
 
     async def recover(self) -> None:
-        """After a restart: close turns a crash cut short, bring running agents back up."""
+        """After a restart: close turns a crash cut short (their waiting permission requests
+        cancelled, and listed in the answer), bring running agents back up."""
+        await cancel_stored(self.store)
         for message in await self.store.unanswered_turns():
+            rows = await self.store.permission_requests(
+                message["agentId"], correlation_id=message["correlationId"])
+            parts, _ = clip_parts([stored_part(row) for row in rows],
+                                  self._turn_limits.parts_bytes)
+            extra: dict[str, Any] = {"parts": parts} if parts else {}
             await self.store.append_message(
                 message["agentId"],
                 "agent",
                 message["correlationId"],
-                response=error_response(INTERRUPTED_MESSAGE, interrupted=True),
+                response=error_response(INTERRUPTED_MESSAGE, interrupted=True, **extra),
             )
         for agent in await self.store.list_agents():
             if agent.state == "running":

@@ -140,6 +140,8 @@ class Store(Database):
     async def delete_agent(self, agent_id: str) -> bool:
         async with self.engine.begin() as conn:
             await conn.execute(delete(messages).where(messages.c.agent_id == agent_id))
+            for table in (permission_requests, permission_rules):
+                await conn.execute(delete(table).where(table.c.agent_id == agent_id))
             result = await conn.execute(delete(agents).where(agents.c.id == agent_id))
             return result.rowcount > 0
 
@@ -265,6 +267,63 @@ class Store(Database):
         )
         async with self.engine.connect() as conn:
             return [_wire(row) for row in await conn.execute(query)]
+
+    # -- approvals (used through manager/approvals.py only) --------------------------------
+
+    async def create_permission_request(
+        self, request_id: str, agent_id: str, correlation_id: str, event: dict[str, Any],
+        expires_at: str,
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(insert(permission_requests).values(
+                id=request_id, agent_id=agent_id, correlation_id=correlation_id, event=event,
+                state="pending", created_at=protocol.utc_now(), expires_at=expires_at))
+
+    async def settle_permission_request(
+        self, request_id: str, state: str, decided_by: str, option_id: str | None = None,
+        user: str | None = None,
+    ) -> bool:
+        """Settle a pending request; False if it was not pending (the first answer wins)."""
+        query = (
+            update(permission_requests)
+            .where(and_(permission_requests.c.id == request_id,
+                        permission_requests.c.state == "pending"))
+            .values(state=state, decided_by=decided_by, option_id=option_id, user=user,
+                    resolved_at=protocol.utc_now())
+        )
+        async with self.engine.begin() as conn:
+            return (await conn.execute(query)).rowcount > 0
+
+    async def permission_requests(
+        self, agent_id: str | None = None, *, pending: bool = False,
+        correlation_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Requests (rows as dicts), oldest first: of one agent, pending, of one turn."""
+        table = permission_requests
+        query = select(table).order_by(table.c.created_at, table.c.id)
+        if agent_id is not None:
+            query = query.where(table.c.agent_id == agent_id)
+        if pending:
+            query = query.where(table.c.state == "pending")
+        if correlation_id is not None:
+            query = query.where(table.c.correlation_id == correlation_id)
+        async with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in await conn.execute(query)]
+
+    async def permission_rule(self, agent_id: str, kind: str) -> str | None:
+        """The remembered "always" decision ("allow" | "reject") for a tool kind, if any."""
+        query = select(permission_rules.c.decision).where(
+            and_(permission_rules.c.agent_id == agent_id, permission_rules.c.kind == kind))
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def set_permission_rule(self, agent_id: str, kind: str, decision: str) -> None:
+        values = {"agent_id": agent_id, "kind": kind, "decision": decision,
+                  "created_at": protocol.utc_now()}
+        async with self.engine.begin() as conn:  # one transaction: the newest answer stays
+            await conn.execute(delete(permission_rules).where(and_(
+                permission_rules.c.agent_id == agent_id, permission_rules.c.kind == kind)))
+            await conn.execute(insert(permission_rules).values(**values))
 
 
 def _wire(row: Any) -> dict[str, Any]:

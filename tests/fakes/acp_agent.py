@@ -7,6 +7,11 @@ What it does depends on the prompt:
   escape   tries symlinks out of its cwd (permission, write, read) and asks to execute
   slow     streams slowly until cancelled, then ends with stopReason "cancelled"
   crash    exits at once, with a message on stderr
+  approve [kind]  asks to edit approved.txt in its cwd with a diff (to run a command for
+           `approve execute`; a huge title and diff for `approve big`), offering allow_once /
+           allow_always / reject_once / reject_always; writes the file only if allowed;
+           answers what it was told
+  flood N  asks N permissions at once and answers how many of each outcome it got
 """
 
 from __future__ import annotations
@@ -68,6 +73,17 @@ class FakeAgent:
             await self.files(session_id)
         elif text == "escape":
             await self.escape(session_id)
+        elif text.startswith("flood"):
+            await self.flood(session_id, int(text.split()[1]))
+            if session_id in self.cancelled:
+                self.cancelled.discard(session_id)
+                return PromptResponse(stop_reason="cancelled")
+        elif text.startswith("approve"):
+            kind = text.split()[1] if len(text.split()) > 1 else "edit"
+            await self.approve(session_id, kind)
+            if session_id in self.cancelled:
+                self.cancelled.discard(session_id)
+                return PromptResponse(stop_reason="cancelled")
         elif text == "slow":
             for _ in range(600):
                 if session_id in self.cancelled:
@@ -104,6 +120,44 @@ class FakeAgent:
                 name, status="completed",
                 content=[acp.tool_content(acp.text_block(result))]))
         await self.say(session_id, " ".join(verdicts))
+
+    async def approve(self, session_id, kind):
+        cwd = self.cwd[session_id]
+        path = f"{cwd}/approved.txt"
+        call_id = f"approve-{self.prompts[session_id]}"
+        diff = acp.tool_diff_content(path, "approved content\n", "old content\n")
+        title = "Write approved.txt" if kind != "execute" else "Run make"
+        if kind == "big":
+            kind, title = "edit", "T" * 5000
+            diff = acp.tool_diff_content(path, "x" * 100_000, "y" * 100_000)
+        await self.conn.session_update(session_id=session_id, update=acp.start_tool_call(
+            call_id, title, kind=kind, status="pending", locations=[ToolCallLocation(path=path)],
+            content=[diff] if kind == "edit" else None))
+        answer = await self.conn.request_permission(
+            session_id=session_id,
+            tool_call=ToolCallUpdate(tool_call_id=call_id, kind=kind, title=title,
+                                     locations=[ToolCallLocation(path=path)],
+                                     content=[diff] if kind == "edit" else None),
+            options=[PermissionOption(option_id="yes", name="Allow", kind="allow_once"),
+                     PermissionOption(option_id="always", name="Always", kind="allow_always"),
+                     PermissionOption(option_id="no", name="Reject", kind="reject_once"),
+                     PermissionOption(option_id="never", name="Never", kind="reject_always")])
+        chosen = getattr(answer.outcome, "option_id", None)
+        allowed = chosen in ("yes", "always")
+        if allowed and kind == "edit":
+            await self.conn.write_text_file(session_id=session_id, path=path,
+                                            content="approved content\n")
+        await self.conn.session_update(session_id=session_id, update=acp.update_tool_call(
+            call_id, status="completed" if allowed else "failed"))
+        written = "written" if allowed and kind == "edit" else "untouched"
+        await self.say(session_id, f"approve: {chosen or answer.outcome.outcome} file={written}")
+
+    async def flood(self, session_id, count):
+        cwd = self.cwd[session_id]
+        answers = await asyncio.gather(*(
+            self.ask(session_id, "edit", f"{cwd}/flood-{n}.txt") for n in range(count)))
+        counts = {a: answers.count(a) for a in sorted(set(answers))}
+        await self.say(session_id, " ".join(f"{a}={n}" for a, n in counts.items()))
 
     async def ask(self, session_id, kind, path):
         answer = await self.conn.request_permission(

@@ -52,6 +52,9 @@ class FakeVendor:
         self.replies: deque[Reply] = deque()
         self.requests: list[SeenRequest] = []
         self.default = Reply(text="ok")
+        # Requests this says are a CLI's side errands (e.g. a session title) get `default`
+        # and leave the script alone; None: every request takes the next scripted reply.
+        self.side_request: Any = None
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: httpserver.HTTPServer | None = None
@@ -148,7 +151,8 @@ def chunks(text: str, size: int = 6) -> list[str]:
 class AnthropicHandler(_Handler):
     async def post(self) -> None:
         body = self.record()
-        reply = self.vendor.next_reply()
+        side = self.vendor.side_request
+        reply = self.vendor.default if side and side(body) else self.vendor.next_reply()
         if reply.status != 200:
             kind = "rate_limit_error" if reply.status == 429 else "api_error"
             if reply.status == 400:

@@ -2,7 +2,8 @@
 
 One long-lived agent process per agent, started in the agent's runtime, one ACP session
 kept across turns. `session/update` notifications become chatEvents; the agent's file
-reads and writes go through the runtime; permission requests are answered by a policy.
+reads and writes go through the runtime; permission requests go to the agent's policy and,
+when it does not settle them, to the user (`Turn.ask`, see manager/approvals.py).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import json
 import shutil
 from typing import Any
 
+from ... import protocol
+from ..permissions import PermissionAsk, Resolution
 from ..runtimes import AgentProcess
 from .base import Provider, ProviderError, Turn, TurnRecorder, TurnResult
 from .common import (
+    FILE_SCRIPT,
     check_program_config,
     check_str_list,
     program_environment,
@@ -23,7 +27,6 @@ from .common import (
     short_error,
 )
 
-PERMISSION_POLICIES = ("workspace", "allow", "deny")
 # Launch commands of well-known ACP agents (AGENT-PROTOCOLS.md, section 6).
 KNOWN_AGENTS: dict[str, list[str]] = {
     "claude": ["claude-agent-acp"],
@@ -33,29 +36,6 @@ KNOWN_AGENTS: dict[str, list[str]] = {
     "cursor": ["cursor-agent", "acp"],
     "goose": ["goose", "acp"],
 }
-WRITING_KINDS = {"edit", "delete", "move"}
-READING_KINDS = {"read", "search"}
-# Run inside the agent's runtime, so a path means what it means to the agent: the nearest
-# existing ancestor is resolved (symlinks followed), the rest is appended; a last component
-# that is a symlink is refused (O_NOFOLLOW). Modes: resolve (print it), read, write (stdin).
-# Exit codes: 3 a symlink, 4 outside the workspace, 5 missing, 6 a path it will not judge.
-FILE_SCRIPT = r"""
-mode=$1 path=$2 root=$3 rest=
-case "$path" in /*) ;; *) path="$root/$path";; esac
-t=$path
-while [ ! -d "$t" ]; do rest="/$(basename -- "$t")$rest"; t=$(dirname -- "$t"); done
-case "$rest/" in */../*|*/./*) exit 6;; esac
-real="$(cd -- "$t" && pwd -P)$rest"
-real=$(printf '%s' "$real" | sed 's://*:/:g')
-if [ "$mode" = resolve ]; then
-  [ -L "$real" ] && real=$(readlink -f -- "$real")  # judged by where it leads
-  printf '%s' "$real"; exit 0
-fi
-[ -L "$real" ] && exit 3
-case "$real/" in "$root"/*) ;; *) [ "$mode" = write ] && exit 4;; esac
-if [ "$mode" = read ]; then [ -f "$real" ] || exit 5; exec cat -- "$real"; fi
-mkdir -p -- "$(dirname -- "$real")" && exec cat > "$real"
-"""
 CANCEL_GRACE = 5.0  # seconds an agent gets to end a cancelled turn itself
 STDERR_KEPT = 16 * 1024
 
@@ -91,6 +71,7 @@ class AcpProvider(Provider):
     description = "Any Agent Client Protocol agent over stdio (config.command)."
     capabilities = frozenset({"streaming", "cancel", "sessions", "tools", "permissions"})
     needs_network = True
+    reports_diffs = True  # ACP tool calls carry `diff` content
     example = {"command": ["claude-agent-acp"]}
 
     @classmethod
@@ -99,8 +80,9 @@ class AcpProvider(Provider):
         if not config.get("command"):
             raise ValueError("config.command (the agent's argv) is required")
         check_program_config(config)
-        if config.get("permissions", "workspace") not in PERMISSION_POLICIES:
-            raise ValueError(f"config.permissions must be one of {', '.join(PERMISSION_POLICIES)}")
+        policies = protocol.PERMISSION_POLICIES
+        if config.get("permissions", protocol.DEFAULT_PERMISSION_POLICY) not in policies:
+            raise ValueError(f"config.permissions must be one of {', '.join(policies)}")
 
     @classmethod
     def info(cls) -> dict[str, Any]:
@@ -233,25 +215,28 @@ class AcpProvider(Provider):
         root = self.runtime.workspace_path(self.agent).rstrip("/") + "/"
         return result.exit_code == 0 and (result.stdout + "/").startswith(root)
 
-    async def choose(self, tool_call: Any, options: list[Any]) -> str | None:
-        """The option the permission policy picks (None: refuse).
+    def relative(self, path: str) -> str:
+        """`path` as the user reads it: relative to the workspace when it names a file in it
+        (as written; whether it really lies inside is within_workspace's to judge)."""
+        root = self.runtime.workspace_path(self.agent).rstrip("/") + "/"
+        return path[len(root):] if path.startswith(root) and len(path) > len(root) else path
 
-        `workspace` allows reads, searches and edits whose resolved paths are all inside
-        the workspace; commands, fetches and anything else are refused.
-        """
-        policy = self.agent.config.get("permissions", "workspace")
-        allowed = policy == "allow" or (
-            policy == "workspace" and await self._within_workspace(tool_call)
-        )
-        wanted = ("allow_once", "allow_always") if allowed else ("reject_once", "reject_always")
-        return next((o.option_id for o in options if o.kind in wanted), None)
+    def diff(self, tool_call: Any) -> list[dict[str, Any]]:
+        """The `diff` content items of an ACP tool call, as [{path, oldText, newText}]."""
+        return [{"path": self.relative(item.path), "oldText": item.old_text,
+                 "newText": item.new_text}
+                for item in tool_call.content or [] if getattr(item, "type", "") == "diff"]
 
-    async def _within_workspace(self, tool_call: Any) -> bool:
-        if (tool_call.kind or "other") not in WRITING_KINDS | READING_KINDS:
-            return False
-        paths = [location.path for location in tool_call.locations or []]
-        return bool(paths) and all([await self.within_workspace(path) for path in paths])
-
+    async def permission_ask(self, tool_call: Any, options: list[Any]) -> PermissionAsk:
+        """The contract's request for an ACP `session/request_permission`."""
+        raw = [location.path for location in tool_call.locations or []]
+        inside = bool(raw) and all([await self.within_workspace(path) for path in raw])
+        kind = tool_call.kind if tool_call.kind in protocol.PERMISSION_KINDS else "other"
+        return PermissionAsk(
+            title=tool_call.title or kind, kind=kind,
+            options=[{"optionId": o.option_id, "name": o.name, "kind": o.kind} for o in options],
+            paths=[self.relative(path) for path in raw], inside_workspace=inside,
+            diff=self.diff(tool_call) or None, tool_call_id=tool_call.tool_call_id)
 
 class _AcpClient:
     """The client side of ACP the agent talks to; one per agent process."""
@@ -268,10 +253,16 @@ class _AcpClient:
             await recorder.delta(getattr(update.content, "text", "") or "")
         elif kind == "tool_call":
             await recorder.tool_call(update.tool_call_id, update.title or update.kind or "tool",
-                                     update.raw_input, update.status or "pending")
-        elif kind == "tool_call_update" and update.status in ("completed", "failed"):
-            await recorder.tool_result(update.tool_call_id, _tool_output(update),
-                                       update.status == "failed")
+                                     update.raw_input, update.status or "pending",
+                                     self._provider.diff(update))
+        elif kind == "tool_call_update":
+            if diff := self._provider.diff(update):  # the edit became known: the card shows it
+                await recorder.tool_call(update.tool_call_id, recorder.tool_name(
+                    update.tool_call_id, update.title), update.raw_input,
+                    update.status or "in_progress", diff)
+            if update.status in ("completed", "failed"):
+                await recorder.tool_result(update.tool_call_id, _tool_output(update),
+                                           update.status == "failed")
         elif kind == "plan":
             steps = "; ".join(entry.content for entry in update.entries)
             await recorder.status(f"plan: {steps}")
@@ -280,11 +271,11 @@ class _AcpClient:
                                  **_: Any) -> Any:
         from acp.schema import AllowedOutcome, DeniedOutcome, RequestPermissionResponse
 
-        option_id = await self._provider.choose(tool_call, options)
         recorder = self._provider._recorder
-        if recorder is not None:
-            verdict = "allowed" if option_id and "allow" in option_id.lower() else "refused"
-            await recorder.status(f"permission {verdict}: {tool_call.title or tool_call.kind}")
+        if recorder is None:  # no turn runs: nobody could be asked
+            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
+        resolution = await recorder.ask(await self._provider.permission_ask(tool_call, options))
+        option_id = _answer(resolution, options)
         if option_id is None:
             return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
         return RequestPermissionResponse(
@@ -324,3 +315,20 @@ def _tool_output(update: Any) -> Any:
     ]
     return "".join(texts) or update.raw_output
 
+
+def _answer(resolution: Resolution, options: list[Any]) -> str | None:
+    """The option the agent is told was selected; None: the request was cancelled.
+
+    A rejection (or an expiry) selects the agent's own reject option when it offered one.
+    """
+    if resolution.outcome == "cancelled":
+        return None
+    offered = {o.option_id for o in options}
+    if resolution.allowed and resolution.option_id in offered:
+        return resolution.option_id
+    if resolution.allowed:
+        return None
+    if resolution.option_id in offered:
+        return resolution.option_id
+    return next((o.option_id for o in options if o.kind in ("reject_once", "reject_always")),
+                None)

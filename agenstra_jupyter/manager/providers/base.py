@@ -11,7 +11,7 @@ from traitlets import Instance
 from traitlets.config import LoggingConfigurable
 
 from ...protocol import ChatEventKind
-from ..bounds import TurnLimits, clip_text, wire_size
+from ..bounds import TurnLimits, clip_diff, clip_text, wire_size
 from ..models import AgentRecord
 from ..permissions import AskPermission, PermissionAsk, Resolution, refuse_all
 from ..runtimes import Runtime
@@ -102,14 +102,23 @@ class TurnRecorder:
         return True
 
     async def tool_call(
-        self, tool_call_id: str, name: str, args: Any = None, status: str = "pending"
+        self, tool_call_id: str, name: str, args: Any = None, status: str = "pending",
+        diff: list[dict[str, Any]] | None = None,
     ) -> None:
+        """A tool call (again, with the same id, when it changes); `diff`: the edit it makes,
+        [{path, oldText, newText}], so a tool card can show it."""
         self._tool_names[tool_call_id] = name
         payload: dict[str, Any] = {"toolCallId": tool_call_id, "name": name, "status": status}
         if args is not None:
             payload["args"] = _clip(args)
+        if diff:
+            payload["diff"] = clip_diff(diff, MAX_TOOL_RESULT)
         if self._keep({"kind": ChatEventKind.TOOL_CALL, **payload}):
             await self._emit(ChatEventKind.TOOL_CALL, payload)
+
+    def tool_name(self, tool_call_id: str, fallback: str | None = None) -> str:
+        """The name a tool call was announced with (or `fallback`)."""
+        return self._tool_names.get(tool_call_id) or fallback or "tool"
 
     async def tool_result(
         self, tool_call_id: str, result: Any = None, is_error: bool = False,
@@ -167,6 +176,9 @@ class Provider(LoggingConfigurable):
     history = AnyTrait()
     # Providers that talk to a model over the network get it unless config says otherwise.
     needs_network: ClassVar[bool] = False
+    # Whether its tool calls carry their own diffs; if not, the manager adds its before/after
+    # of each text file the turn changed (`diff` parts, see manager/changes.py).
+    reports_diffs: ClassVar[bool] = False
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...protocol import DEFAULT_PERMISSION_POLICY, PERMISSION_POLICIES
 from ..runtimes import AgentProcess
 from .base import Provider, ProviderError, Turn, TurnRecorder, TurnResult
+from .cli_control import ControlChannel, TurnClock
 from .cli_formats import PARSERS
 from .common import (
     check_program_config,
@@ -24,7 +26,9 @@ from .common import (
     last_line,
     program_environment,
     read_tail,
+    runtime_file_op,
     short_error,
+    workspace_relative,
 )
 
 STDERR_KEPT = 64 * 1024
@@ -39,6 +43,10 @@ def _safe_positional(prompt: str) -> str:
 class Invocation:
     argv: list[str]
     stdin: str | None  # the prompt when the CLI reads it from stdin
+    # stdin is Claude Code's control channel: the prompt goes as a stream-json user
+    # message and its permission prompts are answered there (cli_control.py).
+    control: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # under config.env, over the preset's
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,10 @@ class CliPreset:
     env: dict[str, str] = field(default_factory=dict)
     # Manager variables the CLI gets unless config.passEnv says otherwise (its credentials).
     pass_env: tuple[str, ...] = ()
+    # "interactive": the user is asked per request; "policy": the CLI cannot ask, so
+    # config.permissions is turned into its own mode up front (see approval_note).
+    approvals: str = "policy"
+    approval_note: str = ""
 
     def invocation(self, prompt: str, session: str | None, config: dict[str, Any]) -> Invocation:
         binary = config.get("binary") or self.binary
@@ -61,39 +73,75 @@ def _opt(flag: str, value: Any) -> list[str]:
     return [flag, str(value)] if value else []
 
 
+def _policy(c: dict[str, Any]) -> str:
+    return c.get("permissions", DEFAULT_PERMISSION_POLICY)
+
+
+# What each policy becomes in a CLI that cannot ask: what would ask is refused up front.
+CLAUDE_MODES = {"allow": "bypassPermissions", "deny": "dontAsk"}
+CODEX_SANDBOXES = {"ask": "read-only", "deny": "read-only", "workspace": "workspace-write",
+                   "allow": "danger-full-access"}  # our own sandbox still holds it
+GEMINI_MODES = {"ask": "default", "deny": "default", "workspace": "auto_edit", "allow": "yolo"}
+_OPENCODE_READS = {"read": "allow", "glob": "allow", "grep": "allow", "list": "allow",
+                   "todoread": "allow", "todowrite": "allow", "external_directory": "deny"}
+# opencode run refuses what asks (unless --auto); OPENCODE_PERMISSION merges into its config.
+OPENCODE_RULES = {
+    "ask": {"*": "deny", **_OPENCODE_READS},
+    "deny": {"*": "deny", **_OPENCODE_READS},
+    "workspace": {"*": "deny", **_OPENCODE_READS, "edit": "allow"},
+}
+
+
 def _claude(binary: str, prompt: str, session: str | None, c: dict[str, Any]) -> Invocation:
+    policy = _policy(c)
+    # Under allow / deny nobody is asked, so the one-shot `-p` run does; otherwise the
+    # CLI asks us before each tool that needs approval (streaming input, stdio prompt).
+    control = policy not in CLAUDE_MODES
+    mode = c.get("permissionMode") or CLAUDE_MODES.get(policy)
     argv = [binary, "-p", "--output-format", "stream-json", "--verbose",
-            "--include-partial-messages", *_opt("--resume", session), *_opt("--model", c.get(
-                "model")), *_opt("--permission-mode", c.get("permissionMode")), *c.get("args", [])]
-    return Invocation(argv, prompt)
+            "--include-partial-messages"]
+    if control:
+        argv += ["--input-format", "stream-json", "--permission-prompt-tool", "stdio"]
+    argv += [*_opt("--resume", session), *_opt("--model", c.get("model")),
+             *_opt("--permission-mode", mode), *c.get("args", [])]
+    # Claude refuses bypassPermissions as root unless told it runs in a sandbox: it does.
+    env = {"IS_SANDBOX": "1"} if mode == "bypassPermissions" else {}
+    return Invocation(argv, prompt, control, env)
 
 
 def _codex(binary: str, prompt: str, session: str | None, c: dict[str, Any]) -> Invocation:
-    if session:  # `resume` takes no --sandbox: the session keeps its own
-        argv = [binary, "exec", "resume", session, "--json", "--skip-git-repo-check"]
+    sandbox = c.get("sandbox") or CODEX_SANDBOXES[_policy(c)]
+    if session:  # `resume` takes no --sandbox: the config override sets it for this run
+        argv = [binary, "exec", "resume", session, "--json", "--skip-git-repo-check",
+                "-c", f'sandbox_mode="{sandbox}"']
     else:
-        argv = [binary, "exec", "--json", "--skip-git-repo-check",
-                "--sandbox", c.get("sandbox", "workspace-write")]
+        argv = [binary, "exec", "--json", "--skip-git-repo-check", "--sandbox", sandbox]
     return Invocation([*argv, *_opt("-m", c.get("model")), *c.get("args", []), "-"], prompt)
 
 
 def _gemini(binary: str, prompt: str, session: str | None, c: dict[str, Any]) -> Invocation:
+    mode = c.get("approvalMode") or GEMINI_MODES[_policy(c)]
     argv = [binary, "--output-format", "stream-json", "--skip-trust",
             *_opt("-m", c.get("model")), *_opt("--resume", session),
-            *_opt("--approval-mode", c.get("approvalMode")), *c.get("args", [])]
+            *_opt("--approval-mode", mode), *c.get("args", [])]
     return Invocation(argv, prompt)
 
 
 def _opencode(binary: str, prompt: str, session: str | None, c: dict[str, Any]) -> Invocation:
+    policy = _policy(c)
     argv = [binary, "run", "--format", "json", *_opt("-m", c.get("model")),
-            *_opt("--session", session), *c.get("args", []), _safe_positional(prompt)]
-    return Invocation(argv, None)
+            *_opt("--session", session), *(["--auto"] if policy == "allow" else []),
+            *c.get("args", []), _safe_positional(prompt)]
+    rules = OPENCODE_RULES.get(policy)
+    env = {"OPENCODE_PERMISSION": json.dumps(rules)} if rules else {}
+    return Invocation(argv, None, env=env)
 
 
 def _cursor(binary: str, prompt: str, session: str | None, c: dict[str, Any]) -> Invocation:
+    force = ["--force"] if _policy(c) == "allow" else []  # else its commands are refused
     argv = [binary, "-p", "--output-format", "stream-json", "--stream-partial-output",
-            *_opt("--resume", session), *_opt("--model", c.get("model")), *c.get("args", []),
-            _safe_positional(prompt)]
+            *_opt("--resume", session), *_opt("--model", c.get("model")), *force,
+            *c.get("args", []), _safe_positional(prompt)]
     return Invocation(argv, None)
 
 
@@ -117,17 +165,31 @@ PRESETS: dict[str, CliPreset] = {
     for preset in (
         CliPreset("claude", "claude", "claude", "Claude Code (claude -p, stream-json)", _claude,
                   pass_env=("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
-                            "CLAUDE_CODE_OAUTH_TOKEN")),
+                            "CLAUDE_CODE_OAUTH_TOKEN"),
+                  approvals="interactive", approval_note=(
+                      "You approve each tool use that needs it (its permission prompt); "
+                      "permissions allow / deny skip the prompt.")),
         CliPreset("codex", "codex", "codex", "OpenAI Codex (codex exec --json)", _codex,
-                  pass_env=("CODEX_API_KEY", "OPENAI_API_KEY")),
+                  pass_env=("CODEX_API_KEY", "OPENAI_API_KEY"), approval_note=(
+                      "codex exec cannot ask: the policy picks its sandbox (ask, deny: "
+                      "read-only; workspace: workspace-write; allow: danger-full-access).")),
         CliPreset("gemini", "gemini", "gemini", "Gemini CLI (stream-json)", _gemini,
                   {"GEMINI_CLI_TRUST_WORKSPACE": "true"},
-                  ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL")),
+                  ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"),
+                  approval_note=(
+                      "gemini -p cannot ask: the policy picks its approval mode (ask, deny: "
+                      "default, read-only tools; workspace: auto_edit; allow: yolo).")),
         CliPreset("opencode", "opencode", "opencode", "opencode (opencode run --format json)",
-                  _opencode, {"OPENCODE_DISABLE_AUTOUPDATE": "1"}),
+                  _opencode, {"OPENCODE_DISABLE_AUTOUPDATE": "1"}, approval_note=(
+                      "opencode run cannot ask: the policy becomes its permission rules "
+                      "(ask, deny: reads only; workspace: reads and edits; allow: --auto).")),
         CliPreset("cursor", "cursor-agent", "cursor", "Cursor (cursor-agent -p, stream-json)",
-                  _cursor, pass_env=("CURSOR_API_KEY",)),
-        CliPreset("custom", "", "claude", "Your own command template", _custom),
+                  _cursor, pass_env=("CURSOR_API_KEY",), approval_note=(
+                      "cursor-agent -p cannot ask: its commands run only under allow "
+                      "(--force); edits follow its own settings.")),
+        CliPreset("custom", "", "claude", "Your own command template", _custom,
+                  approval_note=("Your command decides what it may do: config.permissions "
+                                 "is not applied to it.")),
     )
 }
 
@@ -159,13 +221,19 @@ class CliProvider(Provider):
             raise ValueError("config.command is required for a custom CLI")
         if config.get("format", PRESETS[preset].format) not in PARSERS:
             raise ValueError(f"config.format must be one of {', '.join(PARSERS)}")
+        if config.get("permissions", DEFAULT_PERMISSION_POLICY) not in PERMISSION_POLICIES:
+            raise ValueError(f"config.permissions must be one of {', '.join(PERMISSION_POLICIES)}")
+        for key in ("permissionMode", "approvalMode", "sandbox"):
+            if not isinstance(config.get(key, ""), str):
+                raise ValueError(f"config.{key} must be a string")
         timeout = config.get("timeout", 1)
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
             raise ValueError("config.timeout must be a positive number of seconds")
 
     @classmethod
     def info(cls) -> dict[str, Any]:
-        presets = [{"name": p.name, "description": p.description, "binary": p.binary}
+        presets = [{"name": p.name, "description": p.description, "binary": p.binary,
+                    "approvals": p.approvals, "approvalsNote": p.approval_note}
                    for p in PRESETS.values()]
         return {**super().info(), "presets": presets, "detected": detected_presets()}
 
@@ -178,9 +246,9 @@ class CliProvider(Provider):
     def preset(self) -> CliPreset:
         return PRESETS[self.agent.config["preset"]]
 
-    def environment(self) -> dict[str, str]:
+    def environment(self, call: Invocation | None = None) -> dict[str, str]:
         config = {"passEnv": list(self.preset.pass_env), **self.agent.config}
-        return program_environment(config, self.preset.env)
+        return program_environment(config, {**self.preset.env, **(call.env if call else {})})
 
     async def run_turn(self, turn: Turn) -> TurnResult:
         await self._write_files()
@@ -188,28 +256,37 @@ class CliProvider(Provider):
         parser = PARSERS[self.agent.config.get("format", self.preset.format)](recorder)
         call = self.preset.invocation(turn.message, self._session, self.agent.config)
         await recorder.status("starting " + (self.preset.binary or call.argv[0]))
-        process = await self.runtime.spawn(self.agent, call.argv, self.environment())
+        process = await self.runtime.spawn(self.agent, call.argv, self.environment(call))
         stderr = asyncio.ensure_future(read_tail(process.stderr, STDERR_KEPT))
+        timeout = self.agent.config.get("timeout", self.runtime.exec_timeout)
+        clock = TurnClock(timeout)  # stands still while the user is asked
+        control = ControlChannel(process, recorder, clock, self._judge, self._current_text) \
+            if call.control else None
         try:
-            if call.stdin is not None:
-                await process.write(call.stdin.encode())
-            await process.close_stdin()
-            timeout = self.agent.config.get("timeout", self.runtime.exec_timeout)
+            if control is not None:
+                await control.start(turn.message, self._session)
+            else:
+                if call.stdin is not None:
+                    await process.write(call.stdin.encode())
+                await process.close_stdin()
             try:
-                code = await asyncio.wait_for(self._read(process, parser), timeout)
+                code = await self._read(process, parser, clock, control)
             except asyncio.TimeoutError:
                 raise ProviderError(f"The agent did not finish within {timeout:g} s") from None
         finally:
+            if control is not None:
+                await control.close()
             with contextlib.suppress(Exception):
                 await asyncio.shield(process.kill())
             stderr_text = await _settle(stderr)
         await self._remember(parser.session_id)
         return self._outcome(parser, recorder, code, stderr_text)
 
-    async def _read(self, process: AgentProcess, parser: Any) -> int:
+    async def _read(self, process: AgentProcess, parser: Any, clock: TurnClock,
+                    control: ControlChannel | None) -> int:
         while True:
             try:
-                line = await process.stdout.readline()
+                line = await clock.within(process.stdout.readline())
             except ValueError:  # a line beyond the reader's limit: skip it
                 continue
             if not line:
@@ -218,9 +295,20 @@ class CliProvider(Provider):
                 event = json.loads(line)
             except ValueError:
                 continue  # banners, warnings, partial noise: not ours to parse
-            if isinstance(event, dict):
-                await parser.feed(event)
-        return await process.wait()
+            if not isinstance(event, dict) or (control and await control.handle(event)):
+                continue
+            await parser.feed(event)
+            if control is not None and event.get("type") == "result":
+                await control.finish()
+        return await clock.within(process.wait())
+
+    async def _judge(self, path: str) -> str | None:
+        return await workspace_relative(self.runtime, self.agent, path)
+
+    async def _current_text(self, path: str) -> str:
+        """A workspace file's text as the agent sees it; "" when it has none yet."""
+        result = await runtime_file_op(self.runtime, self.agent, "read", path)
+        return result.stdout if result.exit_code == 0 else ""
 
     def _outcome(self, parser: Any, recorder: TurnRecorder, code: int, stderr: str) -> TurnResult:
         if parser.error:

@@ -7,6 +7,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from traitlets import Float, Int
@@ -72,6 +73,15 @@ class Runtime(LoggingConfigurable):
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:
         """Raise ValueError with a short message if this runtime cannot honour `config`."""
+
+    def validate_project(self, project: Path) -> None:
+        """Raise ValueError with a short message if agents of this runtime cannot work in
+        the (already checked) project folder. Called in a thread: it may touch the disk."""
+
+    def host_workspace(self, agent: AgentRecord) -> Path | None:
+        """The agent's workspace as a folder on the manager's host (to see which files a
+        turn changed), or None when it lives elsewhere (a container's volume)."""
+        return None
 
     async def available(self) -> bool:
         """Whether this runtime can run agents on this host right now."""

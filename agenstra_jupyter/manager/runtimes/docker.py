@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from traitlets import Enum, Float, Int, Unicode
@@ -22,6 +24,10 @@ from .netns import SandboxNetwork, validate_network
 AGENT_LABEL = "agenstra.agent-id"
 NAME_LABEL = "agenstra.agent-name"
 WORKSPACE = "/workspace"
+# A project agent's HOME: its named volume (the project itself is bound at WORKSPACE).
+PROJECT_HOME = "/home/agenstra"
+ROOT_PROJECT = ("The project folder {project} belongs to root, and agents never run as root in "
+                "a container: give it to your user (chown) or choose another folder")
 
 # `docker exec` processes lead their own process group, so `setsid` would fork and the exec
 # would end at once. Instead the wrapper starts the command in the background (not a group
@@ -120,7 +126,7 @@ class DockerExecProcess(AgentProcess):
                 await asyncio.to_thread(
                     self._container.exec_run,
                     ["kill", "-KILL", f"-{sid}"],
-                    user=self._runtime.user,
+                    user=self._runtime.user_of(self._container),
                 )
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self._sock.close)
@@ -196,6 +202,17 @@ class DockerRuntime(Runtime):
 
     def workspace_path(self, agent: AgentRecord) -> str:
         return WORKSPACE
+
+    def host_workspace(self, agent: AgentRecord) -> Path | None:
+        return Path(agent.project) if agent.project else None
+
+    def validate_project(self, project: Path) -> None:
+        _project_user(project)
+
+    def user_of(self, container: Any) -> str:
+        """The uid:gid the container was made for (a project's owner), else `user`."""
+        configured = (getattr(container, "attrs", None) or {}).get("Config", {}).get("User")
+        return configured or self.user
 
     async def available(self) -> bool:
         try:
@@ -295,7 +312,7 @@ class DockerRuntime(Runtime):
             tty=False,
             environment=dict(env or {}),
             workdir=WORKSPACE,
-            user=self.user,
+            user=self.user_of(container),
         )
         sock = await self._call(api.exec_start, created["Id"], socket=True)
         return DockerExecProcess(self, container, created["Id"], sock)
@@ -362,15 +379,33 @@ class DockerRuntime(Runtime):
         image = agent.image or self.image
         self._ensure_image(image)
         volume = self._volume(agent)
-        self._give_workspace_to_agent_user(image, volume.name)
+        user, environment = self.user, {}
+        volumes = {volume.name: {"bind": WORKSPACE, "mode": "rw"}}
+        if agent.project:
+            # The user's folder at /workspace, worked on as its owner (so the files the
+            # agent writes are the user's); the private volume becomes its HOME.
+            try:
+                user = _project_user(Path(agent.project))
+            except ValueError as exc:
+                raise RuntimeFailure(str(exc)) from None
+            environment = {"HOME": PROJECT_HOME}
+            volumes = {agent.project: {"bind": WORKSPACE, "mode": "rw"},
+                       volume.name: {"bind": PROJECT_HOME, "mode": "rw"}}
+            git = Path(agent.project, ".git")
+            if git.is_dir() and not git.is_symlink():
+                # git runs hooks and core.fsmonitor from here outside any sandbox.
+                volumes[str(git)] = {"bind": f"{WORKSPACE}/.git", "mode": "ro"}
+        self._give_volume_to(image, volume.name, user, PROJECT_HOME if agent.project
+                             else WORKSPACE)
         return self.client.containers.create(
             image,
             ["sleep", "2147483647"],
             name=f"agenstra-{agent.name}-{agent.id[:8]}",
             labels={AGENT_LABEL: agent.id, NAME_LABEL: agent.name},
-            user=self.user,
+            user=user,
+            environment=environment,
             working_dir=WORKSPACE,
-            volumes={volume.name: {"bind": WORKSPACE, "mode": "rw"}},
+            volumes=volumes,
             network_mode=self._network_for(agent),
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
@@ -401,16 +436,30 @@ class DockerRuntime(Runtime):
             )
         return self.egress_network
 
-    def _give_workspace_to_agent_user(self, image: str, volume: str) -> None:
+    def _give_volume_to(self, image: str, volume: str, user: str, where: str) -> None:
         """A new named volume is root-owned: hand it to the agent user once, with CAP_CHOWN only."""
         self.client.containers.run(
             image,
-            ["chown", self.user, WORKSPACE],
+            ["chown", user, where],
             user="0:0",
-            volumes={volume: {"bind": WORKSPACE, "mode": "rw"}},
+            volumes={volume: {"bind": where, "mode": "rw"}},
             network_mode="none",
             cap_drop=["ALL"],
             cap_add=["CHOWN"],
             security_opt=["no-new-privileges"],
             remove=True,
         )
+
+
+def _project_user(project: Path) -> str:
+    """uid:gid of the project's owner; ValueError for root, or a folder that is gone or
+    was replaced by a link since it was checked (Docker would bind where it points)."""
+    if os.path.realpath(project) != str(project):
+        raise ValueError(f"The project folder {project} was replaced by a link")
+    try:
+        info = project.stat()
+    except OSError:
+        raise ValueError(f"The project folder {project} is gone") from None
+    if info.st_uid == 0:
+        raise ValueError(ROOT_PROJECT.format(project=project))
+    return f"{info.st_uid}:{info.st_gid}"

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -132,7 +134,14 @@ class ProcessRuntime(Runtime):
         validate_network(config)
 
     def workspace(self, agent: AgentRecord) -> Path:
+        """Its project (the user's folder), else its private workspace."""
+        return Path(agent.project) if agent.project else self.private_workspace(agent)
+
+    def private_workspace(self, agent: AgentRecord) -> Path:
         return Path(self.workspace_root) / agent.id
+
+    def host_workspace(self, agent: AgentRecord) -> Path | None:
+        return self.workspace(agent)
 
     @property
     def agents_root(self) -> Path:
@@ -154,7 +163,10 @@ class ProcessRuntime(Runtime):
         await asyncio.to_thread(self._make_dirs, agent)
 
     def _make_dirs(self, agent: AgentRecord) -> None:
-        for path in (self.workspace(agent), self.home(agent)):
+        if agent.project:
+            _check_project(agent.project)
+        private = [] if agent.project else [self.workspace(agent)]
+        for path in (*private, self.home(agent)):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     async def stop(self, agent: AgentRecord) -> None:
@@ -204,7 +216,8 @@ class ProcessRuntime(Runtime):
 
     async def remove(self, agent: AgentRecord) -> None:
         await self.stop(agent)
-        await asyncio.to_thread(shutil.rmtree, self.workspace(agent), True)
+        # Only what is the agent's own: a project is the user's folder and stays.
+        await asyncio.to_thread(shutil.rmtree, self.private_workspace(agent), True)
         await asyncio.to_thread(shutil.rmtree, self.agents_root / agent.id, True)
 
     async def spawn(
@@ -215,10 +228,14 @@ class ProcessRuntime(Runtime):
         await self.start(agent)
         spec = await asyncio.to_thread(self._spec, agent, argv)
         ports = list(agent.config.get("loopbackPorts", []))
-        if self.sandbox == "none":
-            local = await self._exec(spec.program.argv, spec, env)
-        else:
-            local = await self._exec_sandboxed(spec, ports, env)
+        try:
+            if self.sandbox == "none":
+                local = await self._exec(spec.program.argv, spec, env)
+            else:
+                local = await self._exec_sandboxed(spec, ports, env)
+        finally:
+            for fd in _fds(spec.workspace_fd, spec.git_fd):  # bwrap holds the mounts now
+                os.close(fd)
         running = self._running.setdefault(agent.id, set())
         running.add(local)
         process_done = asyncio.ensure_future(local._process.wait())
@@ -228,18 +245,31 @@ class ProcessRuntime(Runtime):
     def _spec(self, agent: AgentRecord, argv: list[str]) -> SandboxSpec:
         writable = [Path(self.workspace_root), self.agents_root]
         secrets = secret_paths([*self.protected_paths, *writable])
+        # Its project is bound explicitly (after any cover-up), and is the agent's to
+        # change: nothing in it is trusted as a program.
+        if agent.project:
+            writable.append(Path(agent.project))
         search_path = os.environ.get("PATH", os.defpath)
+        bwrap = shutil.which("bwrap") or "bwrap"
         return SandboxSpec(
             workspace=self.workspace(agent),
             home=self.home(agent),
             program=resolve_program(argv, search_path, secrets, writable),
-            bwrap=shutil.which("bwrap") or "bwrap",
+            bwrap=bwrap,
             tmp_size=_bytes(self.tmp_size),
             secrets=secrets,
             limits=self._limits(),
             network=agent.config.get("network", "none") != "none",
             resolv_conf=self._resolv_conf(),
+            # last: nothing after them can fail and leak the descriptors
+            workspace_fd=(workspace_fd := self._project_fd(agent, bwrap)),
+            git_fd=_open_git_dir(agent.project) if workspace_fd is not None else None,
         )
+
+    def _project_fd(self, agent: AgentRecord, bwrap: str) -> int | None:
+        if not agent.project or self.sandbox == "none" or not _bind_fd_works(bwrap):
+            return None
+        return _open_project(agent.project)
 
     def _limits(self) -> Limits:
         return Limits(memory=_bytes(self.memory_limit), processes=self.pids_limit,
@@ -308,13 +338,62 @@ class ProcessRuntime(Runtime):
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
                 limit=STREAM_LIMIT,
-                pass_fds=pass_fds,
+                pass_fds=(*pass_fds, *_fds(spec.workspace_fd, spec.git_fd)),
             )
         except FileNotFoundError:
             raise RuntimeFailure(f"Command not found: {argv[0]}") from None
         except PermissionError:
             raise RuntimeFailure(f"Command not executable: {argv[0]}") from None
         return LocalProcess(process)
+
+
+def _check_project(project: str) -> None:
+    """The project is still the folder that was checked at creation. It is never made
+    again (a folder the user removed is theirs to restore), and one replaced by a symlink
+    (by the user, or by an agent working on a folder above it) is never followed: bwrap
+    would bind wherever it points."""
+    if os.path.realpath(project) != project:
+        raise RuntimeFailure(f"The project folder {project} was replaced by a link")
+    if not os.path.isdir(project):
+        raise RuntimeFailure(f"The project folder {project} is gone")
+
+
+def _open_project(project: str) -> int:
+    """An O_PATH descriptor of exactly the checked folder (not a link put in its place
+    meanwhile): bwrap binds what it refers to, whatever the path names later."""
+    try:
+        fd = os.open(project, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise RuntimeFailure(f"The project folder {project} is gone") from None
+    if os.readlink(f"/proc/self/fd/{fd}") != project:
+        os.close(fd)
+        raise RuntimeFailure(f"The project folder {project} was replaced by a link")
+    return fd
+
+
+@functools.lru_cache(maxsize=4)
+def _bind_fd_works(bwrap: str) -> bool:
+    """bwrap 0.7 and later bind a descriptor (--bind-fd); older ones only a path."""
+    try:
+        found = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--bind-fd" in found.stdout + found.stderr
+
+
+def _fds(*fds: int | None) -> tuple[int, ...]:
+    return tuple(fd for fd in fds if fd is not None)
+
+
+def _open_git_dir(project: str | None) -> int | None:
+    """The project's own `.git` directory (never a link, which is not followed), if any."""
+    if not project:
+        return None
+    try:
+        return os.open(os.path.join(project, ".git"),
+                       os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
 
 
 async def _child_pid(status_fd: int) -> int:

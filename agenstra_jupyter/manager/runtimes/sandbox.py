@@ -77,6 +77,13 @@ class SandboxSpec:
     bwrap: str = "bwrap"  # its absolute path, found on the manager's PATH
     tmp_size: int = 0  # bytes of the private /tmp (RAM); 0: the kernel's default
     resolv_conf: Path | None = None  # bound over /etc/resolv.conf when network is on
+    # An open O_PATH descriptor of the workspace (a project: the user's folder), bound
+    # instead of its path, so a folder swapped for a symlink after the check is not followed.
+    workspace_fd: int | None = None
+    # An O_PATH descriptor of the project's `.git` directory, bound read-only over it: git
+    # runs hooks and `core.fsmonitor` commands from there outside any sandbox, when the
+    # user (or JupyterLab's git panel) runs git in the folder.
+    git_fd: int | None = None
 
 
 def secret_paths(extra: Iterable[str | Path] = (), environ: Mapping[str, str] = os.environ
@@ -229,8 +236,12 @@ def bwrap_argv(spec: SandboxSpec, gate: tuple[int, int, int] | None = None) -> l
         if root.exists():
             args += ["--ro-bind", str(root), str(root)]
     args += _cover_secrets([Path("/usr"), *spec.program.binds], spec.secrets)
+    workspace = ["--bind", str(spec.workspace)] if spec.workspace_fd is None else \
+        ["--bind-fd", str(spec.workspace_fd)]
     args += ["--bind", str(spec.home), str(spec.home),
-             "--bind", str(spec.workspace), str(spec.workspace), "--chdir", str(spec.workspace)]
+             *workspace, str(spec.workspace), "--chdir", str(spec.workspace)]
+    if spec.git_fd is not None:
+        args += ["--ro-bind-fd", str(spec.git_fd), str(spec.workspace / ".git")]
     args += ["--remount-ro", "/"]  # the skeleton around the binds is not a place to write
     if gate is None:
         return [*args, "--", *spec.limits.prlimit(), *spec.program.argv]

@@ -1,0 +1,323 @@
+"""Approvals (DESIGN.md "Approvals"): an agent's permission requests, settled by its policy
+or by a user, one broker per agent channel.
+
+A request the policy does not settle is stored (the `permissionRequest` chatEvent as sent),
+sent to every listener and awaited; the first answer wins, a request nobody answers
+expires, and cancelling its turn cancels it. Every settlement is stored and announced as
+`permissionResolved`, and kept for the turn's answer as a `permission` part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
+
+from .. import protocol
+from ..protocol import AgenstraError, ChatEventKind, ErrorCode
+from .bounds import clip_diff, clip_text
+from .permissions import AskPermission, PermissionAsk, Resolution, pick_option, policy_decision
+from .store import Store
+
+DEFAULT_TIMEOUT = 600.0  # seconds a request waits for an answer (AGENSTRA_PERMISSION_TIMEOUT)
+MAX_PENDING = 16  # requests one agent may have waiting; more are rejected by policy
+MAX_TITLE = 1024
+MAX_OPTIONS = 8
+MAX_OPTION_ID = 128  # what a permissionResponse can name (PermissionResponseRequest)
+MAX_OPTION_NAME = 256
+MAX_PATHS = 32
+MAX_PATH = 4096
+MAX_DIFFS = 16
+MAX_DIFF_TEXT = 8 * 1024  # each oldText / newText, as tool results are cut (base.py)
+MAX_PARTS = 256  # permission parts one turn keeps for its answer
+ALWAYS = {"allow_always": "allow", "reject_always": "reject"}
+
+
+class TurnEvents(Protocol):
+    """The running turn's chatEvents: `make` numbers one (the next `sequence`), `send` sends
+    it to the agent's listeners, `emit` does both."""
+
+    def make(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]: ...
+    async def send(self, event: dict[str, Any]) -> None: ...
+    async def emit(self, kind: str, payload: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class _Pending:
+    request_id: str
+    correlation_id: str
+    ask: PermissionAsk
+    events: TurnEvents
+    future: asyncio.Future[Resolution] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _text(value: Any, limit: int) -> str:
+    return clip_text(value if isinstance(value, str) else "", limit)[0]
+
+
+def bounded(ask: PermissionAsk) -> PermissionAsk:
+    """`ask` cut to the sizes a request may take on the wire and in the database."""
+    options = [
+        {"optionId": o["optionId"], "name": _text(o.get("name"), MAX_OPTION_NAME),
+         "kind": o["kind"]}
+        for o in ask.options
+        if isinstance(o.get("optionId"), str) and 0 < len(o["optionId"]) <= MAX_OPTION_ID
+        and o.get("kind") in protocol.OPTION_KINDS
+    ][:MAX_OPTIONS]
+    diff = clip_diff(ask.diff, MAX_DIFF_TEXT, MAX_DIFFS)
+    kind = ask.kind if ask.kind in protocol.PERMISSION_KINDS else "other"
+    tool_call_id = _text(ask.tool_call_id, MAX_OPTION_ID) if ask.tool_call_id else None
+    return replace(ask, title=_text(ask.title, MAX_TITLE), kind=kind, options=options,
+                   paths=[_text(p, MAX_PATH) for p in ask.paths[:MAX_PATHS]],
+                   diff=diff or None, tool_call_id=tool_call_id)
+
+
+def request_payload(request_id: str, ask: PermissionAsk, expires_at: str) -> dict[str, Any]:
+    payload: dict[str, Any] = {"requestId": request_id, "title": ask.title, "kind": ask.kind,
+                               "options": ask.options, "expiresAt": expires_at}
+    if ask.tool_call_id:
+        payload["toolCallId"] = ask.tool_call_id
+    if ask.paths:
+        payload["paths"] = ask.paths
+    if ask.diff:
+        payload["diff"] = ask.diff
+    return payload
+
+
+def resolved_payload(resolution: Resolution) -> dict[str, Any]:
+    payload: dict[str, Any] = {"requestId": resolution.request_id,
+                               "outcome": resolution.outcome, "by": resolution.by}
+    if resolution.option_id:
+        payload["optionId"] = resolution.option_id
+    if resolution.user:
+        payload["user"] = resolution.user
+    return payload
+
+
+def permission_part(ask: PermissionAsk, resolution: Resolution) -> dict[str, Any]:
+    """The `permission` part of a turn's answer (the same shape TurnRecorder.ask keeps)."""
+    part: dict[str, Any] = {"kind": "permission", "requestId": resolution.request_id,
+                            "title": ask.title, "toolKind": ask.kind, "paths": ask.paths,
+                            "outcome": resolution.outcome, "by": resolution.by,
+                            "optionId": resolution.option_id}
+    if ask.tool_call_id:
+        part["toolCallId"] = ask.tool_call_id
+    if resolution.user:
+        part["user"] = resolution.user
+    return part
+
+
+def stored_part(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored request's `permission` part (after a restart, from its row)."""
+    payload = (row.get("event") or {}).get("payload") or {}
+    ask = PermissionAsk(title=payload.get("title", ""), kind=payload.get("kind", "other"),
+                        paths=payload.get("paths") or [],
+                        tool_call_id=payload.get("toolCallId"))
+    return permission_part(ask, Resolution(row["id"], row["state"], row["decided_by"] or "policy",
+                                           row["option_id"], row["user"]))
+
+
+def _expiry(seconds: float) -> str:
+    moment = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ApprovalBroker:
+    """Settles one agent's permission requests (see the module's docstring).
+
+    `lock` is the channel's: a request is stored and sent under it, so a login, which
+    replays history and the pending requests under it too, sees each request exactly once.
+    """
+
+    def __init__(self, agent_id: str, store: Store, lock: asyncio.Lock, log: logging.Logger,
+                 timeout: float = DEFAULT_TIMEOUT, max_pending: int = MAX_PENDING) -> None:
+        self.agent_id = agent_id
+        self._store = store
+        self._lock = lock
+        self._log = log
+        self._timeout = timeout
+        self._max_pending = max_pending
+        self._pending: dict[str, _Pending] = {}
+        self._entering = 0  # requests past the bound check, not yet in _pending
+        self._parts: dict[str, list[dict[str, Any]]] = {}  # by correlation id
+        self._cancelled: dict[str, str] = {}  # turns being cancelled: who cancelled them
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def asker(self, correlation_id: str, events: TurnEvents) -> AskPermission:
+        """The `Turn.ask` of one turn."""
+        async def ask(request: PermissionAsk) -> Resolution:
+            return await self.ask(correlation_id, events, request)
+        return ask
+
+    # -- asking --------------------------------------------------------------------------
+
+    async def ask(self, correlation_id: str, events: TurnEvents,
+                  request: PermissionAsk) -> Resolution:
+        request = bounded(request)
+        request_id = str(uuid.uuid4())
+        if correlation_id in self._cancelled:  # asked while its turn ends: nobody will answer
+            resolution = Resolution(request_id, "cancelled", self._cancelled[correlation_id])
+            self._keep(correlation_id, request, resolution)
+            await events.emit(ChatEventKind.PERMISSION_RESOLVED, resolved_payload(resolution))
+            return resolution
+        decision = await self._decision(request)
+        # Checked and counted with no await between: requests made at once cannot all pass.
+        if decision is None and len(self._pending) + self._entering >= self._max_pending:
+            self._log.warning("Agent %s has %d requests waiting: one more is rejected",
+                              self.agent_id, self._max_pending)
+            decision = "reject"
+        if decision is not None:
+            return await self._by_policy(correlation_id, events, request_id, request, decision)
+        pending = _Pending(request_id, correlation_id, request, events)
+        expires_at = _expiry(self._timeout)
+        self._entering += 1
+        try:
+            async with self._lock:
+                event = events.make(ChatEventKind.PERMISSION_REQUEST,
+                                    request_payload(request_id, request, expires_at))
+                await self._store.create_permission_request(request_id, self.agent_id,
+                                                            correlation_id, event, expires_at)
+                self._pending[request_id] = pending
+                await events.send(event)
+        finally:
+            self._entering -= 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(pending.future), self._timeout)
+        except asyncio.TimeoutError:
+            claimed = self._claim(request_id, "expired", "timeout")
+            if claimed is not None:
+                await self._finish(*claimed)
+            return await pending.future
+        except asyncio.CancelledError:
+            self._settle_later(request_id, "cancelled", "user")
+            raise
+
+    async def _decision(self, request: PermissionAsk) -> str | None:
+        """"allow" / "reject" when no user need be asked, else None."""
+        if not request.options:
+            return "reject"  # nothing a user could pick
+        agent = await self._store.get_agent(self.agent_id)
+        policy = (agent.config if agent else {}).get("permissions",
+                                                     protocol.DEFAULT_PERMISSION_POLICY)
+        rule = await self._store.permission_rule(self.agent_id, request.kind)
+        return policy_decision(policy, request, rule)
+
+    async def _by_policy(self, correlation_id: str, events: TurnEvents, request_id: str,
+                         request: PermissionAsk, decision: str) -> Resolution:
+        option_id = pick_option(request.options, decision)
+        allowed = decision == "allow" and option_id is not None
+        if not allowed:
+            option_id = pick_option(request.options, "reject")
+        resolution = Resolution(request_id, "allowed" if allowed else "rejected", "policy",
+                                option_id)
+        self._keep(correlation_id, request, resolution)
+        await events.emit(ChatEventKind.PERMISSION_RESOLVED, resolved_payload(resolution))
+        return resolution
+
+    # -- answering -----------------------------------------------------------------------
+
+    async def respond(self, request_id: str, option_id: str, user: str | None) -> None:
+        """A user's answer; AgenstraError if it is not one for a pending request."""
+        pending = self._pending.get(request_id)
+        if pending is None:
+            raise AgenstraError(ErrorCode.UNKNOWN_REQUEST, "No such pending request")
+        option = next((o for o in pending.ask.options if o["optionId"] == option_id), None)
+        if option is None:
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD,
+                                "optionId is not one of the request's options")
+        allowed = option["kind"].startswith("allow")
+        claimed = self._claim(request_id, "allowed" if allowed else "rejected", "user",
+                              option_id, user)
+        if claimed is None:
+            raise AgenstraError(ErrorCode.UNKNOWN_REQUEST, "No such pending request")
+        try:
+            if option["kind"] in ALWAYS:  # stored before the agent hears, so it applies next
+                await self._store.set_permission_rule(self.agent_id, pending.ask.kind,
+                                                      ALWAYS[option["kind"]])
+        finally:
+            await self._finish(*claimed)
+
+    # -- cancelling ----------------------------------------------------------------------
+
+    def cancel_turn(self, correlation_id: str, by: str = "user") -> None:
+        """Cancel the turn's waiting requests now (their agent hears at once); the rest of
+        the settling (store, announce) runs in the background."""
+        self._cancelled.setdefault(correlation_id, by)
+        for request_id in [r for r, p in self._pending.items()
+                           if p.correlation_id == correlation_id]:
+            self._settle_later(request_id, "cancelled", by)
+
+    async def end_turn(self, correlation_id: str, by: str = "policy") -> list[dict[str, Any]]:
+        """The turn is over: cancel what still waits; its permission parts, for its answer."""
+        self.cancel_turn(correlation_id, by)
+        await self.drain()
+        self._cancelled.pop(correlation_id, None)
+        return self._parts.pop(correlation_id, [])
+
+    async def cancel_all(self, by: str = "policy") -> None:
+        for request_id in list(self._pending):
+            self._settle_later(request_id, "cancelled", by)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait for the settlements running in the background."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def pending_events(self) -> list[dict[str, Any]]:
+        """The stored `permissionRequest` events still waiting, oldest first."""
+        rows = await self._store.permission_requests(self.agent_id, pending=True)
+        return [row["event"] for row in rows if row["id"] in self._pending]
+
+    # -- settling ------------------------------------------------------------------------
+
+    def _claim(self, request_id: str, outcome: str, by: str, option_id: str | None = None,
+               user: str | None = None) -> tuple[_Pending, Resolution] | None:
+        """Take the request out of the waiting ones (no await: the first claim wins)."""
+        pending = self._pending.pop(request_id, None)
+        if pending is None:
+            return None
+        resolution = Resolution(request_id, outcome, by, option_id, user)
+        self._keep(pending.correlation_id, pending.ask, resolution)
+        return pending, resolution
+
+    async def _finish(self, pending: _Pending, resolution: Resolution) -> None:
+        """Store and announce a claimed settlement; the agent gets the answer in any case."""
+        try:
+            await self._store.settle_permission_request(
+                resolution.request_id, resolution.outcome, resolution.by,
+                resolution.option_id, resolution.user)
+            await pending.events.emit(ChatEventKind.PERMISSION_RESOLVED,
+                                      resolved_payload(resolution))
+        except Exception:
+            self._log.exception("Could not record permission request %s",
+                                resolution.request_id)
+        finally:
+            if not pending.future.done():
+                pending.future.set_result(resolution)
+
+    def _settle_later(self, request_id: str, outcome: str, by: str) -> None:
+        claimed = self._claim(request_id, outcome, by)
+        if claimed is not None:
+            self._spawn(self._finish(*claimed))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _keep(self, correlation_id: str, ask: PermissionAsk, resolution: Resolution) -> None:
+        parts = self._parts.setdefault(correlation_id, [])
+        if len(parts) < MAX_PARTS:
+            parts.append(permission_part(ask, resolution))
+
+
+async def cancel_stored(store: Store) -> None:
+    """After a restart nothing waits for the stored pending requests: cancel them all."""
+    for row in await store.permission_requests(pending=True):
+        await store.settle_permission_request(row["id"], "cancelled", "policy")
