@@ -11,11 +11,9 @@ reports no changes (the log says so once) and the turn itself goes on unharmed.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import stat
 import time
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -354,7 +352,7 @@ class FileWatch(LoggingConfigurable):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         apply_env(self)
-        self._last: Snapshot | None = None  # the latest snapshot: its texts are reused
+        self._last: Snapshot | None = None  # the turn's before-snapshot: unchanged texts reused
         self._warned = False
 
     @property
@@ -374,16 +372,20 @@ class FileWatch(LoggingConfigurable):
         then too. Diff parts are added to answers of providers that do not report their own.
         """
         root = self._root(provider)
-        before = await self._safe_snapshot(root) if root is not None else None
-        if root is None or before is None or before.problem:
-            return await provider.run_turn(turn)
         try:
-            result = await provider.run_turn(turn)
-        except BaseException:
-            await self._report(root, before, turn, None)
-            raise
-        await self._report(root, before, turn, None if provider.reports_diffs else result)
-        return result
+            before = await self._safe_snapshot(root) if root is not None else None
+            if root is None or before is None or before.problem:
+                return await provider.run_turn(turn)
+            try:
+                result = await provider.run_turn(turn)
+            except BaseException:
+                await self._report(root, before, turn, None)
+                raise
+            await self._report(root, before, turn, None if provider.reports_diffs else result)
+            return result
+        finally:
+            # The texts serve this turn's diffs only: an idle agent holds none of them.
+            self._last = None
 
     def _root(self, provider: Provider) -> Path | None:
         if self.max_entries <= 0:
@@ -437,15 +439,3 @@ def _add_diffs(result: TurnResult, diffs: list[dict[str, Any]], parts_bytes: int
     result.extra["parts"] = [*parts, *added]
     if cut:
         result.extra["truncated"] = True
-
-
-_WATCHES: weakref.WeakKeyDictionary[Provider, FileWatch] = weakref.WeakKeyDictionary()
-
-
-async def run_watched(provider: Provider, turn: Turn, log: logging.Logger) -> TurnResult:
-    """Run one turn of `provider` with its file changes reported (one watch per provider)."""
-    watch = _WATCHES.get(provider)
-    if watch is None:
-        # The manager's config, not `parent=provider`: the watch must not keep its key alive.
-        watch = _WATCHES[provider] = FileWatch(config=provider.config, log=log)
-    return await watch.run(provider, turn)

@@ -19,7 +19,7 @@ from ..protocol import ManagerEvent
 from . import metrics
 from .approvals import DEFAULT_TIMEOUT, ApprovalBroker
 from .bounds import QueueLimits, TurnLimits, fit_response
-from .changes import run_watched
+from .changes import FileWatch
 from .providers import Provider, ProviderError, Turn, TurnResult
 from .runtimes import RuntimeFailure
 from .store import Store
@@ -113,6 +113,7 @@ class AgentChannel:
         self._queue: asyncio.Queue[_QueuedTurn | None] = asyncio.Queue()
         self._waiting: dict[str, _QueuedTurn] = {}  # queued, not yet started, by correlation id
         self._worker: asyncio.Task[None] | None = None
+        self._watch: FileWatch | None = None  # made with the first provider (its config)
         self._current: tuple[str, asyncio.Task[TurnResult]] | None = None
         self._closing: str | None = None
         self._held: str | None = None
@@ -249,7 +250,9 @@ class AgentChannel:
         turn = Turn(queued.message, queued.correlation_id, queued.stream, events.emit,
                     self._limits, ask=self.approvals.asker(queued.correlation_id, events))
         # Snapshots the workspace around the turn: filesChanged, and diffs for CLI agents.
-        return await run_watched(self._provider, turn, self._log)
+        if self._watch is None:
+            self._watch = FileWatch(config=self._provider.config, log=self._log)
+        return await self._watch.run(self._provider, turn)
 
     # -- stop and shutdown ---------------------------------------------------------------
 

@@ -87,7 +87,10 @@ class AcpProvider(Provider):
     @classmethod
     def info(cls) -> dict[str, Any]:
         detected = [name for name, argv in KNOWN_AGENTS.items() if shutil.which(argv[0])]
-        return {**super().info(), "known": KNOWN_AGENTS, "detected": detected}
+        return {**super().info(), "known": KNOWN_AGENTS, "detected": detected,
+                "approvals": "interactive", "approvalsNote": (
+                    "You approve each request the agent makes (session/request_permission) "
+                    "that its permissions policy does not settle.")}
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
