@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -20,7 +21,7 @@ import pytest
 
 from agenstra_jupyter.client import TurnError
 from agenstra_jupyter.manager.models import AgentRecord
-from agenstra_jupyter.manager.projects import PathList, relative_project
+from agenstra_jupyter.manager.projects import PathList, relative_project, resolve_relative
 from agenstra_jupyter.manager.runtimes import ProcessRuntime
 from agenstra_jupyter.manager.runtimes.sandbox import bwrap_argv
 from agenstra_jupyter.protocol import AgenstraError
@@ -275,6 +276,28 @@ async def test_a_project_swapped_between_check_and_mount_is_not_followed(sandbox
     assert SSH_KEY not in output
 
 
+@pytest.mark.parametrize("bind_fd", [True, False], ids=["bind-fd", "old-bwrap"])
+async def test_git_stays_read_only_with_and_without_descriptor_binds(sandbox_available,
+                                                                     tmp_path, monkeypatch,
+                                                                     bind_fd):
+    """bwrap older than 0.7 binds no descriptors: .git is then bound read-only by path."""
+    from agenstra_jupyter.manager.runtimes import process as process_runtime
+
+    monkeypatch.setattr(process_runtime, "_bind_fd_works", lambda _bwrap: bind_fd)
+    project = tmp_path / "user" / "repo"
+    (project / ".git" / "hooks").mkdir(parents=True)
+    runtime = ProcessRuntime(workspace_root=str(tmp_path / "ws"),
+                             state_root=str(tmp_path / "agents"))
+    agent = AgentRecord(id="g1", name="g1", provider="shell", runtime="process",
+                        password_hash="-", created_at="", updated_at="",
+                        project=str(project.resolve()))
+    result = await runtime.exec(agent, ["sh", "-c", "touch .git/hooks/pre-commit 2>&1; "
+                                        "touch code.py && echo control-write"])
+    assert "control-write" in result.stdout, result
+    assert not (project / ".git" / "hooks" / "pre-commit").exists()
+    assert (project / "code.py").exists()
+
+
 def test_the_python_client_refuses_a_bad_project_with_its_reason(machine):
     with pytest.raises(AgenstraError, match="outside the Jupyter root"):
         machine.client.create_agent("p-bad", provider="shell", project="../..")
@@ -304,6 +327,27 @@ def test_a_docker_agent_writes_its_project_as_the_folder_owner(machine, docker_a
     assert (project / "home.txt").read_text().strip() == "/home/agenstra"  # its own HOME
     machine.client.delete_agent("p-docker")
     assert made.is_file() and (project / "in.txt").is_file()  # the user's files stay
+
+
+@pytest.mark.docker
+def test_a_stopped_docker_agent_does_not_follow_a_project_swapped_for_a_link(machine,
+                                                                           docker_available):
+    """The daemon resolves a bind's source at every container start, not only at create."""
+    project = machine.home / "work" / "dswap"
+    project.mkdir()
+    subprocess.run(["chown", f"{OWNER}:{OWNER}", str(project)], check=True)
+    agent = machine.client.create_agent("p-dswap", provider="shell", runtime="docker",
+                                        image=TEST_IMAGE, project="work/dswap")
+    assert machine.chat("p-dswap", "echo up").splitlines()[0] == "up"
+    with machine.http() as http:
+        stopped = http.post(f"/clients/local/agents/{agent['id']}/stop")
+        assert stopped.status_code == 200, stopped.text
+    project.rename(machine.home / "work" / "dswap-moved")
+    project.symlink_to(machine.home / ".ssh")
+    with pytest.raises(TurnError, match="replaced by a link") as refused:
+        machine.client.agent("p-dswap").chat("cat id_rsa", timeout=120)
+    assert SSH_KEY not in str(refused.value)
+    machine.client.delete_agent("p-dswap")
 
 
 @pytest.mark.docker
@@ -373,3 +417,42 @@ def test_project_roots_and_views_in_short():
     assert relative_project(root, root) is None  # never "": the root is no project
     assert relative_project("/elsewhere/proj", root) is None
     assert relative_project(None, root) is None
+
+
+SYSTEM_REFUSED = ["proc", "proc/self", "sys", "dev", "dev/shm", "tmp", "var/tmp", "etc",
+                  "usr/lib", "var/lib", "run", "boot"]
+
+
+@pytest.mark.parametrize("project", SYSTEM_REFUSED)
+def test_with_the_root_at_slash_no_system_folder_is_a_project(project):
+    """Containers often run Jupyter with its root at /: a project bound over the sandbox's
+    own /proc would show every process's environment, /tmp other programs' sockets."""
+    if not os.path.isdir(f"/{project}"):
+        pytest.skip(f"/{project} does not exist on this host")  # e.g. /boot in a container
+    with pytest.raises(AgenstraError) as refused:
+        resolve_relative("/", project)
+    assert refused.value.code == "INVALID_PAYLOAD"
+    assert any(reason in refused.value.message
+               for reason in ("system folder", "shared folder", "must never see"))
+
+
+def test_the_python_jupyter_runs_from_and_folders_on_path_are_no_projects(tmp_path,
+                                                                       monkeypatch):
+    """Their programs run outside the sandbox (the kernel, `jupyter`, anything on PATH):
+    an agent that could write them would run code as the user."""
+    tools = tmp_path / "tools"
+    (tools / "bin").mkdir(parents=True)
+    (tmp_path / "work" / "proj").mkdir(parents=True)
+    monkeypatch.setenv("PATH", f"{tools / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    for project in ("tools", "tools/bin"):
+        with pytest.raises(AgenstraError, match="outside any sandbox"):
+            resolve_relative(str(tmp_path), project)
+    assert resolve_relative(str(tmp_path), "work/proj") == (tmp_path / "work" / "proj").resolve()
+    prefix = Path(sys.prefix).resolve()
+    with pytest.raises(AgenstraError, match=r"outside any sandbox|must never see"):
+        resolve_relative(str(prefix.parent), prefix.name)
+    inside = next(p for p in (prefix / "lib", prefix / "bin") if p.is_dir())
+    with pytest.raises(AgenstraError, match="outside any sandbox"):
+        resolve_relative(str(prefix), inside.name)
+    # A folder made in a shared scratch folder is fine; the scratch folder itself is not.
+    assert resolve_relative("/", str(tmp_path.relative_to("/")) + "/work/proj")

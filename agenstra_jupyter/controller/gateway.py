@@ -68,9 +68,11 @@ def _user_of(environ: dict[str, Any]) -> str | None:
 
 
 def _name_of(session: FrontendSession) -> str:
-    """The Jupyter user's name, as a permission answer records who gave it."""
+    """The Jupyter user's name, as a permission answer records who gave it: the name people
+    read (a token login's user is "Anonymous Io", its username a hex string)."""
     user = getattr(session.handler, "current_user", None)
-    name = getattr(user, "username", None) or getattr(user, "name", None) or session.user
+    name = getattr(user, "display_name", None) or getattr(user, "name", None) or \
+        getattr(user, "username", None) or session.user
     return str(name)[:256]
 
 

@@ -159,7 +159,7 @@ class _Walker:
         if old is not None and old.mtime_ns < self.settled_ns and old.matches(info):
             return self._keep(old)  # the common case, kept cheap: a stat, no read
         entry = _entry(info)
-        if (info.st_size > self.bounds.text_file_bytes
+        if (info.st_size > self.bounds.text_file_bytes or _private(path)
                 or self.text_total + info.st_size > self.bounds.text_bytes):
             return entry
         opened = _read_text(fd, name, info, self.bounds.text_file_bytes)
@@ -174,6 +174,12 @@ class _Walker:
             return replace(entry, text=None)
         self.text_total += entry.size
         return entry
+
+
+def _private(path: str) -> bool:
+    """Hidden files (`.env`, `.netrc`, `.aws/credentials`) are listed by path, their text
+    never copied into events, stored answers or recorded sessions."""
+    return any(part.startswith(".") for part in path.split("/"))
 
 
 def _entry(info: os.stat_result) -> Entry:

@@ -59,12 +59,18 @@ def policy_decision(policy: str, ask: PermissionAsk, rule: str | None = None) ->
         return "allow"
     if policy == "deny":
         return "reject"
+    if any(_in_git_dir(path) for path in ask.paths):
+        return None  # hooks and git config run outside any sandbox: always the user's call
     if rule in ("allow", "reject"):
         return rule
     free = READING_KINDS | (WRITING_KINDS if policy == "workspace" else frozenset())
     if ask.kind in free and ask.inside_workspace:
         return "allow"
     return None
+
+
+def _in_git_dir(path: str) -> bool:
+    return ".git" in path.replace("\\", "/").split("/")
 
 
 def pick_option(options: list[dict[str, str]], decision: str) -> str | None:

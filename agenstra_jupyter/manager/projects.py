@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,13 @@ from ..protocol import AgenstraError, ErrorCode
 from .runtimes.sandbox import secret_paths
 
 SUBFOLDER = "choose a subfolder"
+# The host's own trees: a project never lies in one (a project is bound read-write, over
+# the sandbox's own /proc, /dev and /tmp: "/proc" would show every process's environment).
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/usr", "/boot", "/bin", "/sbin", "/lib",
+                "/lib32", "/lib64", "/libx32", "/run", "/var", "/snap")
+# Shared scratch folders: a folder made in one may be a project, never the folder itself
+# (it holds other programs' sockets: ssh-agent, tmux, X11).
+SHARED_SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 class PathList(List):
@@ -65,7 +73,31 @@ def project_problem(path: Path, roots: Sequence[Path], protected: Iterable[str |
         return f"The project {shown} is not a folder"
     if any(part.startswith(".") for part in path.relative_to(root).parts):
         return f"The project {shown} is a hidden folder or lies in one: {SUBFOLDER}"
-    return _secret_problem(path, shown, protected)
+    return _secret_problem(path, shown, protected) or _system_problem(path, shown)
+
+
+def _system_problem(path: Path, shown: str) -> str | None:
+    """Folders whose contents run outside the sandbox or are the host's: the system's
+    trees, the Python installation Jupyter runs from, every folder on PATH."""
+    for scratch in map(Path, SHARED_SCRATCH):
+        if _contains(path, scratch):
+            return f"The project {shown} is the shared folder {scratch}: {SUBFOLDER}"
+    scratch_child = any(scratch in path.parents for scratch in map(Path, SHARED_SCRATCH))
+    for tree in map(Path, SYSTEM_TREES):
+        if _contains(tree, path) and not scratch_child:
+            return f"The project {shown} lies in the system folder {tree}"
+    for code in _code_folders():
+        if _contains(code, path) or _contains(path, code):
+            return (f"The project {shown} holds or lies in {code}, whose programs run "
+                    f"outside any sandbox: {SUBFOLDER}")
+    return None
+
+
+def _code_folders() -> list[Path]:
+    """The Python installation this process runs from and the folders on its PATH."""
+    found = {sys.prefix, sys.base_prefix, sys.exec_prefix,
+             *os.environ.get("PATH", "").split(os.pathsep)}
+    return [real(p) for p in found if p and os.path.isabs(p) and p != "/"]
 
 
 def _secret_problem(path: Path, shown: str, protected: Iterable[str | Path]) -> str | None:

@@ -359,6 +359,13 @@ class DockerRuntime(Runtime):
         if container is None:
             container = self._create(agent)
         if container.status != "running":
+            if agent.project:
+                # The daemon resolves bind sources again at each start: a project swapped
+                # for a link since (by an agent on a folder above it) must not be followed.
+                try:
+                    _project_user(Path(agent.project))
+                except ValueError as exc:
+                    raise RuntimeFailure(str(exc)) from None
             container.start()
 
     def _ensure_image(self, image: str) -> None:

@@ -264,6 +264,7 @@ class ProcessRuntime(Runtime):
             # last: nothing after them can fail and leak the descriptors
             workspace_fd=(workspace_fd := self._project_fd(agent, bwrap)),
             git_fd=_open_git_dir(agent.project) if workspace_fd is not None else None,
+            git_dir=_git_dir(agent.project) if workspace_fd is None else None,
         )
 
     def _project_fd(self, agent: AgentRecord, bwrap: str) -> int | None:
@@ -383,6 +384,12 @@ def _bind_fd_works(bwrap: str) -> bool:
 
 def _fds(*fds: int | None) -> tuple[int, ...]:
     return tuple(fd for fd in fds if fd is not None)
+
+
+def _git_dir(project: str | None) -> Path | None:
+    """The project's own `.git` directory by path (bwrap without --bind-fd)."""
+    git = Path(project, ".git") if project else None
+    return git if git is not None and git.is_dir() and not git.is_symlink() else None
 
 
 def _open_git_dir(project: str | None) -> int | None:

@@ -84,6 +84,8 @@ class SandboxSpec:
     # runs hooks and `core.fsmonitor` commands from there outside any sandbox, when the
     # user (or JupyterLab's git panel) runs git in the folder.
     git_fd: int | None = None
+    # The same `.git`, bound read-only by path where bwrap binds no descriptors (< 0.7).
+    git_dir: Path | None = None
 
 
 def secret_paths(extra: Iterable[str | Path] = (), environ: Mapping[str, str] = os.environ
@@ -242,6 +244,8 @@ def bwrap_argv(spec: SandboxSpec, gate: tuple[int, int, int] | None = None) -> l
              *workspace, str(spec.workspace), "--chdir", str(spec.workspace)]
     if spec.git_fd is not None:
         args += ["--ro-bind-fd", str(spec.git_fd), str(spec.workspace / ".git")]
+    elif spec.git_dir is not None:
+        args += ["--ro-bind", str(spec.git_dir), str(spec.workspace / ".git")]
     args += ["--remount-ro", "/"]  # the skeleton around the binds is not a place to write
     if gate is None:
         return [*args, "--", *spec.limits.prlimit(), *spec.program.argv]
