@@ -16,9 +16,12 @@ client's token, chats fail at once with an AgenstraError that says so.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import inspect
 import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -37,15 +40,27 @@ from .protocol import (
     MAX_FRAME_BYTES,
     UNAUTHORIZED_MESSAGE,
     AgenstraError,
+    ChatEventKind,
     ControllerEvent,
     ErrorCode,
     ManagerEvent,
     utc_now,
 )
-from .sessions import execution_count, recorder
+from .sessions import (
+    ReplayDecisions,
+    execution_count,
+    headless_choice,
+    option_for,
+    permission_decisions,
+    recorder,
+    replay_decisions,
+)
 
 T = TypeVar("T")
 Listener = Callable[[str, dict[str, Any]], None]  # (event name, payload)
+# on_permission: (request) -> optionId, or None to leave it to someone else; may be async.
+PermissionCallback = Callable[[dict[str, Any]], Any]
+MAX_SETTLED = 512  # settled request ids remembered, so a late re-send is not shown again
 DEFAULT_TIMEOUT = 600.0
 CLEANUP_WAIT = 10.0  # seconds an interrupted call may take to tidy up (cancel its turn)
 RECONNECT_WAIT = 30.0  # seconds a call waits for a reconnection that has not failed yet
@@ -123,16 +138,22 @@ class _LoopThread:
                 cls._instance = cls()
             return cls._instance
 
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None,
+            pump: Callable[[], None] | None = None) -> T:
         """Run on the client loop and block for the result (from any other thread).
 
         If the caller is interrupted (Ctrl-C in a kernel) or gives up, the coroutine is
         cancelled, not left running, and may tidy up (a chat cancels its turn) first.
+        `pump`, if given, is called in the caller's thread while it waits (to prompt there).
         """
+        if threading.current_thread().name == "agenstra-client":
+            coroutine.close()
+            raise RuntimeError("A blocking agenstra call on the client's own thread would "
+                               "never return: return the option from the callback instead")
         finished = threading.Event()
         future = asyncio.run_coroutine_threadsafe(_then_set(coroutine, finished), self.loop)
         try:
-            return future.result(timeout)
+            return _wait(future, timeout, pump)
         except BaseException:
             if future.cancel():  # still running: the interruption is the caller's
                 finished.wait(CLEANUP_WAIT)
@@ -141,6 +162,20 @@ class _LoopThread:
     async def run_async(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Await the coroutine, run on the client loop, from another event loop."""
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, self.loop))
+
+
+def _wait(future: concurrent.futures.Future[T], timeout: float | None,
+          pump: Callable[[], None] | None) -> T:
+    if pump is None:
+        return future.result(timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            return future.result(0.1)
+        except concurrent.futures.TimeoutError:
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+        pump()
 
 
 async def _then_set(coroutine: Coroutine[Any, Any, T], finished: threading.Event) -> T:
@@ -163,6 +198,16 @@ class Agent:
     _listeners: list[Listener] = field(default_factory=list)
     _waiting: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     _turn_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Approvals: requests waiting for an answer (by requestId, in arrival order), those
+    # settled lately (a re-send after a login must not bring one back), the callbacks, and
+    # for this client's own turns where their requests go (a prompt in the caller's thread,
+    # the decisions of a replayed recording).
+    _pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _settled: dict[str, None] = field(default_factory=dict)
+    _permission_callbacks: list[PermissionCallback] = field(default_factory=list)
+    _inboxes: dict[str, queue.SimpleQueue[dict[str, Any]]] = field(default_factory=dict)
+    _replayed: dict[str, ReplayDecisions] = field(default_factory=dict)
+    _answering: set[asyncio.Future[None]] = field(default_factory=set)
 
     @property
     def last_seq(self) -> int:
@@ -178,10 +223,19 @@ class Agent:
         return (await self.client._loop.run_async(self._chat(message, timeout))).get(
             "result", "")
 
-    def ask(self, message: str, timeout: float | None = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    def ask(self, message: str, timeout: float | None = DEFAULT_TIMEOUT,
+            on_permission: PermissionCallback | None = None) -> dict[str, Any]:
         """As `chat`, but the whole answer: `{type, result, format?, parts?, ...}` (its
-        `format` says how to show the text: command output is `text`, not markdown)."""
-        return self.client._loop.run(self._chat(message, timeout))
+        `format` says how to show the text: command output is `text`, not markdown).
+
+        `on_permission(request)`, if given, is called in the calling thread (where it may
+        prompt, as %agent does with `input()`) for each request of this turn that no
+        `on_permission` callback of the agent answered; it returns an optionId or None."""
+        if on_permission is None:
+            return self.client._loop.run(self._chat(message, timeout))
+        inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        return self.client._loop.run(self._chat(message, timeout, inbox),
+                                     pump=lambda: self._serve(inbox, on_permission))
 
     def send(self, message: str,
              on_error: Callable[[AgenstraError], None] | None = None) -> str:
@@ -202,11 +256,149 @@ class Agent:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    async def _chat(self, message: str, timeout: float | None) -> dict[str, Any]:
+    # -- approvals (DESIGN.md "Approvals") -----------------------------------------------
+
+    def pending_permissions(self) -> list[dict[str, Any]]:
+        """The agent's requests waiting for an answer, oldest first: each the
+        `permissionRequest` payload (`requestId, title, kind, paths?, diff?, options,
+        expiresAt`) plus the `correlationId` of its turn. Requests asked before this client
+        logged in are there too (the manager sends them again after the history)."""
+        # list() copies at once: the client's thread may change the dict meanwhile.
+        return [dict(request) for request in list(self._pending.values())]
+
+    def on_permission(self, callback: PermissionCallback) -> Callable[[], None]:
+        """Call `callback(request)` for each pending request of this agent, new ones as
+        they come and those already pending now; on the client's own thread, so it must not
+        call the blocking helpers (`respond`, `chat`, ...): it returns the optionId to
+        answer with (see `option_for`), or None to leave the request to someone else. It
+        may be a coroutine function (awaited on that thread). Returns the unsubscriber."""
+        self._permission_callbacks.append(callback)
+        for request in self.pending_permissions():
+            self.client._loop.loop.call_soon_threadsafe(self._dispatch_to, [callback], request)
+        return lambda: (self._permission_callbacks.remove(callback)
+                        if callback in self._permission_callbacks else None)
+
+    def respond(self, request_id: str, option_id: str) -> None:
+        """Answer a pending request with one of its options. AgenstraError UNKNOWN_REQUEST
+        if it is settled already (answered elsewhere, expired, its turn cancelled)."""
+        self.client._loop.run(self._respond(request_id, option_id), 60)
+
+    async def arespond(self, request_id: str, option_id: str) -> None:
+        await self.client._loop.run_async(self._respond(request_id, option_id))
+
+    def allow(self, request_id: str, always: bool = False) -> None:
+        """Allow a pending request (once, or for this kind of tool from now on)."""
+        self.respond(request_id, self._option(request_id, "allow", always))
+
+    def reject(self, request_id: str, always: bool = False) -> None:
+        self.respond(request_id, self._option(request_id, "reject", always))
+
+    def _option(self, request_id: str, decision: str, always: bool) -> str:
+        request = self._pending.get(request_id)
+        if request is None:
+            raise AgenstraError(ErrorCode.UNKNOWN_REQUEST, "No such pending request")
+        option = option_for(request, decision, always)
+        if option is None:
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD,
+                                f"The request offers no option to {decision}")
+        return option
+
+    async def _respond(self, request_id: str, option_id: str) -> None:
+        await self.client._forward(ManagerEvent.PERMISSION_RESPONSE, self,
+                                   {"requestId": request_id, "optionId": option_id})
+
+    def _serve(self, inbox: queue.SimpleQueue[dict[str, Any]],
+               answer: PermissionCallback) -> None:
+        """In the caller's thread, while its turn runs: its requests nobody answered yet."""
+        while True:
+            try:
+                request = inbox.get_nowait()
+            except queue.Empty:
+                return
+            if request["requestId"] not in self._pending:
+                continue  # answered meanwhile (another frontend, expiry)
+            option = answer(request)
+            if option is None:
+                continue
+            try:
+                self.respond(request["requestId"], option)
+            except AgenstraError as exc:
+                if exc.code != ErrorCode.UNKNOWN_REQUEST:
+                    raise
+                print("agenstra: this request was settled elsewhere first", file=sys.stderr)
+
+    def _track_permission(self, event: dict[str, Any]) -> None:
+        """Keep the pending list from the events: a request once (the manager sends pending
+        ones again after each login), gone when resolved."""
+        kind, payload = event.get("kind"), event.get("payload")
+        if not isinstance(payload, dict) or not isinstance(payload.get("requestId"), str):
+            return
+        request_id = payload["requestId"]
+        if kind == ChatEventKind.PERMISSION_RESOLVED:
+            self._settle(request_id)
+        elif (kind == ChatEventKind.PERMISSION_REQUEST and request_id not in self._pending
+              and request_id not in self._settled):
+            request = {**payload, "correlationId": event.get("correlationId")}
+            self._pending[request_id] = request
+            if self._permission_callbacks or request["correlationId"] in self._waiting:
+                self._dispatch_to(list(self._permission_callbacks), request)
+
+    def _settle(self, request_id: str) -> None:
+        self._pending.pop(request_id, None)
+        self._settled[request_id] = None
+        while len(self._settled) > MAX_SETTLED:
+            self._settled.pop(next(iter(self._settled)))
+
+    def _settle_turn(self, message: dict[str, Any]) -> None:
+        """A turn's answer settles all its requests (and its stored parts name them)."""
+        response = message.get("response") or {}
+        for part in response.get("parts") or []:
+            if isinstance(part, dict) and part.get("kind") == "permission":
+                self._settle(str(part.get("requestId")))
+        turn = message.get("correlationId")
+        for request_id in [r for r, q in self._pending.items() if q["correlationId"] == turn]:
+            self._settle(request_id)
+
+    def _dispatch_to(self, callbacks: list[PermissionCallback], request: dict[str, Any]) -> None:
+        task = asyncio.ensure_future(self._dispatch(callbacks, request))
+        self._answering.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._answering.discard)
+
+    async def _dispatch(self, callbacks: list[PermissionCallback],
+                        request: dict[str, Any]) -> None:
+        """Who answers: the first callback with an option, else for this client's own turns
+        a replayed recording's decision or the headless policy, else the turn's prompt."""
+        option = None
+        for callback in callbacks:
+            option = await _call_back(callback, request)
+            if option is not None:
+                break
+        turn = request.get("correlationId", "")
+        if option is None and turn in self._waiting:
+            replayed = self._replayed.get(turn)
+            option = (replayed.answer(request) if replayed is not None else None) or \
+                headless_choice(request)
+        if option is None:
+            if (inbox := self._inboxes.get(turn)) is not None:
+                inbox.put(request)
+            return
+        if request["requestId"] not in self._pending:
+            return  # settled while the callback thought
+        try:
+            await self._respond(request["requestId"], option)
+        except AgenstraError as exc:
+            log.info("agenstra: answering request %s: %s", request["requestId"], exc)
+
+    async def _chat(self, message: str, timeout: float | None,
+                    inbox: queue.SimpleQueue[dict[str, Any]] | None = None) -> dict[str, Any]:
         correlation_id = str(uuid.uuid4())
         answer = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = answer
         self._turn_events[correlation_id] = events = []
+        if inbox is not None:
+            self._inboxes[correlation_id] = inbox
+        if (decisions := replay_decisions(self.name, message)) is not None:
+            self._replayed[correlation_id] = decisions
         started, clock = utc_now(), time.monotonic()
         try:
             await self._send(message, correlation_id)
@@ -215,11 +407,12 @@ class Agent:
             await self._cancel_turn(correlation_id)  # an abandoned turn must not run on
             raise
         finally:
-            self._waiting.pop(correlation_id, None)
-            self._turn_events.pop(correlation_id, None)
+            for held in (self._waiting, self._turn_events, self._inboxes, self._replayed):
+                held.pop(correlation_id, None)
         if (session := recorder()) is not None:
             session.add({"agent": self.name, "agentId": self.id, "clientId": self.client_id,
                          "provider": self.provider, "prompt": message, "events": events,
+                         "permissions": permission_decisions(events),
                          "response": response, "executionCount": execution_count(),
                          "startedAt": started, "endedAt": utc_now(),
                          "durationMs": round((time.monotonic() - clock) * 1000)})
@@ -274,12 +467,14 @@ class Agent:
             events = self._turn_events.get(payload.get("correlationId", ""))
             if events is not None:
                 events.append({"kind": payload.get("kind"), "payload": payload.get("payload")})
+            self._track_permission(payload)
         if event == ManagerEvent.CHAT_MESSAGE:
             # seq grows strictly per agent, so the last one held is all a dedupe needs.
             if not isinstance(payload.get("seq"), int) or payload["seq"] <= self.last_seq:
                 return  # already held: a replay after a reconnect
             self.messages.append(payload)
             if payload.get("from") == "agent":
+                self._settle_turn(payload)
                 waiter = self._waiting.get(payload.get("correlationId", ""))
                 if waiter is not None and not waiter.done():
                     waiter.set_result(payload)
@@ -288,6 +483,18 @@ class Agent:
                 listener(event, payload)
             except Exception:  # a broken listener must not stop the others
                 log.exception("agent listener failed")
+
+
+async def _call_back(callback: PermissionCallback, request: dict[str, Any]) -> str | None:
+    """A callback's option; a failing one is logged and counts as no answer."""
+    try:
+        option = callback(dict(request))
+        if inspect.isawaitable(option):
+            option = await option
+    except Exception:
+        log.exception("agenstra: on_permission callback failed")
+        return None
+    return option if isinstance(option, str) and option else None
 
 
 def _report(done: Any, on_error: Callable[[AgenstraError], None] | None) -> None:
@@ -579,9 +786,16 @@ class AgenstraClient:
 
     def create_agent(self, name: str, provider: str = "shell", runtime: str | None = None,
                      image: str | None = None, config: dict[str, Any] | None = None,
-                     client_id: str | None = None) -> dict[str, Any]:
-        body = {"name": name, "provider": provider, "config": config or {}}
-        body.update({k: v for k, v in (("runtime", runtime), ("image", image)) if v})
+                     client_id: str | None = None, project: str | None = None,
+                     permissions: str | None = None) -> dict[str, Any]:
+        """Create an agent. `project`: a folder relative to the Jupyter root to work in;
+        `permissions`: its policy (`config.permissions`: ask, workspace, allow, deny)."""
+        config = dict(config or {})
+        if permissions is not None:
+            config["permissions"] = permissions
+        body: dict[str, Any] = {"name": name, "provider": provider, "config": config}
+        body.update({k: v for k, v in (("runtime", runtime), ("image", image),
+                                       ("project", project)) if v})
         path = f"/clients/{client_id or self.client_id}/agents"
         return self._loop.run(self._rest("POST", path, json=body), 300)
 

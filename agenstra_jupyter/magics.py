@@ -7,6 +7,11 @@
                                 returned (`_`)
     %agent message...           one message to the chosen agent (after `use`)
     %%agent [NAME]              the cell body is the message
+
+When a turn asks before its agent acts, the cell shows the request (its diff as +/- lines)
+and an input box: "Allow edit note.txt? [a]llow once / [A]lways / [r]eject / [R]eject
+always". Without a frontend to type in (nbclient, `agenstra-jupyter run`) nothing blocks:
+the run's `--permissions` policy answers (deny unless said otherwise).
 """
 
 from __future__ import annotations
@@ -14,13 +19,18 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from IPython.core.error import StdinNotImplementedError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
 from .client import AgenstraClient, AgenstraError, connect
 from .protocol import FORMAT_MARKDOWN, ErrorCode, ResponseFormat, response_format
-from .render import result_html, result_markdown
-from .sessions import error_line
+from .render import diff_text, result_html, result_markdown
+from .sessions import error_line, headless_choice, option_for
 
+# The keys of the inline prompt, by option kind.
+OPTION_KEYS = {"allow_once": ("a", "allow once"), "allow_always": ("A", "Always"),
+               "reject_once": ("r", "reject"), "reject_always": ("R", "Reject always")}
+PROMPT_ATTEMPTS = 3
 USAGE = ("usage: %agent list | %agent use NAME | %agent NAME message… | "
          "%agent message… (after use) | %%agent [NAME]")
 
@@ -101,8 +111,49 @@ class AgentMagics(Magics):
     def _chat(self, name: str, message: str) -> AgentAnswer:
         if not message.strip():
             raise _misuse("Nothing to send")
-        response = self.client.agent(name).ask(message.strip())
+        response = self.client.agent(name).ask(message.strip(), on_permission=prompt_permission)
         return AgentAnswer(response.get("result", ""), response_format(response))
+
+
+def prompt_permission(request: dict[str, Any]) -> str | None:
+    """Ask in the cell (the kernel's stdin), or without a frontend to type in, answer as a
+    headless run does: its --permissions policy, else reject."""
+    keys = {OPTION_KEYS[o["kind"]][0]: o["optionId"] for o in request.get("options") or []
+            if o.get("kind") in OPTION_KEYS}
+    print(request_text(request), flush=True)
+    for _ in range(PROMPT_ATTEMPTS):
+        try:
+            typed = input(prompt_line(request)).strip()
+        except (StdinNotImplementedError, EOFError):
+            choice = headless_choice(request) or option_for(request, "reject")
+            print(f"agenstra: no one to ask here; answered {choice}", file=sys.stderr)
+            return choice
+        if typed in keys:
+            return keys[typed]
+        if typed in {o.get("optionId") for o in request.get("options") or []}:
+            return typed
+        print(f"Type one of {', '.join(keys)}", flush=True)
+    return None  # left for the sidebar, another frontend, or its expiry
+
+
+def request_text(request: dict[str, Any]) -> str:
+    """A request as the cell shows it: title, kind, paths, the diff."""
+    lines = [f"agenstra: the agent asks to {request.get('kind', 'act')}: "
+             f"{request.get('title', '')}"]
+    if request.get("paths"):
+        lines.append("  paths: " + ", ".join(map(str, request["paths"])))
+    if diff := diff_text(request.get("diff")):
+        lines.append(diff)
+    return "\n".join(lines)
+
+
+def prompt_line(request: dict[str, Any]) -> str:
+    """"Allow edit note.txt? [a]llow once / [A]lways / [r]eject / [R]eject always"."""
+    target = ", ".join(map(str, request.get("paths") or [])) or request.get("title", "")
+    choices = " / ".join(f"[{key}]{label[1:]}" if label[0] == key else f"[{key}] {label}"
+                         for kind, (key, label) in OPTION_KEYS.items()
+                         if any(o.get("kind") == kind for o in request.get("options") or []))
+    return f"Allow {request.get('kind', 'this')} {target}? {choices} "
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -7,6 +7,7 @@ are shown, any other becomes its alt text and its URL as a link.
 
 from __future__ import annotations
 
+import difflib
 import html
 import json
 import re
@@ -153,3 +154,71 @@ def tool_line(payload: dict[str, Any]) -> str:
         detail = json.dumps(detail, ensure_ascii=False)
     detail = html.escape((detail or "")[:160].replace("\n", " "))
     return f'<div style="font-size:85%;opacity:.8"><code>{mark} {name}</code> {detail}</div>'
+
+
+# -- approvals: requests, their diffs and their outcomes ----------------------------------
+
+MAX_DIFF_LINES = 400  # per file: a longer diff is cut, with a line saying how much
+# Translucent tints over the theme's own background, in the theme's text colour: readable
+# (WCAG AA) in the light and the dark theme alike.
+DIFF_STYLE = {"+": "background:rgba(46,160,67,.2);", "-": "background:rgba(248,81,73,.2);",
+              " ": ""}
+
+
+def diff_lines(old_text: str, new_text: str) -> list[str]:
+    """The changed lines of a file as "+line" / "-line" / " line" (three lines of context
+    around each change; a created file is all "+"), cut at MAX_DIFF_LINES."""
+    lines = [line for line in difflib.unified_diff(
+        old_text.splitlines(), new_text.splitlines(), lineterm="", n=3)
+        if not line.startswith(("---", "+++", "@@"))]
+    if len(lines) > MAX_DIFF_LINES:
+        lines = [*lines[:MAX_DIFF_LINES], f" … {len(lines) - MAX_DIFF_LINES} more lines"]
+    return lines
+
+
+def diff_text(diff: list[dict[str, Any]] | None) -> str:
+    """A request's diff `[{path, oldText, newText}]` as text, one block per file."""
+    blocks = []
+    for item in diff or []:
+        if isinstance(item, dict):
+            lines = diff_lines(str(item.get("oldText") or ""), str(item.get("newText") or ""))
+            blocks.append("\n".join([f"--- {item.get('path', '')}", *lines]))
+    return "\n".join(blocks)
+
+
+def diff_html(diff: list[dict[str, Any]] | None) -> str:
+    """A request's diff as escaped, preformatted +/- lines (added green, removed red)."""
+    style = ("margin:4px 0;white-space:pre;overflow-x:auto;max-height:320px;"
+             "color:var(--jp-ui-font-color1, #212121);"
+             "font-family:var(--jp-code-font-family, monospace);font-size:90%")
+    blocks = []
+    for item in diff or []:
+        if not isinstance(item, dict):
+            continue
+        lines = diff_lines(str(item.get("oldText") or ""), str(item.get("newText") or ""))
+        rows = "".join(f'<div style="{DIFF_STYLE.get(line[:1], "")}">'
+                       f'{html.escape(line) or " "}</div>' for line in lines)
+        path = html.escape(str(item.get("path", "")))
+        blocks.append(f'<div><code>{path}</code><div style="{style}">{rows}</div></div>')
+    return "".join(blocks)
+
+
+OUTCOME_WORDS = {"allowed": "Allowed", "rejected": "Rejected", "expired": "Expired",
+                 "cancelled": "Cancelled"}
+
+
+def permission_summary(resolution: dict[str, Any], title: str = "") -> str:
+    """One line for a settled request: "Allowed by alice", "Rejected by policy: title",
+    "Expired (rejected)"."""
+    outcome = str(resolution.get("outcome", ""))
+    word = OUTCOME_WORDS.get(outcome, outcome.capitalize() or "Settled")
+    by = resolution.get("by")
+    if outcome == "expired" or by == "timeout":
+        line = "Expired: nobody answered (rejected)"
+    elif by == "user":
+        line = f"{word} by {resolution.get('user') or 'a user'}"
+    elif by == "policy":
+        line = f"{word} by policy"
+    else:
+        line = word
+    return f"{line}: {title}" if title else line

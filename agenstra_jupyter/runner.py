@@ -3,6 +3,7 @@
     agenstra-jupyter run NOTEBOOK [-o OUT] [-p NAME VALUE]... [--timeout S]
                      [--url URL --token TOKEN | --keep-data] [--record SESSION |
                      --replay SESSION [--replay-mode strict|lenient]]
+                     [--permissions allow|deny]
     agenstra-jupyter export AGENT -o NOTEBOOK --session SESSION [--url URL --token TOKEN]
 
 Without --url, `run` is isolated, as nbclient's fresh kernel is: it starts a Jupyter server
@@ -49,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--replay", type=Path, help="answer every agent turn from this session")
     run.add_argument("--replay-mode", choices=["strict", "lenient"], default="strict",
                      help="lenient: turns not in the recording are answered live (echo/shell)")
+    run.add_argument("--permissions", choices=sessions.HEADLESS_POLICIES, default="deny",
+                     help="how the run answers its agents' requests to act (nobody is there "
+                     "to ask): allow or deny (default: deny). A replay answers each request "
+                     "with the recorded decision when it has one of the same kind and title")
     export = commands.add_parser("export", help="an agent's conversation as notebook + session")
     export.add_argument("agent")
     export.add_argument("-o", "--output", type=Path, required=True)
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                 {name: sessions.parse_value(value) for name, value in args.parameter},
                 url=args.url, token=args.token, record=args.record, replay=args.replay,
                 replay_mode=args.replay_mode, cell_timeout=args.timeout, progress=progress,
-                keep_data=args.keep_data,
+                keep_data=args.keep_data, permissions=args.permissions,
             )
             progress(f"ok: {args.notebook}" + (f" -> {result.output}" if result.output else ""))
         else:

@@ -6,7 +6,12 @@ Session file (JSON lines, UTF-8), version 1:
     {"type": "turn", "index": 0, "agent": "scribe", "agentId": "...", "clientId": "local",
      "provider": "echo", "prompt": "...", "events": [{"kind": "assistantDelta",
      "payload": {...}}, ...], "response": {"type": "text", "result": "...", ...},
+     "permissions": [{"title": "...", "kind": "edit", "outcome": "allowed", "by": "user",
+     "optionKind": "allow_once"}, ...],
      "executionCount": 3, "startedAt": "...Z", "endedAt": "...Z", "durationMs": 12}
+
+`permissions` are the decisions on the requests the turn asked, in order: a request's id
+is new in every run, so a replay matches them by kind and title (see ReplayDecisions).
 
 The header comes first, then one line per completed turn in the order the notebook made
 them. Every change rewrites the file through a temporary file and an atomic rename, so a
@@ -38,6 +43,11 @@ from .secrets import create_private_file
 
 SESSION_VERSION = 1
 RECORD_ENV = "AGENSTRA_RECORD"
+# Set by `agenstra-jupyter run` for its kernel: how the run answers its agents' requests
+# (allow | deny), and the session a replay answers them from first.
+PERMISSIONS_ENV = "AGENSTRA_PERMISSIONS"
+REPLAY_ENV = "AGENSTRA_REPLAY"
+HEADLESS_POLICIES = ("allow", "deny")
 Progress = Callable[[str], None]
 
 
@@ -114,6 +124,116 @@ def execution_count() -> int | None:
     except ImportError:
         return None
     return getattr(shell, "execution_count", None) if shell is not None else None
+
+
+# -- approvals in recorded and headless runs ------------------------------------------------
+
+
+def option_for(request: dict[str, Any], decision: str, always: bool = False) -> str | None:
+    """The optionId of `request` that carries out "allow" or "reject": the *_once option
+    (the *_always one with `always`), else the other of the pair; None if it offers none."""
+    once, forever = f"{decision}_once", f"{decision}_always"
+    options = [o for o in request.get("options") or [] if isinstance(o, dict)]
+    for kind in ((forever, once) if always else (once, forever)):
+        for option in options:
+            if option.get("kind") == kind and isinstance(option.get("optionId"), str):
+                return option["optionId"]
+    return None
+
+
+def headless_policy() -> str | None:
+    """"allow" or "deny" in a headless run (`run --permissions`), else None."""
+    policy = os.environ.get(PERMISSIONS_ENV, "")
+    return policy if policy in HEADLESS_POLICIES else None
+
+
+def headless_choice(request: dict[str, Any]) -> str | None:
+    """The option a headless run answers `request` with; None outside one."""
+    policy = headless_policy()
+    if policy is None:
+        return None
+    return option_for(request, "allow" if policy == "allow" else "reject")
+
+
+def permission_decisions(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The decisions on a turn's asked requests, in order, from its events."""
+    asked: dict[str, dict[str, Any]] = {}
+    for event in events:
+        payload = event.get("payload") or {}
+        request_id = payload.get("requestId") if isinstance(payload, dict) else None
+        if event.get("kind") == "permissionRequest" and request_id not in asked:
+            kinds = {o.get("optionId"): o.get("kind") for o in payload.get("options") or []}
+            asked[request_id] = {"title": payload.get("title"), "kind": payload.get("kind"),
+                                 "outcome": None, "by": None, "_kinds": kinds}
+        elif event.get("kind") == "permissionResolved" and request_id in asked:
+            decision = asked[request_id]
+            decision.update(outcome=payload.get("outcome"), by=payload.get("by"),
+                            optionKind=decision["_kinds"].get(payload.get("optionId")))
+    return [{k: v for k, v in d.items() if k != "_kinds"} for d in asked.values()]
+
+
+class ReplayDecisions:
+    """The recorded decisions of one replayed turn: each answers the first request of this
+    run with the same kind and title, once."""
+
+    def __init__(self, decisions: list[dict[str, Any]]) -> None:
+        self._left = [d for d in decisions if isinstance(d, dict) and d.get("outcome")]
+
+    def answer(self, request: dict[str, Any]) -> str | None:
+        for decision in self._left:
+            if (decision.get("kind"), decision.get("title")) == (request.get("kind"),
+                                                                  request.get("title")):
+                self._left.remove(decision)
+                return self._option(request, decision)
+        return None
+
+    @staticmethod
+    def _option(request: dict[str, Any], decision: dict[str, Any]) -> str | None:
+        wanted = decision.get("optionKind")
+        for option in request.get("options") or []:
+            if isinstance(option, dict) and wanted and option.get("kind") == wanted:
+                return option.get("optionId")
+        # An "always" decision is not made again: the replay answers once.
+        return option_for(request, "allow" if decision["outcome"] == "allowed" else "reject")
+
+
+class _Replay:
+    """Which recorded turn each replayed agent is at, as the replay provider counts."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        _, self.turns = read_session(path)
+        self.cursor: dict[str, int] = {}
+
+    def next_turn(self, agent: str, prompt: str) -> dict[str, Any] | None:
+        mine = [t for t in self.turns if t.get("agent") == agent]
+        at = self.cursor.get(agent, 0)
+        if at < len(mine) and mine[at].get("prompt") == prompt:
+            self.cursor[agent] = at + 1
+            return mine[at]
+        return None  # a mismatch: the provider fails it, or answers it live
+
+
+_replay: _Replay | None = None
+
+
+def replay_decisions(agent: str, prompt: str) -> ReplayDecisions | None:
+    """In a replay run (AGENSTRA_REPLAY), the recorded decisions of the turn this prompt
+    replays; None outside a replay, or for a turn that is not in the recording."""
+    global _replay
+    path = os.environ.get(REPLAY_ENV)
+    if not path:
+        return None
+    if _replay is None or _replay.path != path:
+        try:
+            _replay = _Replay(path)
+        except (OSError, ValueError):
+            return None
+    turn = _replay.next_turn(agent, prompt)
+    if turn is None:
+        return None
+    return ReplayDecisions(turn.get("permissions") or permission_decisions(turn.get("events")
+                                                                           or []))
 
 
 # -- a Jupyter server for headless runs ------------------------------------------------------
@@ -256,21 +376,26 @@ def run_notebook(
     cell_timeout: float = 600,
     progress: Progress | None = None,
     keep_data: bool = False,
+    permissions: str = "deny",
 ) -> RunResult:
     """Execute a notebook headlessly against the controller at `url`, or, without one, a
-    server of its own, isolated from the user's (removed afterwards unless `keep_data`)."""
+    server of its own, isolated from the user's (removed afterwards unless `keep_data`).
+    `permissions` (allow | deny) answers every request the run's turns ask."""
     import nbformat
 
     book = nbformat.read(path, as_version=4)
     injected = inject_parameters(book, parameters or {})
     say = progress or (lambda _: None)
     server = None
-    env: dict[str, str] = {}
+    if permissions not in HEADLESS_POLICIES:
+        raise ValueError(f"permissions must be one of {', '.join(HEADLESS_POLICIES)}")
+    env: dict[str, str] = {PERMISSIONS_ENV: permissions}
     if record:
         SessionWriter(Path(record).absolute(), notebook=str(path))  # header, no turns yet
         env[RECORD_ENV] = str(Path(record).absolute())
     if replay:
         _, turns = read_session(replay)  # fail early on a bad file
+        env[REPLAY_ENV] = str(Path(replay).absolute())
         server = start_server(env={"AGENSTRA_DEFAULT_PROVIDER": ""})
         _prepare_replay(server, Path(replay).absolute(), turns, replay_mode, say)
     elif url is None:

@@ -4,7 +4,10 @@ The transcript is the agent's own: messages sent from the sidebar, another noteb
 script appear here live, and the history is replayed when the widget is created. Agent
 output is rendered as sanitised markdown; a streaming answer updates only its own bubble.
 The transcript opens at the newest message and follows new ones while the user is at the
-bottom; scrolled up, it stays put and offers "Jump to latest".
+bottom; scrolled up, it stays put and offers "Jump to latest". When the agent asks before
+it acts, a card shows the request (title, kind, paths, the diff as +/- lines) with one
+button per option; once settled (here, in the sidebar, by policy or expiry) it becomes one
+line: "Allowed by alice".
 """
 
 from __future__ import annotations
@@ -38,11 +41,12 @@ from .protocol import (
     FORMAT_MARKDOWN,
     FORMAT_TEXT,
     ChatEventKind,
+    ErrorCode,
     ManagerEvent,
     ResponseFormat,
     response_format,
 )
-from .render import markdown_html, plain_html, text_html, tool_line
+from .render import diff_html, markdown_html, permission_summary, plain_html, text_html, tool_line
 
 # Text colour set with its background, from pairs that meet WCAG AA (4.5:1) in the light
 # and dark themes (font-color1 on layout-color1/2); accents are borders, as in the sidebar
@@ -67,6 +71,12 @@ NOTICE_COLOR = {"warning": "var(--jp-warn-color1, #f57c00)",
 UNSANDBOXED = "Agents on this manager run without a sandbox (AGENSTRA_SANDBOX=none)"
 NO_SANDBOX = "Agents cannot run: no working sandbox on this host"
 log = logging.getLogger(__name__)
+CARD = ("margin:4px 20% 4px 0;padding:6px 10px;border-radius:8px;" + _TEXT +
+        "background:var(--jp-layout-color1, #ffffff);"
+        "border:1px solid var(--jp-warn-color1, #f57c00);border-left-width:4px")
+SETTLED = "font-size:85%;opacity:.85;margin:2px 0"
+OPTION_STYLE = {"allow_once": "success", "allow_always": "success", "reject_once": "danger",
+                "reject_always": "danger"}
 STATES = {"connected": "● connected", "reconnecting": "◌ reconnecting…",
           "disconnected": "○ disconnected"}
 
@@ -112,14 +122,72 @@ def bubble_html(message: dict[str, Any]) -> str:
     response = message.get("response") or {}
     if response.get("type") == "error":
         return f'<div style="{BUBBLE["error"]}">{plain_html(response.get("result", ""))}</div>'
-    tools = "".join(tool_line(p) for p in response.get("parts", [])
-                    if p.get("kind") in (ChatEventKind.TOOL_CALL, ChatEventKind.TOOL_RESULT))
+    tools = "".join(tool_line(p) if p.get("kind") != "permission" else settled_html(p)
+                    for p in response.get("parts", [])
+                    if p.get("kind") in (ChatEventKind.TOOL_CALL, ChatEventKind.TOOL_RESULT,
+                                         "permission"))
     text = response.get("result", "")
     if response_format(response) == FORMAT_TEXT:  # command output: line for line
         body = text_html(text)
     else:
         body = styled_code_blocks(text, markdown_html(text))
     return f'<div style="{BUBBLE["agent"]}">{tools}{body}</div>'
+
+
+def request_html(request: dict[str, Any]) -> str:
+    """A pending request's card body: what the agent wants to do, where, and the diff."""
+    title = html.escape(str(request.get("title") or "The agent asks"))
+    kind = html.escape(str(request.get("kind") or "other"))
+    shown = {str(item.get("path")) for item in request.get("diff") or []
+             if isinstance(item, dict)}  # a diff names its file itself
+    paths = "".join(f"<div><code>{html.escape(str(p))}</code></div>"
+                    for p in request.get("paths") or [] if str(p) not in shown)
+    expires = _clock(str(request.get("expiresAt") or ""))
+    until = f'<div style="{SETTLED}">expires at {html.escape(expires)}</div>' if expires else ""
+    return (f'<div><b>⚠ {title}</b> <span style="{SETTLED}">({kind})</span></div>'
+            f"{paths}{diff_html(request.get('diff'))}{until}")
+
+
+def _clock(timestamp: str) -> str:
+    """"2026-12-01T15:27:26.935Z" as "15:27:26 UTC" (the text itself if it is not one)."""
+    match = re.match(r"\d{4}-\d\d-\d\dT(\d\d:\d\d:\d\d)", timestamp)
+    return f"{match[1]} UTC" if match else timestamp
+
+
+def settled_html(resolution: dict[str, Any], title: str | None = None) -> str:
+    """A settled request in one line ("Allowed by alice: Write note.txt")."""
+    line = permission_summary(resolution, title if title is not None else
+                              str(resolution.get("title") or ""))
+    mark = "✓" if resolution.get("outcome") == "allowed" else "✗"
+    return f'<div style="{SETTLED}" data-outcome="{html.escape(str(resolution.get("outcome")))}">' \
+        f"<code>{mark}</code> {html.escape(line)}</div>"
+
+
+class _Card:
+    """A request's card: its text and one button per option, then its one settled line."""
+
+    def __init__(self, request: dict[str, Any], answer: Any) -> None:
+        self.request = request
+        self.body = widgets.HTML(request_html(request))
+        self.note = widgets.HTML()
+        self.buttons = []
+        for option in request.get("options") or []:
+            button = widgets.Button(description=str(option.get("name") or option["optionId"]),
+                                    button_style=OPTION_STYLE.get(option.get("kind"), ""),
+                                    tooltip=str(option.get("kind") or ""))
+            button.on_click(lambda _, o=option["optionId"]: answer(self, o))
+            self.buttons.append(button)
+        self.widget = widgets.VBox([self.body, widgets.HBox(self.buttons), self.note])
+        self.widget.add_class("agenstra-permission")
+        self.widget.layout.border = "1px solid var(--jp-warn-color1, #f57c00)"
+        self.widget.layout.padding = "4px 8px"
+        self.widget.layout.margin = "4px 20% 4px 0"
+
+    def settle(self, resolution: dict[str, Any]) -> None:
+        self.widget.children = (widgets.HTML(settled_html(resolution,
+                                                          str(self.request.get("title") or ""))),)
+        self.widget.layout.border = ""
+        self.widget.layout.padding = "0 10px"
 
 
 def styled_code_blocks(text: str, markup: str) -> str:
@@ -224,6 +292,7 @@ class ChatWidget(widgets.VBox):
         self._unsubscribe: Any = None
         self._live: dict[str, _LiveTurn] = {}
         self._running: set[str] = set()  # turns asked for and not answered yet
+        self._cards: dict[str, _Card] = {}  # requests shown, until their turn's answer
         self._shown_seq = 0  # the last message shown: seq grows strictly per agent
         self._lock = threading.RLock()
         self.send_button.on_click(lambda _: self.send())
@@ -248,9 +317,12 @@ class ChatWidget(widgets.VBox):
                 self._unsubscribe()
             self.transcript.children, self._live, self._shown_seq = (), {}, 0
             self._running.clear()
+            self._cards = {}
             self.agent = self.client.agent(name)
             for message in list(self.agent.messages):
                 self._add_message(message)
+            for request in self.agent.pending_permissions():  # asked before we looked
+                self._show_request(request)
             self._unsubscribe = self.agent.subscribe(self._on_event)
             agent = self.agent
         self.jump()  # another transcript opens at its newest message too
@@ -297,7 +369,8 @@ class ChatWidget(widgets.VBox):
                 self._add_message(payload)
             elif event == ManagerEvent.CHAT_EVENT:
                 self._stream(payload)
-            elif event == ManagerEvent.ERROR:
+            elif event == ManagerEvent.ERROR and payload.get("code") != ErrorCode.UNKNOWN_REQUEST:
+                # (an answer too late: its card says so)
                 self.error.value = plain_html(payload.get("message", "error"))
 
     def _add_message(self, message: dict[str, Any]) -> None:
@@ -308,6 +381,11 @@ class ChatWidget(widgets.VBox):
         bubble = widgets.HTML(bubble_html(message))
         live = self._live.pop(message.get("correlationId", ""), None)
         children = list(self.transcript.children)
+        if message.get("from") == "agent":  # its parts list the requests, one line each
+            for request_id, card in list(self._cards.items()):
+                if card.request.get("correlationId") == message.get("correlationId"):
+                    del self._cards[request_id]
+                    children = [c for c in children if c is not card.widget]
         if message.get("from") == "agent" and live is not None and live.widget in children:
             children[children.index(live.widget)] = bubble  # the final answer replaces it
         else:
@@ -323,7 +401,39 @@ class ChatWidget(widgets.VBox):
             self._running.discard(turn)
         self.cancel_button.layout.display = "" if self._running else "none"
 
+    def _show_request(self, request: dict[str, Any]) -> None:
+        if request.get("requestId") in self._cards:
+            return  # sent again after a login
+        card = self._cards[request["requestId"]] = _Card(request, self._answer)
+        self.transcript.children = (*self.transcript.children, card.widget)
+
+    def _answer(self, card: _Card, option_id: str) -> None:
+        """A button's click: the answer goes to the manager; its resolution settles the card
+        (whoever's answer came first)."""
+        if self.agent is None:
+            return
+        for button in card.buttons:
+            button.disabled = True
+        try:
+            self.agent.respond(card.request["requestId"], option_id)
+        except AgenstraError as exc:
+            settled = exc.code == ErrorCode.UNKNOWN_REQUEST
+            card.note.value = plain_html("Already answered elsewhere" if settled else str(exc))
+            for button in card.buttons:
+                button.disabled = settled
+
+    def _permission(self, kind: str, payload: dict[str, Any], correlation_id: str) -> None:
+        if kind == ChatEventKind.PERMISSION_REQUEST:
+            self._show_request({**payload, "correlationId": correlation_id})
+        elif (card := self._cards.get(payload.get("requestId", ""))) is not None:
+            card.settle(payload)
+
     def _stream(self, event: dict[str, Any]) -> None:
+        kind = event.get("kind")
+        if kind in (ChatEventKind.PERMISSION_REQUEST, ChatEventKind.PERMISSION_RESOLVED):
+            if isinstance(event.get("payload"), dict) and event["payload"].get("requestId"):
+                self._permission(kind, event["payload"], event.get("correlationId", ""))
+            return
         live = self._live.get(event["correlationId"])
         if live is None:
             live = self._live[event["correlationId"]] = _LiveTurn()

@@ -3,6 +3,11 @@
 config: `session` (path of the session file on the manager's host), `agent` (the recorded
 agent's name), `mode` (`strict`: a prompt that differs from the recording fails the turn;
 `lenient`: such a turn is answered live by `fallback`, a provider and config, and says so).
+
+A recorded turn that asked permission asks again, in the same order (a new request each:
+the run's kernel answers it with the recorded decision, see sessions.ReplayDecisions); an
+answer other than the recorded one fails the turn in `strict` mode and is reported in
+`lenient` mode: the recorded answer could not have come from it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from typing import Any
 
 from ...protocol import ChatEventKind
 from ...sessions import read_session
+from ..permissions import PermissionAsk, Resolution
 from .base import Provider, ProviderError, Turn, TurnResult
+
+_PERMISSION_EVENTS = (ChatEventKind.PERMISSION_REQUEST, ChatEventKind.PERMISSION_RESOLVED)
 
 
 class ReplayProvider(Provider):
@@ -68,14 +76,47 @@ class ReplayProvider(Provider):
         return [t for t in turns if t.get("agent") == self.agent.config["agent"]]
 
     async def _replay(self, record: dict[str, Any], turn: Turn) -> TurnResult:
-        for event in record.get("events", []):
-            await turn.emit(event["kind"], event.get("payload") or {})
+        events = record.get("events", [])
+        outcomes = {e["payload"].get("requestId"): e["payload"].get("outcome") for e in events
+                    if e.get("kind") == ChatEventKind.PERMISSION_RESOLVED
+                    and isinstance(e.get("payload"), dict)}
+        asked: list[dict[str, Any]] = []
+        for event in events:
+            payload = event.get("payload") or {}
+            if event["kind"] == ChatEventKind.PERMISSION_REQUEST:
+                asked.append(await self._ask_again(turn, payload,
+                                                   outcomes.get(payload.get("requestId"))))
+            elif event["kind"] not in _PERMISSION_EVENTS:  # the recorded ones are stale
+                await turn.emit(event["kind"], payload)
         response = dict(record.get("response") or {})
+        if asked:
+            kept = [p for p in response.get("parts") or [] if p.get("kind") != "permission"]
+            response["parts"] = kept + asked
         if response.get("type") == "error":
             raise ProviderError(response.get("result", "The recorded turn failed"))
         text = response.pop("result", "")
         response.pop("type", None)
         return TurnResult(text, response)
+
+    async def _ask_again(self, turn: Turn, recorded: dict[str, Any],
+                         outcome: str | None) -> dict[str, Any]:
+        """Ask a recorded request again; its `permission` part for the answer."""
+        options = [o for o in recorded.get("options") or [] if isinstance(o, dict)]
+        ask = PermissionAsk(
+            title=str(recorded.get("title") or ""), kind=str(recorded.get("kind") or "other"),
+            paths=[str(p) for p in recorded.get("paths") or []], diff=recorded.get("diff"),
+            tool_call_id=recorded.get("toolCallId"), **({"options": options} if options else {}))
+        resolution: Resolution = await turn.ask(ask)
+        if outcome is not None and resolution.outcome != outcome:
+            problem = (f"Replay mismatch for agent {self.agent.config['agent']!r}: the "
+                       f"recording {outcome} {ask.title!r}, this run {resolution.outcome} it")
+            if self.agent.config.get("mode", "strict") != "lenient":
+                raise ProviderError(problem)
+            await turn.emit(ChatEventKind.STATUS, {"message": problem})
+        part = {"kind": "permission", "requestId": resolution.request_id, "title": ask.title,
+                "toolKind": ask.kind, "paths": ask.paths, "outcome": resolution.outcome,
+                "by": resolution.by, "optionId": resolution.option_id}
+        return {**part, "user": resolution.user} if resolution.user else part
 
     def _can_fall_back(self) -> bool:
         return isinstance(self.agent.config.get("fallback"), dict)
