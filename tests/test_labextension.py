@@ -181,9 +181,12 @@ def test_agent_output_renders_inert(page, lab):
 def test_streaming_tool_calls_and_cancel(page, lab):
     """An ACP agent (the fake speaks the real protocol): live deltas, collapsed tools, cancel."""
     open_panel(page)
-    create_agent(page, "acp", "acp", {"command": ACP_AGENT_COMMAND})
+    create_agent(page, "acp", "acp", {"command": ACP_AGENT_COMMAND, "permissions": "workspace"})
 
     send(page, "files")
+    # Writing outside the workspace asks (the write inside is allowed by the policy).
+    page.locator(f"{PANEL} .jp-AgenstraChat-permission.jp-mod-pending",
+                 has_text="write outside").locator("button", has_text="Reject").click()
     answer = page.locator(f"{MESSAGES}.jp-mod-agent").last
     answer.wait_for()
     tools = answer.locator("details.jp-AgenstraChat-tool")
@@ -596,7 +599,7 @@ def test_readable_in_light_and_dark_themes(shared_page, shared_lab):
                  headers={"Authorization": f"token {shared_lab.token}"}).raise_for_status()
     send(page, "anyone there?")
     page.locator(f"{PANEL} .jp-AgenstraChat-notice").wait_for()
-    create_agent(page, "tools", "acp", {"command": ACP_AGENT_COMMAND})
+    create_agent(page, "tools", "acp", {"command": ACP_AGENT_COMMAND, "permissions": "deny"})
     send(page, "files")
     page.locator(f"{MESSAGES} .jp-AgenstraChat-tool").first.wait_for()
     create_agent(page, "timed", "shell", {"timeout": 1})

@@ -155,6 +155,17 @@ export class ChatConnection {
     return this._forward(clientId, agentId, ManagerEvent.cancel, {});
   }
 
+  /**
+   * Answers a permission request of the agent. Throws ChatError; code UNKNOWN_REQUEST when
+   * the request is settled already (another frontend, the policy or the timeout was first).
+   */
+  respond(clientId: string, agentId: string, requestId: string, optionId: string): Promise<void> {
+    return this._forward(clientId, agentId, ManagerEvent.permissionResponse, {
+      requestId,
+      optionId
+    });
+  }
+
   /** Unsubscribes from an agent (after it was deleted) and drops its transcript. */
   async close(clientId: string, agentId: string): Promise<void> {
     const key = agentKey(clientId, agentId);

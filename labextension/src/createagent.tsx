@@ -6,11 +6,21 @@
 import { Button, HTMLSelect } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-import { agentCreateRequest, configPlaceholder, IAgentCreate, ICatalog } from './protocol';
+import {
+  agentCreateRequest,
+  approvalsOf,
+  configPlaceholder,
+  DEFAULT_PERMISSION_POLICY,
+  IAgentCreate,
+  ICatalog,
+  PERMISSION_POLICIES
+} from './protocol';
 import { NETWORK_HINT, runtimeLabel, withNetwork } from './sandbox';
 
 export interface ICreateAgentProps {
   catalog: ICatalog;
+  /** The file browser's folder when the form opened: the project it offers. */
+  folder?: string;
   /** Creates the agent; what went wrong (the manager's refusal), or null. */
   onCreate: (request: IAgentCreate) => Promise<string | null>;
   onCancel: () => void;
@@ -18,7 +28,16 @@ export interface ICreateAgentProps {
 
 type Change = React.ChangeEvent<HTMLInputElement | HTMLSelectElement | HTMLTextAreaElement>;
 
-export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentProps): JSX.Element {
+/** What each `permissions` policy means, under the select. */
+const POLICY_HINTS: Record<string, string> = {
+  ask: 'reads inside the project are allowed; anything else asks you first',
+  workspace: 'reads and edits inside the project are allowed; anything else asks',
+  allow: 'everything is allowed without asking',
+  deny: 'everything that needs permission is refused'
+};
+
+export function CreateAgentForm(props: ICreateAgentProps): JSX.Element {
+  const { catalog, onCreate, onCancel } = props;
   const runtimes = catalog.runtimes.filter(r => r.available);
   const unavailable = catalog.runtimes.filter(r => !r.available);
   const [name, setName] = React.useState('');
@@ -30,10 +49,13 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
   const [config, setConfig] = React.useState('');
   const [network, setNetwork] = React.useState('');
   const [ports, setPorts] = React.useState('');
+  const [project, setProject] = React.useState(props.folder ?? '');
+  const [permissions, setPermissions] = React.useState<string>(DEFAULT_PERMISSION_POLICY);
   const [problem, setProblem] = React.useState<string | null>(null);
   const described = catalog.providers.find(p => p.name === provider);
   const chosen = catalog.runtimes.find(r => r.name === runtime);
   const placeholder = configPlaceholder(described);
+  const approvals = approvalsOf(described, config);
   // Any edit may be the fix: the last problem goes until the next Create says otherwise.
   const field = (set: (value: string) => void) => (event: Change) => {
     set(event.currentTarget.value);
@@ -42,7 +64,10 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
 
   const submit = async (event: React.FormEvent) => {
     event.preventDefault();
-    let request = agentCreateRequest(name, provider, runtime, image, config);
+    let request = agentCreateRequest(name, provider, runtime, image, config, {
+      project,
+      permissions
+    });
     if (typeof request !== 'string' && runtime === 'process') {
       request = withNetwork(request, network, ports);
     }
@@ -67,6 +92,27 @@ export function CreateAgentForm({ catalog, onCreate, onCancel }: ICreateAgentPro
           onChange={field(setProvider)} />
       </label>
       {described && <div className="jp-AgenstraChat-hint">{described.description}</div>}
+      <label>
+        Project folder
+        <input className="jp-mod-styled" value={project} aria-label="Project"
+          placeholder="(empty: a private workspace)" onChange={field(setProject)} />
+      </label>
+      <div className="jp-AgenstraChat-hint">
+        The agent works on your files in this folder (relative to the Jupyter root), and sees
+        nothing else of them. Empty: a private folder of its own.
+      </div>
+      <label>
+        Permissions
+        <HTMLSelect aria-label="Permissions" value={permissions}
+          options={[...PERMISSION_POLICIES]} onChange={field(setPermissions)} />
+      </label>
+      <div className="jp-AgenstraChat-hint">{POLICY_HINTS[permissions]}</div>
+      {approvals.approvals === 'policy' && (
+        <div className="jp-AgenstraChat-hint jp-mod-policy" data-approvals="policy">
+          This agent cannot ask before it acts: its policy decides.
+          {approvals.note && <> {approvals.note}</>}
+        </div>
+      )}
       <label>
         Runtime
         <HTMLSelect aria-label="Runtime" value={runtime} title={chosen && runtimeLabel(chosen)}

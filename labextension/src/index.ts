@@ -7,21 +7,34 @@ import {
 } from '@jupyterlab/application';
 import { Clipboard, ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
+import { IDocumentManager } from '@jupyterlab/docmanager';
+import type { DocumentRegistry } from '@jupyterlab/docregistry';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
+import type { ISharedNotebook as ISharedNotebookModel } from '@jupyter/ydoc';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStateDB } from '@jupyterlab/statedb';
 import { LabIcon } from '@jupyterlab/ui-components';
-import { ReadonlyJSONObject } from '@lumino/coreutils';
+import { PartialJSONValue, ReadonlyJSONObject } from '@lumino/coreutils';
 import { io } from 'socket.io-client';
 
 import { ControllerApi } from './api';
+import { namesOf } from './approvals';
 import { ChatConnection, ISocket } from './connection';
 import { ICodeActions } from './markdown';
 import { ISelection, SidebarModel } from './model';
 import { ChatPanel } from './panel';
 import { CLIENTS_NAMESPACE, SOCKETIO_PATH } from './protocol';
-import { ChatStore } from './state';
+import {
+  ContentEdits,
+  documentPaths,
+  IOpenDocument,
+  keptNotice,
+  metadataToKeep,
+  reloadDocuments
+} from './reload';
+import { ChatStore, IFilesChangedEvent } from './state';
 
 const PLUGIN_ID = '@agenstra/jupyterlab:plugin';
 const PANEL_ID = 'agenstra-chat';
@@ -75,19 +88,91 @@ function codeActions(notebooks: INotebookTracker | null): ICodeActions {
   };
 }
 
+/** Content edits of each open notebook, by its shared model (see ContentEdits). */
+type Edits = WeakMap<object, ContentEdits>;
+
+/** Watches every notebook from the moment it opens, before its kernel writes metadata. */
+function trackEdits(notebooks: INotebookTracker | null): Edits {
+  const edits: Edits = new WeakMap();
+  notebooks?.widgetAdded.connect((_, panel) => {
+    const shared = panel.context.model.sharedModel;
+    if (!edits.has(shared)) {
+      edits.set(shared, new ContentEdits(shared));
+    }
+  });
+  return edits;
+}
+
+/** A revert that keeps the running kernel's metadata (kernelspec, language_info). */
+async function revertKeepingKernel(context: DocumentRegistry.Context): Promise<void> {
+  const shared = context.model.sharedModel as Partial<ISharedNotebookModel>;
+  const before = shared.getMetadata?.() ?? {};
+  await context.revert();
+  const kept = metadataToKeep(before, shared.getMetadata?.() ?? {});
+  Object.entries(kept).forEach(([key, value]) => shared.setMetadata?.(key, value as PartialJSONValue));
+}
+
+/** Every open document's context once (a document open in two views shares one). */
+function openDocuments(app: JupyterFrontEnd, docs: IDocumentManager, edits: Edits): IOpenDocument[] {
+  const contexts = new Map<object, IOpenDocument>();
+  for (const widget of app.shell.widgets('main')) {
+    const context = docs.contextForWidget(widget);
+    if (context && !contexts.has(context)) {
+      const tracked = edits.get(context.model.sharedModel);
+      contexts.set(context, {
+        path: context.path,
+        dirty: context.model.dirty,
+        edited: tracked ? tracked.edited : undefined, // a file: every change is the user's
+        revert: () => revertKeepingKernel(context)
+      });
+    }
+  }
+  return [...contexts.values()];
+}
+
+/** Open documents an agent's turn changed show the change; unsaved edits are never lost. */
+function liveReload(
+  app: JupyterFrontEnd,
+  docs: IDocumentManager,
+  model: SidebarModel,
+  edits: Edits
+) {
+  return async (_: unknown, change: IFilesChangedEvent) => {
+    const paths = documentPaths(model.projectOf(change.key), change.paths);
+    if (!paths.length) {
+      return;
+    }
+    try {
+      const { kept } = await reloadDocuments(openDocuments(app, docs, edits), paths);
+      kept.forEach(path => Notification.warning(keptNotice(path), { autoClose: 10000 }));
+    } catch (error) {
+      Notification.error(`Could not reload a changed document: ${error}`, { autoClose: 8000 });
+    }
+  };
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description: 'A sidebar to chat with agenstra agents.',
   autoStart: true,
   requires: [IRenderMimeRegistry],
-  optional: [ILayoutRestorer, ICommandPalette, INotebookTracker, IStateDB],
+  optional: [
+    ILayoutRestorer,
+    ICommandPalette,
+    INotebookTracker,
+    IStateDB,
+    IDefaultFileBrowser,
+    IDocumentManager
+  ],
   activate: (
     app: JupyterFrontEnd,
     rendermime: IRenderMimeRegistry,
     restorer: ILayoutRestorer | null,
     palette: ICommandPalette | null,
     notebooks: INotebookTracker | null,
-    state: IStateDB | null
+    state: IStateDB | null,
+    browser: IDefaultFileBrowser | null,
+    docs: IDocumentManager | null
   ) => {
     const settings = ServerConnection.makeSettings();
     const api = new ControllerApi(settings);
@@ -95,10 +180,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
       api.messages(c, a, after)
     );
     const model = new SidebarModel(api, connection);
+    model.currentFolder = () => browser?.model.path ?? '';
+    if (docs) {
+      connection.store.filesChanged.connect(liveReload(app, docs, model, trackEdits(notebooks)));
+    }
     const panel = new ChatPanel(model, rendermime, codeActions(notebooks));
     panel.id = PANEL_ID;
     panel.title.icon = chatIcon;
     panel.title.caption = 'Agent Chat';
+    app.serviceManager.user.ready
+      .then(() => {
+        panel.currentUser = namesOf(app.serviceManager.user.identity);
+        panel.update();
+      })
+      .catch(() => undefined); // no identity: answers keep the recorded name
     app.shell.add(panel, 'left', { rank: 900 });
     restorer?.add(panel, PANEL_ID);
 

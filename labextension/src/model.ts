@@ -8,7 +8,14 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import { ControllerApi } from './api';
 import { ChatConnection, IConnectionStatus } from './connection';
-import { IAgent, IAgentCreate, ICatalog, IClient, REMOTE_UNAVAILABLE } from './protocol';
+import {
+  IAgent,
+  IAgentCreate,
+  ICatalog,
+  IClient,
+  REMOTE_UNAVAILABLE,
+  UNKNOWN_REQUEST
+} from './protocol';
 import { agentKey, ChatStore, Transcript } from './state';
 
 export interface ISelection {
@@ -86,6 +93,13 @@ export class SidebarModel {
   loading = false;
   /** The first load has ended (well or not). */
   loaded = false;
+  /** The file browser's folder (relative to the Jupyter root): the create form's project. */
+  currentFolder: () => string = () => '';
+
+  /** The project of an agent seen in a list (relative; null: none, undefined: not seen). */
+  projectOf(key: string): string | null | undefined {
+    return this._projects.get(key);
+  }
 
   get store(): ChatStore {
     return this.connection.store;
@@ -192,7 +206,7 @@ export class SidebarModel {
     await this._guard(
       async () => {
         const agent = await this.api.createAgent(clientId, request);
-        this.agents = await this.api.agents(clientId);
+        this._setAgents(clientId, await this.api.agents(clientId));
         await this.selectAgent(agent.id); // the new agent, selected, is the confirmation
       },
       error => (problem = error?.message ?? String(error))
@@ -215,7 +229,7 @@ export class SidebarModel {
         await this.connection.open(clientId, agentId).catch(() => undefined); // still there
         throw error;
       }
-      this.agents = await this.api.agents(clientId);
+      this._setAgents(clientId, await this.api.agents(clientId));
       await this.selectAgent(this.agents[0]?.id ?? null);
     });
   }
@@ -241,6 +255,29 @@ export class SidebarModel {
       this._failed = null;
     }
     return sent;
+  }
+
+  /** Answers a permission request of the selected agent with one of its options. */
+  async respond(requestId: string, optionId: string): Promise<void> {
+    const { clientId, agentId } = this.selection;
+    const key = this.selectedKey;
+    if (!clientId || !agentId || !key) {
+      return;
+    }
+    const transcript = this.store.transcript(key);
+    transcript.markSent(requestId, optionId);
+    this.store.updated(key);
+    try {
+      await this.connection.respond(clientId, agentId, requestId, optionId);
+    } catch (error: any) {
+      if (error?.code === UNKNOWN_REQUEST) {
+        transcript.markAnsweredElsewhere(requestId); // its resolution is on its way
+      } else {
+        transcript.markSent(requestId, undefined); // the buttons come back to try again
+        this._report(error);
+      }
+      this.store.updated(key);
+    }
   }
 
   async cancel(): Promise<void> {
@@ -291,7 +328,7 @@ export class SidebarModel {
     if (picks !== this._picks) {
       return;
     }
-    this.agents = agents;
+    this._setAgents(clientId, agents);
     this.catalog = catalog;
     this._unreachable.delete(clientId);
     const chosen = agents.find(a => a.id === agentId) ?? agents[0];
@@ -342,6 +379,12 @@ export class SidebarModel {
     }
   }
 
+  /** The agents shown, and the project each works on (for filesChanged). */
+  private _setAgents(clientId: string, agents: IAgent[]): void {
+    this.agents = agents;
+    agents.forEach(agent => this._projects.set(agentKey(clientId, agent.id), agent.project ?? null));
+  }
+
   private _emit(): void {
     this._changed.emit();
   }
@@ -349,6 +392,7 @@ export class SidebarModel {
   private _reported: unknown = null;
   private _picks = 0;
   private readonly _unreachable = new Set<string>();
+  private readonly _projects = new Map<string, string | null>();
   private _retry: ReturnType<typeof setTimeout> | null = null;
   private _started = false;
   private _loading: Promise<void> = Promise.resolve();

@@ -15,22 +15,31 @@ import {
 import { Message } from '@lumino/messaging';
 import * as React from 'react';
 
+import { CurrentUser, DiffDetails, PermissionCardView, PermissionLine } from './approvalcard';
 import { CodeText, CreateAgentForm } from './createagent';
 import { Follower } from './follow';
 import { ICodeActions, Markdown } from './markdown';
-import { IChatMessage, ResponseFormat, responseFormat } from './protocol';
+import { IChatMessage, IFileDiff, ResponseFormat, responseFormat } from './protocol';
 import { IStatusView, SidebarModel } from './model';
 import { sandboxWarning } from './sandbox';
 import {
   agentKey,
+  diffPartsOf,
   ILiveTurn,
   IToolActivity,
+  permissionPartsOf,
   runningText,
   toolsOf,
   Transcript
 } from './state';
 
+/** Answers a permission request of the shown agent. */
+type Respond = (requestId: string, optionId: string) => void;
+
 export class ChatPanel extends ReactWidget {
+  /** The names of this page's user (a card they answered says "Allowed by you"). */
+  currentUser: readonly string[] = [];
+
   constructor(
     readonly model: SidebarModel,
     private readonly _rendermime: IRenderMimeRegistry,
@@ -44,7 +53,11 @@ export class ChatPanel extends ReactWidget {
   protected render(): JSX.Element {
     return (
       <UseSignal signal={this.model.changed}>
-        {() => <Sidebar model={this.model} rendermime={this._rendermime} actions={this._actions} />}
+        {() => (
+          <CurrentUser.Provider value={this.currentUser}>
+            <Sidebar model={this.model} rendermime={this._rendermime} actions={this._actions} />
+          </CurrentUser.Provider>
+        )}
       </UseSignal>
     );
   }
@@ -92,7 +105,8 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
       <Pickers model={model} />
       <SandboxStrip model={model} />
       {creating && model.catalog && (
-        <CreateAgentForm catalog={model.catalog} onCancel={() => setCreating(false)}
+        <CreateAgentForm catalog={model.catalog} folder={model.currentFolder()}
+          onCancel={() => setCreating(false)}
           onCreate={async request => {
             const problem = await model.createAgent(request);
             if (!problem) {
@@ -109,7 +123,7 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
       )}
       {transcript ? (
         <TranscriptView key={model.selectedKey} transcript={transcript} rendermime={rendermime}
-          actions={actions} />
+          actions={actions} respond={(id, option) => void model.respond(id, option)} />
       ) : (
         <div className="jp-AgenstraChat-empty">{model.emptyText}</div>
       )}
@@ -165,7 +179,8 @@ function Pickers({ model }: { model: SidebarModel }): JSX.Element {
   const store = model.store;
   const agentOptions = model.agents.map(agent => {
     const unread = clientId ? store.unread(agentKey(clientId, agent.id)) : 0;
-    return { value: agent.id, label: unread ? `${agent.name} (${unread})` : agent.name };
+    const name = agent.project ? `${agent.name} — ${agent.project}` : agent.name;
+    return { value: agent.id, label: unread ? `${name} (${unread})` : name };
   });
   return (
     <div className="jp-AgenstraChat-pickers">
@@ -198,8 +213,9 @@ function TranscriptView(props: {
   transcript: Transcript;
   rendermime: IRenderMimeRegistry;
   actions: ICodeActions;
+  respond: Respond;
 }): JSX.Element {
-  const { transcript, rendermime, actions } = props;
+  const { transcript, rendermime, actions, respond } = props;
   const scroller = React.useRef<HTMLDivElement>(null);
   const content = React.useRef<HTMLDivElement>(null);
   const follower = React.useRef<Follower | null>(null);
@@ -226,7 +242,8 @@ function TranscriptView(props: {
       <div className="jp-AgenstraChat-transcript" ref={scroller}
         onScroll={() => follower.current?.scrolled()} role="log" aria-live="polite">
         <div ref={content}>
-          <Messages transcript={transcript} rendermime={rendermime} actions={actions} />
+          <Messages transcript={transcript} rendermime={rendermime} actions={actions}
+            respond={respond} />
         </div>
       </div>
       {!following && (
@@ -242,8 +259,9 @@ function Messages(props: {
   transcript: Transcript;
   rendermime: IRenderMimeRegistry;
   actions: ICodeActions;
+  respond: Respond;
 }): JSX.Element {
-  const { transcript, rendermime, actions } = props;
+  const { transcript, rendermime, actions, respond } = props;
   return (
     <>
       {transcript.messages.map(message => (
@@ -257,7 +275,7 @@ function Messages(props: {
       ))}
       {[...transcript.live.values()].map(turn => (
         <LiveTurnView key={turn.correlationId} turn={turn} rendermime={rendermime}
-          actions={actions} />
+          actions={actions} transcript={transcript} respond={respond} />
       ))}
       {transcript.busy && transcript.live.size === 0 && (
         <div className="jp-AgenstraChat-working">Waiting for the agent…</div>
@@ -284,9 +302,12 @@ function MessageView(props: {
       </div>
     );
   }
+  const parts = response.parts ?? [];
   return (
     <div className="jp-AgenstraChat-message jp-mod-agent" {...attrs}>
-      <ToolList tools={toolsOf(response.parts ?? [])} />
+      {permissionPartsOf(parts).map(card => <PermissionLine key={card.requestId} card={card} />)}
+      <ToolList tools={toolsOf(parts)} />
+      <FileDiffs diffs={diffPartsOf(parts)} />
       <Result text={response.result} format={responseFormat(response)}
         rendermime={props.rendermime} actions={props.actions} />
     </div>
@@ -310,12 +331,17 @@ function LiveTurnView(props: {
   turn: ILiveTurn;
   rendermime: IRenderMimeRegistry;
   actions: ICodeActions;
+  transcript: Transcript;
+  respond: Respond;
 }): JSX.Element {
   const { turn } = props;
   const now = useNow(1000);
   return (
     <div className="jp-AgenstraChat-message jp-mod-agent jp-mod-live">
       <ToolList tools={turn.tools} />
+      {props.transcript.cardsOf(turn.correlationId).map(card => (
+        <PermissionCardView key={card.requestId} card={card} onRespond={props.respond} />
+      ))}
       {turn.text && (
         <Result text={turn.text} format={turn.format} rendermime={props.rendermime}
           actions={props.actions} />
@@ -343,17 +369,32 @@ function ToolList({ tools }: { tools: IToolActivity[] }): JSX.Element | null {
   return (
     <div className="jp-AgenstraChat-tools">
       {tools.map(tool => (
-        <details key={tool.id} className={`jp-AgenstraChat-tool${tool.isError ? ' jp-mod-error' : ''}`}>
-          <summary>
-            {tool.name}
-            <span className="jp-AgenstraChat-toolState">
-              {tool.done ? (tool.isError ? 'failed' : 'done') : 'running'}
-            </span>
-          </summary>
-          {tool.args !== undefined && <pre>{show(tool.args)}</pre>}
-          {tool.result !== undefined && <pre>{show(tool.result)}</pre>}
-        </details>
+        <React.Fragment key={tool.id}>
+          <details className={`jp-AgenstraChat-tool${tool.isError ? ' jp-mod-error' : ''}`}>
+            <summary>
+              {tool.name}
+              <span className="jp-AgenstraChat-toolState">
+                {tool.done ? (tool.isError ? 'failed' : 'done') : 'running'}
+              </span>
+            </summary>
+            {tool.args !== undefined && <pre>{show(tool.args)}</pre>}
+            {tool.result !== undefined && <pre>{show(tool.result)}</pre>}
+          </details>
+          {tool.diff && <FileDiffs diffs={tool.diff} />}
+        </React.Fragment>
       ))}
+    </div>
+  );
+}
+
+/** Files an answer changed: one collapsed line each ("path +3 −1"), the lines on click. */
+function FileDiffs({ diffs }: { diffs: IFileDiff[] }): JSX.Element | null {
+  if (!diffs.length) {
+    return null;
+  }
+  return (
+    <div className="jp-AgenstraChat-fileDiffs">
+      {diffs.map((diff, index) => <DiffDetails key={`${diff.path}-${index}`} diff={diff} />)}
     </div>
   );
 }

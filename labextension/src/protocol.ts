@@ -34,6 +34,7 @@ export const ManagerEvent = {
   cancel: 'cancel',
   logout: 'logout',
   logoutSuccess: 'logoutSuccess',
+  permissionResponse: 'permissionResponse',
   error: 'error'
 } as const;
 
@@ -41,11 +42,62 @@ export const ChatEventKind = {
   assistantDelta: 'assistantDelta',
   toolCall: 'toolCall',
   toolResult: 'toolResult',
-  status: 'status'
+  status: 'status',
+  permissionRequest: 'permissionRequest',
+  permissionResolved: 'permissionResolved',
+  filesChanged: 'filesChanged'
 } as const;
 
 /** The controller's code for a manager it cannot reach (ErrorCode in protocol.py). */
 export const REMOTE_UNAVAILABLE = 'REMOTE_UNAVAILABLE';
+/** A `permissionResponse` for a request that is settled (someone else answered) or unknown. */
+export const UNKNOWN_REQUEST = 'UNKNOWN_REQUEST';
+
+/** A file's before and after (an edit an agent asks for, or the manager saw it make). */
+export interface IFileDiff {
+  path: string;
+  oldText: string;
+  newText: string;
+}
+
+/** One answer a permission request offers (DESIGN.md "Approvals"). */
+export interface IPermissionOption {
+  optionId: string;
+  name: string;
+  /** allow_once, allow_always, reject_once, reject_always */
+  kind: string;
+}
+
+/** `chatEvent` kind `permissionRequest`: the agent asks before it acts. */
+export interface IPermissionRequest {
+  requestId: string;
+  toolCallId?: string;
+  title: string;
+  /** read, edit, delete, move, search, execute, fetch, other */
+  kind: string;
+  paths?: string[];
+  diff?: IFileDiff[];
+  options: IPermissionOption[];
+  expiresAt: string;
+}
+
+export type PermissionOutcome = 'allowed' | 'rejected' | 'expired' | 'cancelled';
+
+/** `chatEvent` kind `permissionResolved`: who settled a request, and how. */
+export interface IPermissionResolved {
+  requestId: string;
+  optionId?: string;
+  outcome: PermissionOutcome;
+  by: 'user' | 'policy' | 'timeout';
+  user?: string;
+  /** Present when the policy settled a request nobody was asked (no request came before). */
+  title?: string;
+}
+
+/** `chatEvent` kind `filesChanged`: paths relative to the agent's workspace (its project). */
+export interface IFilesChanged {
+  paths: string[];
+}
 
 export interface IErrorPayload {
   message: string;
@@ -67,6 +119,21 @@ export interface IPart {
   result?: unknown;
   status?: string;
   isError?: boolean;
+  /** toolCall parts: the edits the call makes. */
+  diff?: IFileDiff[];
+  /** `diff` parts (the manager's before/after of a file). */
+  path?: string;
+  oldText?: string;
+  newText?: string;
+  /** `permission` parts: how a request of the turn was settled. */
+  requestId?: string;
+  title?: string;
+  toolKind?: string;
+  paths?: string[];
+  outcome?: PermissionOutcome;
+  by?: 'user' | 'policy' | 'timeout';
+  optionId?: string;
+  user?: string;
 }
 
 /**
@@ -127,6 +194,8 @@ export interface IAgent {
   state?: string;
   description?: string;
   credentials?: boolean;
+  /** The folder it works in, relative to the Jupyter root; null: a private workspace. */
+  project?: string | null;
 }
 
 export interface IProviderInfo {
@@ -135,6 +204,28 @@ export interface IProviderInfo {
   capabilities: string[];
   /** A valid config to start from (the form's placeholder). */
   example?: Record<string, unknown>;
+  /** interactive: the user is asked per request; policy: the agent cannot ask. */
+  approvals?: 'interactive' | 'policy';
+  /** One line on how this provider's approvals work. */
+  approvalsNote?: string;
+  /** The CLI provider's presets (chosen by `config.preset`), each with its approvals. */
+  presets?: Array<{ name: string; approvals?: 'interactive' | 'policy'; approvalsNote?: string }>;
+}
+
+/** How the agent the form describes is asked before it acts: its provider's, or its preset's. */
+export function approvalsOf(
+  provider: IProviderInfo | undefined,
+  config: string
+): { approvals?: string; note?: string } {
+  let preset: unknown;
+  try {
+    preset = JSON.parse(config || '{}')?.preset;
+  } catch {
+    preset = undefined; // the form says what is wrong with the JSON on Create
+  }
+  const chosen = provider?.presets?.find(p => p.name === preset);
+  const source = chosen ?? provider;
+  return { approvals: source?.approvals, note: source?.approvalsNote };
 }
 
 /** The config field's placeholder: the provider's example, one key a line, or `{}`. */
@@ -169,7 +260,13 @@ export interface IAgentCreate {
   runtime?: string;
   image?: string;
   config?: Record<string, unknown>;
+  /** A folder relative to the Jupyter root: the agent works on the user's files there. */
+  project?: string;
 }
+
+/** Agent config `permissions` (PERMISSION_POLICIES in protocol.py); `ask` is the default. */
+export const PERMISSION_POLICIES = ['ask', 'workspace', 'allow', 'deny'] as const;
+export const DEFAULT_PERMISSION_POLICY = 'ask';
 
 /** Agent names the manager accepts (AGENT_NAME_PATTERN in protocol.py). */
 const AGENT_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
@@ -180,7 +277,8 @@ export function agentCreateRequest(
   provider: string,
   runtime: string,
   image: string,
-  config: string
+  config: string,
+  extra: { project?: string; permissions?: string } = {}
 ): IAgentCreate | string {
   if (!AGENT_NAME_PATTERN.test(name)) {
     return 'Name: letters, digits, ".", "_" or "-", starting with a letter or digit (64 at most)';
@@ -207,5 +305,23 @@ export function agentCreateRequest(
     }
     request.config = parsed as Record<string, unknown>;
   }
+  const permissions = extra.permissions ?? DEFAULT_PERMISSION_POLICY;
+  if (permissions !== DEFAULT_PERMISSION_POLICY && request.config?.permissions === undefined) {
+    // Only a choice is sent: providers without approvals keep a config they accept.
+    request.config = { ...request.config, permissions };
+  }
+  const project = normalProject(extra.project ?? '');
+  if (project) {
+    request.project = project;
+  }
   return request;
+}
+
+/** A folder as the controller takes it: no leading `./`, no trailing `/` ("." is the root). */
+export function normalProject(folder: string): string {
+  return folder
+    .trim()
+    .replace(/^(\.\/)+/, '')
+    .replace(/\/+$/, '')
+    .replace(/^\.$/, '');
 }

@@ -9,7 +9,10 @@ import {
   ChatEventKind,
   IChatEvent,
   IChatMessage,
+  IFileDiff,
   IPart,
+  IPermissionRequest,
+  IPermissionResolved,
   ManagerEvent,
   ResponseFormat,
   responseFormat
@@ -23,7 +26,25 @@ export interface IToolActivity {
   result?: unknown;
   isError?: boolean;
   done: boolean;
+  /** The edits the call makes (ACP `diff` content). */
+  diff?: IFileDiff[];
 }
+
+/** A permission request of a turn, as the transcript shows it: a card, then one line. */
+export interface IPermissionCard {
+  requestId: string;
+  correlationId: string;
+  /** Absent when a policy settled a request nobody was asked about. */
+  request?: IPermissionRequest;
+  resolved?: IPermissionResolved;
+  /** The option this panel sent, while the manager has not resolved the request yet. */
+  sent?: string;
+  /** This panel's answer came too late: someone (or something) else settled it first. */
+  answeredElsewhere?: boolean;
+}
+
+/** The most permission cards one transcript keeps (resolved ones go first). */
+export const MAX_PERMISSION_CARDS = 32;
 
 /** An answer being streamed: what the agent said and did so far. */
 export interface ILiveTurn {
@@ -49,6 +70,8 @@ export class Transcript {
   readonly messages: IChatMessage[] = [];
   readonly live = new Map<string, ILiveTurn>();
   readonly pending = new Map<string, IPendingMessage>();
+  /** Permission requests of live turns by requestId, in arrival order. */
+  readonly permissions = new Map<string, IPermissionCard>();
   private readonly _ids = new Set<string>();
   private readonly _answered = new Set<string>();
 
@@ -91,8 +114,41 @@ export class Transcript {
     } else {
       this._answered.add(message.correlationId);
       this.live.delete(message.correlationId);
+      // The stored answer's `permission` parts tell how its requests ended.
+      for (const [id, card] of this.permissions) {
+        if (card.correlationId === message.correlationId) {
+          this.permissions.delete(id);
+        }
+      }
     }
     return true;
+  }
+
+  /** Requests nobody has settled yet, oldest first. */
+  get pendingRequests(): IPermissionCard[] {
+    return [...this.permissions.values()].filter(card => card.request && !card.resolved);
+  }
+
+  /** The cards of one turn, in the order they came. */
+  cardsOf(correlationId: string): IPermissionCard[] {
+    return [...this.permissions.values()].filter(card => card.correlationId === correlationId);
+  }
+
+  /** Notes the answer this panel sent (the card waits for the manager's resolution). */
+  markSent(requestId: string, optionId: string | undefined): void {
+    const card = this.permissions.get(requestId);
+    if (card) {
+      card.sent = optionId;
+    }
+  }
+
+  /** The manager no longer knew the request: another answer settled it first. */
+  markAnsweredElsewhere(requestId: string): void {
+    const card = this.permissions.get(requestId);
+    if (card) {
+      card.sent = undefined;
+      card.answeredElsewhere = !card.resolved;
+    }
   }
 
   /** Applies a streamed event; false when it is stale (its turn is answered, or seen). */
@@ -103,17 +159,11 @@ export class Transcript {
     if (this._answered.has(event.correlationId)) {
       return false;
     }
-    let turn = this.live.get(event.correlationId);
-    if (!turn) {
-      turn = {
-        correlationId: event.correlationId,
-        text: '',
-        tools: [],
-        format: 'markdown',
-        startedAt: Date.now(),
-        lastSequence: -1
-      };
-      this.live.set(event.correlationId, turn);
+    const turn = this._liveTurn(event.correlationId);
+    if (isPermissionKind(event.kind)) {
+      // Pending requests come again after the history at every login with their first
+      // `sequence`: they are told apart by requestId, not by the turn's order.
+      return this._permission(event.correlationId, event.kind, event.payload ?? {});
     }
     if (typeof event.sequence === 'number') {
       if (event.sequence <= turn.lastSequence) {
@@ -123,6 +173,56 @@ export class Transcript {
     }
     applyToTurn(turn, event.kind, event.payload ?? {});
     return true;
+  }
+
+  private _liveTurn(correlationId: string): ILiveTurn {
+    let turn = this.live.get(correlationId);
+    if (!turn) {
+      turn = {
+        correlationId,
+        text: '',
+        tools: [],
+        format: 'markdown',
+        startedAt: Date.now(),
+        lastSequence: -1
+      };
+      this.live.set(correlationId, turn);
+    }
+    return turn;
+  }
+
+  /** A request (dedupe by requestId) or its resolution; false when nothing changed. */
+  private _permission(correlationId: string, kind: string, payload: Record<string, any>): boolean {
+    const requestId = payload.requestId;
+    if (typeof requestId !== 'string' || !requestId) {
+      return false;
+    }
+    let card = this.permissions.get(requestId);
+    if (kind === ChatEventKind.permissionRequest) {
+      if (card?.request || card?.resolved || !Array.isArray(payload.options)) {
+        return false; // seen already (a replay at login), or settled before it came
+      }
+      card = { requestId, correlationId, request: payload as IPermissionRequest };
+    } else {
+      if (card?.resolved) {
+        return false;
+      }
+      card = { requestId, correlationId, ...card, resolved: payload as IPermissionResolved };
+      card.sent = undefined;
+      card.answeredElsewhere = false;
+    }
+    this.permissions.set(requestId, card);
+    this._bound();
+    return true;
+  }
+
+  /** Keeps MAX_PERMISSION_CARDS: the oldest settled cards go first, then the oldest. */
+  private _bound(): void {
+    while (this.permissions.size > MAX_PERMISSION_CARDS) {
+      const cards = [...this.permissions.values()];
+      const victim = cards.find(card => card.resolved) ?? cards[0];
+      this.permissions.delete(victim.requestId);
+    }
   }
 
   /** Shows a message as sent until the manager's stored copy replaces it. */
@@ -144,6 +244,10 @@ export class Transcript {
     }
     return count;
   }
+}
+
+function isPermissionKind(kind: string): boolean {
+  return kind === ChatEventKind.permissionRequest || kind === ChatEventKind.permissionResolved;
 }
 
 function applyToTurn(turn: ILiveTurn, kind: string, payload: Record<string, any>): void {
@@ -175,17 +279,62 @@ export function addToolActivity(
 ): void {
   const id = String(payload.toolCallId ?? tools.length);
   const name = String(payload.name ?? 'tool');
+  const diff = diffsIn(payload.diff);
   if (kind === ChatEventKind.toolCall) {
-    tools.push({ id, name, args: payload.args, done: false });
+    tools.push({ id, name, args: payload.args, done: false, ...(diff.length ? { diff } : {}) });
   } else if (kind === ChatEventKind.toolResult) {
     const result = { result: payload.result, isError: !!payload.isError, done: true };
     const call = tools.find(t => t.id === id);
     if (call) {
-      Object.assign(call, result);
+      Object.assign(call, result, diff.length ? { diff } : {});
     } else {
-      tools.push({ id, name, ...result });
+      tools.push({ id, name, ...result, ...(diff.length ? { diff } : {}) });
     }
   }
+}
+
+/** The well-formed entries of a `diff` list (anything else is left out). */
+export function diffsIn(value: unknown): IFileDiff[] {
+  if (!Array.isArray(value)) {
+    return [];
+  }
+  return value
+    .filter(d => d && typeof d.path === 'string')
+    .map(d => ({
+      path: d.path,
+      oldText: typeof d.oldText === 'string' ? d.oldText : '',
+      newText: typeof d.newText === 'string' ? d.newText : ''
+    }));
+}
+
+/** A stored answer's `diff` parts: the manager's before/after of each file the turn changed. */
+export function diffPartsOf(parts: IPart[]): IFileDiff[] {
+  return diffsIn(parts.filter(part => part?.kind === 'diff'));
+}
+
+/** A stored answer's `permission` parts as settled cards (what a finished turn shows). */
+export function permissionPartsOf(parts: IPart[]): IPermissionCard[] {
+  return parts
+    .filter(part => part?.kind === 'permission' && typeof part.requestId === 'string')
+    .map(part => ({
+      requestId: part.requestId!,
+      correlationId: '',
+      request: {
+        requestId: part.requestId!,
+        title: part.title ?? 'Permission',
+        kind: part.toolKind ?? 'other',
+        paths: part.paths,
+        options: [],
+        expiresAt: ''
+      },
+      resolved: {
+        requestId: part.requestId!,
+        optionId: part.optionId,
+        outcome: part.outcome ?? 'cancelled',
+        by: part.by ?? 'user',
+        user: part.user
+      }
+    }));
 }
 
 /** The tool activity of a stored answer, from its structured parts. */
@@ -209,9 +358,16 @@ export function agentKey(clientId: string, agentId: string): string {
   return `${clientId}/${agentId}`;
 }
 
+/** Files an agent's turn changed, relative to its workspace. */
+export interface IFilesChangedEvent {
+  key: string;
+  paths: string[];
+}
+
 /** Every transcript of this browser tab, and what of it the user has read. */
 export class ChatStore {
   private readonly _transcripts = new Map<string, Transcript>();
+  private readonly _filesChanged = new Signal<this, IFilesChangedEvent>(this);
   private readonly _readSeq = new Map<string, number>();
   private readonly _changed = new Signal<this, string>(this);
   private _viewed: string | null = null;
@@ -219,6 +375,11 @@ export class ChatStore {
   /** Emits the key of the agent whose conversation changed. */
   get changed(): ISignal<this, string> {
     return this._changed;
+  }
+
+  /** Emits the files a turn of an opened agent changed (once per event). */
+  get filesChanged(): ISignal<this, IFilesChangedEvent> {
+    return this._filesChanged;
   }
 
   transcript(key: string): Transcript {
@@ -252,6 +413,10 @@ export class ChatStore {
       changed = transcript.add(payload);
     } else if (event === ManagerEvent.chatEvent) {
       changed = transcript.apply(payload);
+      if (changed && payload.kind === ChatEventKind.filesChanged) {
+        const paths = (payload.payload?.paths ?? []).filter((p: unknown) => typeof p === 'string');
+        this._filesChanged.emit({ key, paths });
+      }
     }
     if (changed) {
       this._touch(key);

@@ -1,0 +1,71 @@
+/** What permission cards say: who decided what, and how long a request still waits. */
+
+import { IPermissionResolved } from './protocol';
+
+/**
+ * The names the controller may record for the user of this page (it prefers the display
+ * name, a token login's "Anonymous Io"; older controllers sent the username).
+ */
+export function namesOf(
+  identity: { username?: string; name?: string; display_name?: string } | null | undefined
+): string[] {
+  const names = [identity?.username, identity?.name, identity?.display_name];
+  return names.filter((name): name is string => typeof name === 'string' && name !== '');
+}
+
+/**
+ * One line for a settled request: "Allowed by alice", "Allowed by you" (`me`: the names
+ * of this page's user), "Rejected — expired", …
+ */
+export function verdictText(resolved: IPermissionResolved, me: readonly string[] = []): string {
+  const { outcome, by } = resolved;
+  if (outcome === 'expired' || by === 'timeout') {
+    return 'Rejected — expired';
+  }
+  if (outcome === 'cancelled') {
+    return 'Cancelled — the turn stopped';
+  }
+  const verb = outcome === 'allowed' ? 'Allowed' : 'Rejected';
+  if (by === 'policy') {
+    return `${verb} by policy`;
+  }
+  if (!resolved.user) {
+    return verb;
+  }
+  return `${verb} by ${me.includes(resolved.user) ? 'you' : resolved.user}`;
+}
+
+/** The collapsed card: "Allowed by policy: Read notebook.ipynb". */
+export function resolutionText(
+  resolved: IPermissionResolved,
+  title?: string,
+  me: readonly string[] = []
+): string {
+  const verdict = verdictText(resolved, me);
+  return title ? `${verdict}: ${title}` : verdict;
+}
+
+/** "expires in 4 min 5 s (at 14:03)"; "expiring…" once the time is up. */
+export function expiresText(expiresAt: string, now: number): string {
+  const end = Date.parse(expiresAt);
+  if (Number.isNaN(end)) {
+    return '';
+  }
+  const at = new Date(end).toLocaleTimeString([], {
+    hour: '2-digit',
+    minute: '2-digit',
+    hourCycle: 'h23'
+  });
+  const seconds = Math.floor((end - now) / 1000);
+  if (seconds <= 0) {
+    return `expiring (was due at ${at})…`;
+  }
+  const left =
+    seconds < 60 ? `${seconds} s` : `${Math.floor(seconds / 60)} min ${seconds % 60} s`;
+  return `expires in ${left} (at ${at})`;
+}
+
+/** Buttons of allowing options look like accepting, rejecting ones like a warning. */
+export function optionStyle(kind: string): 'accept' | 'reject' {
+  return kind.startsWith('reject') ? 'reject' : 'accept';
+}
