@@ -6,6 +6,7 @@ layers the Claude Code CLI and the ACP test agent on it, as a user would add the
 
 from __future__ import annotations
 
+import asyncio
 import io
 import site
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 from agenstra_jupyter.protocol import ChatEventKind
 
 from .fakes.vendors import Reply
-from .helpers import CLI_BIN, SECRET, AgentsClient, events_of, need_cli
+from .helpers import CLI_BIN, SECRET, AgentsClient, answer_requests, events_of, need_cli
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("docker_available")]
 
@@ -81,11 +82,15 @@ async def test_claude_cli_in_a_container(cli_manager, vendor, agent_image):
 
 
 async def test_acp_agent_in_a_container(cli_manager, agent_image):
-    config = {"command": ["python3", "/opt/acp_agent.py"], "network": "none"}
+    config = {"command": ["python3", "/opt/acp_agent.py"], "network": "none",
+              "permissions": "workspace"}
     agent, client = await docker_agent(cli_manager, "boxedacp", "acp", config, agent_image)
     assert (await client.chat("hello"))["response"]["result"] == "Hello from ACP"
-    files = await client.chat("files")
+    # `workspace` allows the edit inside; the one outside is asked, and rejected here.
+    files, [asked] = await asyncio.gather(client.chat("files"),
+                                          answer_requests(client, "no", 1))
     assert files["response"]["result"] == "outside=no inside=yes"  # /workspace is the root
+    assert asked["payload"]["kind"] == "edit"
     assert (await client.chat("count"))["response"]["result"] == "prompt number 3"
     async with cli_manager.http() as http:
         await http.delete(f"/api/agents/{agent['id']}")
