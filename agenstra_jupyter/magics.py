@@ -7,6 +7,9 @@
                                 returned (`_`)
     %agent message...           one message to the chosen agent (after `use`)
     %%agent [NAME]              the cell body is the message
+    %%agent --with df,model [NAME]
+    %agent --with df,model …    the message goes with short summaries of these variables
+                                of the kernel (agenstra_jupyter.variables), in front of it
 
 When a turn asks before its agent acts, the cell shows the request (its diff as +/- lines)
 and an input box: "Allow edit note.txt? [a]llow once / [A]lways / [r]eject / [R]eject
@@ -26,13 +29,15 @@ from .client import AgenstraClient, AgenstraError, connect
 from .protocol import FORMAT_MARKDOWN, ErrorCode, ResponseFormat, response_format
 from .render import diff_text, result_html, result_markdown
 from .sessions import error_line, headless_choice, option_for
+from .variables import UnknownVariables, context_block, parse_names, with_context
 
 # The keys of the inline prompt, by option kind.
 OPTION_KEYS = {"allow_once": ("a", "allow once"), "allow_always": ("A", "Always"),
                "reject_once": ("r", "reject"), "reject_always": ("R", "Reject always")}
 PROMPT_ATTEMPTS = 3
-USAGE = ("usage: %agent list | %agent use NAME | %agent NAME message… | "
-         "%agent message… (after use) | %%agent [NAME]")
+USAGE = ("usage: %agent list | %agent use NAME | %agent [--with VARS] NAME message… | "
+         "%agent [--with VARS] message… (after use) | %%agent [--with VARS] [NAME]")
+WITH = "--with"
 
 
 class AgentAnswer(str):
@@ -83,11 +88,14 @@ class AgentMagics(Magics):
         return None
 
     def _run(self, line: str, cell: str | None) -> Any:
+        names, line = split_with(line, anywhere=cell is not None)
         words = line.split(maxsplit=1)
         if cell is not None:
-            return self._chat(words[0] if words else self._default(), cell)
+            return self._chat(words[0] if words else self._default(), cell, names)
         if not words:
             raise _misuse(USAGE)
+        if names and words[0] in ("list", "use"):
+            raise _misuse(f"{WITH} goes with a message: {USAGE}")
         if words[0] == "list":
             return AgentList(self.client.agents())
         if words[0] == "use":
@@ -98,21 +106,58 @@ class AgentMagics(Magics):
             print(f"Using agent {self.default_agent}")
             return None
         if self.default_agent is not None:  # chosen with `use`: the whole line is the message
-            return self._chat(self.default_agent, line)
+            return self._chat(self.default_agent, line, names)
         if len(words) < 2:
             raise _misuse(USAGE)
-        return self._chat(words[0], words[1])
+        return self._chat(words[0], words[1], names)
 
     def _default(self) -> str:
         if self.default_agent is None:
             raise _misuse("No agent chosen: %%agent NAME, or %agent use NAME first")
         return self.default_agent
 
-    def _chat(self, name: str, message: str) -> AgentAnswer:
+    def _chat(self, name: str, message: str, names: list[str] | None = None) -> AgentAnswer:
         if not message.strip():
             raise _misuse("Nothing to send")
-        response = self.client.agent(name).ask(message.strip(), on_permission=prompt_permission)
+        message = message.strip()
+        if names:
+            message = with_context(self._context(names), message)
+            # The transcript shows it too (the context heads the message); say it here.
+            print(f"agenstra: attached the kernel's {', '.join(names)}", flush=True)
+        response = self.client.agent(name).ask(message, on_permission=prompt_permission)
         return AgentAnswer(response.get("result", ""), response_format(response))
+
+    def _context(self, names: list[str]) -> str:
+        """The summaries of `names` of the user's namespace; a misuse (nothing is sent) if
+        one is not there."""
+        try:
+            return context_block(self.shell.user_ns, names,
+                                 hidden=getattr(self.shell, "user_ns_hidden", ()))
+        except UnknownVariables as exc:
+            raise _misuse(str(exc)) from None
+
+
+def split_with(line: str, anywhere: bool = False) -> tuple[list[str], str]:
+    """`--with df,model` (or `--with=df,model`) taken out of a magic's line: the names and
+    the rest. A line magic's text is its message, so there it must come first; a cell
+    magic's line holds arguments only, so there it may be anywhere."""
+    words = line.split()
+    at = next((i for i, word in enumerate(words)
+               if word == WITH or word.startswith(WITH + "=")), None)
+    if at is None or (at > 0 and not anywhere):
+        return [], line
+    if words[at] == WITH:
+        if at + 1 >= len(words):
+            raise _misuse(f"{WITH} needs variable names: {WITH} df,model")
+        value, taken = words[at + 1], 2
+    else:
+        value, taken = words[at][len(WITH) + 1:], 1
+    names = parse_names(value)
+    if not names:
+        raise _misuse(f"{WITH} needs variable names: {WITH} df,model")
+    if anywhere:
+        return names, " ".join(words[:at] + words[at + taken:])
+    return names, line.strip().split(maxsplit=taken)[taken] if len(words) > taken else ""
 
 
 def prompt_permission(request: dict[str, Any]) -> str | None:

@@ -7,7 +7,9 @@ The transcript opens at the newest message and follows new ones while the user i
 bottom; scrolled up, it stays put and offers "Jump to latest". When the agent asks before
 it acts, a card shows the request (title, kind, paths, the diff as +/- lines) with one
 button per option; once settled (here, in the sidebar, by policy or expiry) it becomes one
-line: "Allowed by alice".
+line: "Allowed by alice". "Attach variables" lists the kernel's variables; the chosen ones
+go, summarised (agenstra_jupyter.variables), with the next message, shown folded in its
+bubble.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from .protocol import (
     response_format,
 )
 from .render import diff_html, markdown_html, permission_summary, plain_html, text_html, tool_line
+from .variables import UnknownVariables, context_block, public_names, split_context, with_context
 
 # Text colour set with its background, from pairs that meet WCAG AA (4.5:1) in the light
 # and dark themes (font-color1 on layout-color1/2); accents are borders, as in the sidebar
@@ -118,7 +121,8 @@ _CODE_BLOCK = re.compile(r"<pre><code>(.*?)</code></pre>", re.DOTALL)
 
 def bubble_html(message: dict[str, Any]) -> str:
     if message.get("from") == "user":
-        return f'<div style="{BUBBLE["user"]}">{plain_html(message.get("text", ""))}</div>'
+        context, text = split_context(message.get("text", ""))
+        return f'<div style="{BUBBLE["user"]}">{context_html(context)}{plain_html(text)}</div>'
     response = message.get("response") or {}
     if response.get("type") == "error":
         return f'<div style="{BUBBLE["error"]}">{plain_html(response.get("result", ""))}</div>'
@@ -132,6 +136,15 @@ def bubble_html(message: dict[str, Any]) -> str:
     else:
         body = styled_code_blocks(text, markdown_html(text))
     return f'<div style="{BUBBLE["agent"]}">{tools}{body}</div>'
+
+
+def context_html(context: str) -> str:
+    """The kernel context a message was sent with, folded under its first line."""
+    if not context:
+        return ""
+    title = html.escape(context.splitlines()[0].rstrip(":"))
+    return (f'<details class="agenstra-context"><summary style="{SETTLED}">{title}</summary>'
+            f"{text_html(context)}</details>")
 
 
 def request_html(request: dict[str, Any]) -> str:
@@ -263,8 +276,11 @@ class _LiveTurn:
 
 class ChatWidget(widgets.VBox):
     def __init__(self, agent: str | None = None, client: AgenstraClient | None = None,
-                 **kwargs: Any) -> None:
+                 namespace: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        """`namespace`: where "Attach variables" finds them (the kernel's user namespace
+        unless given)."""
         self.client = client or connect()
+        self._namespace, self._hidden = _user_namespace(namespace)
         names = [a["name"] for a in self.client.agents()]
         self.picker = widgets.Dropdown(options=names, value=agent or (names[0] if names else None),
                                        description="Agent")
@@ -276,6 +292,10 @@ class ChatWidget(widgets.VBox):
         self._jump = widgets.Box([self.jump_button])
         self._jump.add_class("agenstra-jump")
         self.scroller = self._scroll_box()
+        self.variables = widgets.SelectMultiple(options=[], rows=6,
+                                                layout=widgets.Layout(width="100%"))
+        self.attach = widgets.Accordion([self.variables], titles=("Attach variables",),
+                                        selected_index=None)
         self.input = widgets.Textarea(placeholder="Message the agent…",
                                       layout=widgets.Layout(width="100%"))
         self.send_button = widgets.Button(description="Send", button_style="primary")
@@ -283,7 +303,8 @@ class ChatWidget(widgets.VBox):
                                             layout=widgets.Layout(display="none"))
         self.error = widgets.HTML()
         super().__init__([
-            widgets.HBox([self.picker, self.status]), self.sandbox, self.scroller, self.input,
+            widgets.HBox([self.picker, self.status]), self.sandbox, self.scroller, self.attach,
+            self.input,
             widgets.HBox([self.send_button, self.cancel_button]), self.error,
             widgets.HTML(TRANSCRIPT_CSS, layout=widgets.Layout(display="none")),
         ], **kwargs)
@@ -299,6 +320,9 @@ class ChatWidget(widgets.VBox):
         self.cancel_button.on_click(lambda _: self.cancel())
         self.jump_button.on_click(lambda _: self.jump())
         self.picker.observe(lambda change: self.use(change["new"]), names="value")
+        self.attach.observe(lambda change: self.refresh_variables()
+                            if change["new"] is not None else None, names="selected_index")
+        self.refresh_variables()
         self.client.on_state(lambda state: setattr(self.status, "value", STATES.get(state, state)))
         if self.picker.value:
             self.use(self.picker.value)
@@ -342,10 +366,27 @@ class ChatWidget(widgets.VBox):
         message = (self.input.value if text is None else text).strip()
         if not message or self.agent is None:
             return
+        if self.variables.value:  # the chosen variables' summaries go in front
+            try:
+                block = context_block(self._namespace, self.variables.value, self._hidden)
+            except UnknownVariables as exc:  # deleted since: say so, send nothing
+                self.error.value = plain_html(str(exc))
+                self.refresh_variables()
+                return
+            message = with_context(block, message)
         self.input.value = ""
         self.error.value = ""
+        self.variables.value = ()  # for this message only
         self.agent.send(message, on_error=lambda exc: setattr(self.error, "value",
                                                               plain_html(str(exc))))
+
+    def refresh_variables(self) -> None:
+        """List the namespace's variables now (on opening the picker); the chosen ones that
+        still exist stay chosen."""
+        names = public_names(self._namespace, self._hidden)
+        chosen = tuple(name for name in self.variables.value if name in names)
+        self.variables.options = names
+        self.variables.value = chosen
 
     def jump(self) -> None:
         """Show the newest message. The kernel cannot scroll a view, but a new scroll box
@@ -448,3 +489,15 @@ class ChatWidget(widgets.VBox):
         else:
             return
         live.render()  # only this bubble changes; the transcript is not rebuilt
+
+
+def _user_namespace(namespace: dict[str, Any] | None) -> tuple[dict[str, Any], set[str]]:
+    """The namespace to attach variables from, and the names in it that are IPython's own."""
+    if namespace is not None:
+        return namespace, set()
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is None:  # not in a kernel: nothing to attach
+        return {}, set()
+    return shell.user_ns, set(getattr(shell, "user_ns_hidden", ()))

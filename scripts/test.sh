@@ -48,6 +48,7 @@ export AGENSTRA_REQUIRE_DOCKER=1  # here Docker tests must run, not skip
 
 export AGENSTRA_REQUIRE_BROWSER=1  # the sidebar's tests must run in Chromium, not skip
 export AGENSTRA_REQUIRE_SANDBOX=1  # the isolation suite must run, not skip
+export AGENSTRA_REQUIRE_PANDAS=1  # kernel context summaries of real DataFrames
 
 ruff check agenstra_jupyter tests benchmarks
 (cd labextension && npm install --no-audit --no-fund --loglevel=error \

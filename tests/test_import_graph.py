@@ -14,7 +14,7 @@ import agenstra_jupyter
 PACKAGE = Path(agenstra_jupyter.__file__).parent
 ROOT = PACKAGE.name
 # The kernel side, in its one-way order: each may import only those before it.
-KERNEL_ORDER = ["sessions", "client", "magics", "widgets", "runner"]
+KERNEL_ORDER = ["variables", "sessions", "client", "magics", "widgets", "runner"]
 
 
 def package_modules(folder: Path = PACKAGE, prefix: str = ROOT) -> dict[str, Path]:
