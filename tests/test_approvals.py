@@ -7,7 +7,9 @@ diff and writes it only if allowed) and claude-agent-acp against the fake Anthro
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import threading
 from datetime import datetime, timezone
 
 from agenstra_jupyter.protocol import ChatEventKind, ErrorCode, ManagerEvent
@@ -101,7 +103,8 @@ async def test_a_request_with_its_diff_is_answered_from_any_socket(manager):
     assert rejected["response"]["result"] == "approve: no file=untouched"
     assert not (workspace / "approved.txt").exists()
     assert await resolved(two, "r") == [{"requestId": payload["requestId"], "optionId": "no",
-                                         "outcome": "rejected", "by": "user"}]
+                                         "outcome": "rejected", "by": "user",
+                                         "title": "Write approved.txt", "toolKind": "edit"}]
     [part] = permission_parts(rejected)
     assert part["requestId"] == payload["requestId"] and part["outcome"] == "rejected"
     assert part["toolKind"] == "edit" and part["by"] == "user"
@@ -185,7 +188,7 @@ async def test_an_unanswered_request_expires_and_counts_as_rejected(start_manage
     assert answer["response"]["result"] == "approve: no file=untouched"  # the agent heard no
     [settled] = await resolved(client, "e")
     assert settled == {"requestId": request["payload"]["requestId"], "outcome": "expired",
-                       "by": "timeout"}
+                       "by": "timeout", "title": "Write approved.txt", "toolKind": "edit"}
     assert permission_parts(answer)[0]["outcome"] == "expired"
     late = await respond(client, request["payload"]["requestId"], "yes")
     assert late["error"]["code"] == ErrorCode.UNKNOWN_REQUEST
@@ -365,7 +368,8 @@ async def test_stopping_or_deleting_the_agent_cancels_its_requests(manager):
             assert response.status_code in (200, 204), response.text
         [settled] = await resolved(client, "s")
         assert settled == {"requestId": request["payload"]["requestId"],
-                           "outcome": "cancelled", "by": "policy"}
+                           "outcome": "cancelled", "by": "policy",
+                           "title": "Write approved.txt", "toolKind": "edit"}
         answer = await client.answer_to("s")
         assert answer["response"]["cancelled"] is True
         assert permission_parts(answer)[0]["outcome"] == "cancelled"
@@ -448,7 +452,7 @@ async def test_an_answer_through_the_controller_names_the_jupyter_user(jupyter):
     [settled] = await watcher.log.wait_for(
         lambda _: forwarded_events(watcher, agent["id"], ChatEventKind.PERMISSION_RESOLVED))
     session = jupyter.controller.gateway.sessions[frontend.sio.get_sid(namespace="/clients")]
-    expected = session.handler.current_user.username
+    expected = session.handler.current_user.display_name  # the name people read
     assert settled["payload"]["user"] == expected and expected and expected != "mallory"
     assert settled["payload"]["outcome"] == "allowed" and settled["payload"]["by"] == "user"
     assert permission_parts(answer)[0]["user"] == expected
@@ -460,3 +464,59 @@ async def test_an_answer_through_the_controller_names_the_jupyter_user(jupyter):
     assert error[-1]["code"] == ErrorCode.UNKNOWN_REQUEST
     await frontend.close()
     await watcher.close()
+
+
+def sandboxes_of(pid: int) -> set[int]:
+    """The bwrap processes `pid` runs now (each agent command, each path judged)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if fields[0].endswith("(bwrap") and int(fields[1].split()[1]) == pid:
+            found.add(int(entry))
+    return found
+
+
+async def test_a_flood_of_requests_forks_few_sandboxes(manager):
+    # 200 requests at once from untrusted agent code: a few are prepared at a time (a path
+    # judged = one sandbox exec), none once 16 wait; the rest are refused at once.
+    agent = await acp_agent(manager, "ap-flood")
+    client = await logged_in(manager, agent)
+    assert (await client.chat("count"))["response"]["result"] == "prompt number 1"
+    pid = manager.process.pid
+    baseline = len(sandboxes_of(pid))  # the agent itself
+    seen: set[int] = set()
+    most = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal most
+        while not done.is_set():
+            now = sandboxes_of(pid)
+            seen.update(now)
+            most = max(most, len(now) - baseline)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        await client.emit(ManagerEvent.CHAT, {"message": "flood 200", "correlationId": "f"})
+        waiting = await asked(client, "f", 16, timeout=90)
+        await resolved(client, "f", 200 - 16)
+    finally:
+        done.set()
+        sampler.join()
+    assert most <= 4, most  # MAX_PREPARING at a time
+    # Those that wait, and a few prepared while earlier ones were being decided.
+    assert len(seen) - baseline <= 2 * (16 + 4), len(seen)
+    await asyncio.sleep(0.5)
+    assert len(permission_requests(client, "f")) == 16
+    for request in waiting:
+        await respond(client, request["payload"]["requestId"], "yes")
+    answer = await client.answer_to("f", timeout=60)
+    assert answer["response"]["result"] == "no=184 yes=16"
+    # The agent still answers.
+    assert (await client.chat("count"))["response"]["result"] == "prompt number 3"
+    await client.close()

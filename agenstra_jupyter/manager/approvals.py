@@ -39,7 +39,13 @@ ALWAYS = {"allow_always": "allow", "reject_always": "reject"}
 
 class TurnEvents(Protocol):
     """The running turn's chatEvents: `make` numbers one (the next `sequence`), `send` sends
-    it to the agent's listeners, `emit` does both."""
+    it to the agent's listeners, `emit` does both (under `lock`).
+
+    `lock` is held from numbering to sending, so events go out in `sequence` order; whoever
+    holds the channel's lock too takes it first (the broker does), never the other way.
+    """
+
+    lock: asyncio.Lock
 
     def make(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]: ...
     async def send(self, event: dict[str, Any]) -> None: ...
@@ -89,9 +95,12 @@ def request_payload(request_id: str, ask: PermissionAsk, expires_at: str) -> dic
     return payload
 
 
-def resolved_payload(resolution: Resolution) -> dict[str, Any]:
+def resolved_payload(resolution: Resolution, ask: PermissionAsk) -> dict[str, Any]:
+    # The title and kind too: a request the policy settled was never shown, yet the
+    # transcript says what it was.
     payload: dict[str, Any] = {"requestId": resolution.request_id,
-                               "outcome": resolution.outcome, "by": resolution.by}
+                               "outcome": resolution.outcome, "by": resolution.by,
+                               "title": ask.title, "toolKind": ask.kind}
     if resolution.option_id:
         payload["optionId"] = resolution.option_id
     if resolution.user:
@@ -145,6 +154,7 @@ class ApprovalBroker:
         self._pending: dict[str, _Pending] = {}
         self._entering = 0  # requests past the bound check, not yet in _pending
         self._parts: dict[str, list[dict[str, Any]]] = {}  # by correlation id
+        self._active: set[str] = set()  # turns begun and not yet ended, by correlation id
         self._cancelled: dict[str, str] = {}  # turns being cancelled: who cancelled them
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -154,38 +164,48 @@ class ApprovalBroker:
             return await self.ask(correlation_id, events, request)
         return ask
 
+    def begin_turn(self, correlation_id: str) -> None:
+        """The turn starts: its requests may wait for a user until end_turn."""
+        self._active.add(correlation_id)
+
+    def full(self) -> bool:
+        """Whether a request the policy leaves open would be rejected now, as one too many
+        (a provider need not prepare it: no paths judged in the sandbox)."""
+        return len(self._pending) + self._entering >= self._max_pending
+
+    def _open(self, correlation_id: str) -> bool:
+        """Whether a request of the turn may still wait (begun, not ending or cancelled)."""
+        return correlation_id in self._active and correlation_id not in self._cancelled
+
+    def _cancelled_now(self, correlation_id: str, request_id: str,
+                       request: PermissionAsk) -> Resolution:
+        resolution = Resolution(request_id, "cancelled",
+                                self._cancelled.get(correlation_id, "policy"))
+        self._keep(correlation_id, request, resolution)
+        return resolution
+
     # -- asking --------------------------------------------------------------------------
 
     async def ask(self, correlation_id: str, events: TurnEvents,
                   request: PermissionAsk) -> Resolution:
         request = bounded(request)
         request_id = str(uuid.uuid4())
-        if correlation_id in self._cancelled:  # asked while its turn ends: nobody will answer
-            resolution = Resolution(request_id, "cancelled", self._cancelled[correlation_id])
-            self._keep(correlation_id, request, resolution)
-            await events.emit(ChatEventKind.PERMISSION_RESOLVED, resolved_payload(resolution))
+        if not self._open(correlation_id):  # its turn ended or ends: nobody will answer
+            resolution = self._cancelled_now(correlation_id, request_id, request)
+            await events.emit(ChatEventKind.PERMISSION_RESOLVED,
+                              resolved_payload(resolution, request))
             return resolution
         decision = await self._decision(request)
         # Checked and counted with no await between: requests made at once cannot all pass.
-        if decision is None and len(self._pending) + self._entering >= self._max_pending:
+        if decision is None and self.full():
             self._log.warning("Agent %s has %d requests waiting: one more is rejected",
                               self.agent_id, self._max_pending)
             decision = "reject"
         if decision is not None:
             return await self._by_policy(correlation_id, events, request_id, request, decision)
         pending = _Pending(request_id, correlation_id, request, events)
-        expires_at = _expiry(self._timeout)
-        self._entering += 1
-        try:
-            async with self._lock:
-                event = events.make(ChatEventKind.PERMISSION_REQUEST,
-                                    request_payload(request_id, request, expires_at))
-                await self._store.create_permission_request(request_id, self.agent_id,
-                                                            correlation_id, event, expires_at)
-                self._pending[request_id] = pending
-                await events.send(event)
-        finally:
-            self._entering -= 1
+        if not await self._register(pending):
+            return pending.future.result()  # the turn ended meanwhile: settled as cancelled
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), self._timeout)
         except asyncio.TimeoutError:
@@ -194,18 +214,57 @@ class ApprovalBroker:
                 await self._finish(*claimed)
             return await pending.future
         except asyncio.CancelledError:
-            self._settle_later(request_id, "cancelled", "user")
+            # The provider withdrew it (its CLI exited, a control_cancel_request, a reset
+            # connection); a user's cancel has settled it already through cancel_turn.
+            self._settle_later(request_id, "cancelled",
+                               self._cancelled.get(correlation_id, "policy"))
             raise
+
+    async def _register(self, pending: _Pending) -> bool:
+        """Store, number and send the request, then let it wait (True); or, if its turn
+        ended or was cancelled while it was being decided, settle it as cancelled (False).
+
+        Under the channel's lock (a login sees it once) and the events' lock (numbered and
+        sent in order, the store write between). Checked under them with no await before
+        the request joins `_pending`: cancel_turn and end_turn cannot slip in between.
+        """
+        request_id, correlation_id = pending.request_id, pending.correlation_id
+        expires_at = _expiry(self._timeout)
+        self._entering += 1
+        try:
+            async with self._lock, pending.events.lock:
+                if not self._open(correlation_id):
+                    resolution = self._cancelled_now(correlation_id, request_id, pending.ask)
+                    pending.future.set_result(resolution)
+                    await pending.events.send(pending.events.make(
+                        ChatEventKind.PERMISSION_RESOLVED,
+                        resolved_payload(resolution, pending.ask)))
+                    return False
+                event = pending.events.make(
+                    ChatEventKind.PERMISSION_REQUEST,
+                    request_payload(request_id, pending.ask, expires_at))
+                await self._store.create_permission_request(request_id, self.agent_id,
+                                                            correlation_id, event, expires_at)
+                self._pending[request_id] = pending
+                await pending.events.send(event)
+                return True
+        finally:
+            self._entering -= 1
 
     async def _decision(self, request: PermissionAsk) -> str | None:
         """"allow" / "reject" when no user need be asked, else None."""
         if not request.options:
             return "reject"  # nothing a user could pick
-        agent = await self._store.get_agent(self.agent_id)
-        policy = (agent.config if agent else {}).get("permissions",
-                                                     protocol.DEFAULT_PERMISSION_POLICY)
-        rule = await self._store.permission_rule(self.agent_id, request.kind)
+        policy = await self._policy()
+        # No rule is kept for "other" (see respond); one stored before is not used either.
+        rule = None if request.kind == "other" else \
+            await self._store.permission_rule(self.agent_id, request.kind)
         return policy_decision(policy, request, rule)
+
+    async def _policy(self) -> str:
+        agent = await self._store.get_agent(self.agent_id)
+        return (agent.config if agent else {}).get("permissions",
+                                                   protocol.DEFAULT_PERMISSION_POLICY)
 
     async def _by_policy(self, correlation_id: str, events: TurnEvents, request_id: str,
                          request: PermissionAsk, decision: str) -> Resolution:
@@ -216,7 +275,8 @@ class ApprovalBroker:
         resolution = Resolution(request_id, "allowed" if allowed else "rejected", "policy",
                                 option_id)
         self._keep(correlation_id, request, resolution)
-        await events.emit(ChatEventKind.PERMISSION_RESOLVED, resolved_payload(resolution))
+        await events.emit(ChatEventKind.PERMISSION_RESOLVED,
+                          resolved_payload(resolution, request))
         return resolution
 
     # -- answering -----------------------------------------------------------------------
@@ -231,16 +291,44 @@ class ApprovalBroker:
             raise AgenstraError(ErrorCode.INVALID_PAYLOAD,
                                 "optionId is not one of the request's options")
         allowed = option["kind"].startswith("allow")
+        rule = ALWAYS.get(option["kind"])
+        if rule is not None and pending.ask.kind == "other":
+            # "other" lumps unrelated tools together (every MCP tool, ...): never remembered,
+            # and the agent is told the *_once answer, so it does not remember it either.
+            option_id = pick_option(pending.ask.options, rule) or option_id
+            rule = None
         claimed = self._claim(request_id, "allowed" if allowed else "rejected", "user",
                               option_id, user)
         if claimed is None:
             raise AgenstraError(ErrorCode.UNKNOWN_REQUEST, "No such pending request")
+        if rule is not None:  # stored before the agent hears, so it applies next
+            await self._remember(pending.ask.kind, rule)
+        await self._finish(*claimed)
+
+    async def _remember(self, kind: str, rule: str) -> None:
+        """Keep an always-answer for `kind` and settle the requests of that kind still
+        waiting that the policy now settles with it. A rule that cannot be stored is
+        logged: the answer stands."""
         try:
-            if option["kind"] in ALWAYS:  # stored before the agent hears, so it applies next
-                await self._store.set_permission_rule(self.agent_id, pending.ask.kind,
-                                                      ALWAYS[option["kind"]])
-        finally:
-            await self._finish(*claimed)
+            await self._store.set_permission_rule(self.agent_id, kind, rule)
+            policy = await self._policy()
+        except Exception:
+            self._log.exception("Could not remember the %s rule for %s of agent %s",
+                                rule, kind, self.agent_id)
+            return
+        for request_id, other in list(self._pending.items()):
+            decided = policy_decision(policy, other.ask, rule) if other.ask.kind == kind \
+                else None
+            if decided is None:
+                continue  # another kind, or paths no rule may settle: still the user's
+            option_id = pick_option(other.ask.options, decided)
+            allowed = decided == "allow" and option_id is not None
+            if not allowed:
+                option_id = pick_option(other.ask.options, "reject")
+            claimed = self._claim(request_id, "allowed" if allowed else "rejected", "policy",
+                                  option_id)
+            if claimed is not None:
+                self._spawn(self._finish(*claimed))
 
     # -- cancelling ----------------------------------------------------------------------
 
@@ -256,6 +344,8 @@ class ApprovalBroker:
         """The turn is over: cancel what still waits; its permission parts, for its answer."""
         self.cancel_turn(correlation_id, by)
         await self.drain()
+        # A request asked from now on is settled as cancelled at once (late ACP requests).
+        self._active.discard(correlation_id)
         self._cancelled.pop(correlation_id, None)
         return self._parts.pop(correlation_id, [])
 
@@ -287,19 +377,23 @@ class ApprovalBroker:
         return pending, resolution
 
     async def _finish(self, pending: _Pending, resolution: Resolution) -> None:
-        """Store and announce a claimed settlement; the agent gets the answer in any case."""
+        """Store and announce a claimed settlement; the agent gets the answer first.
+
+        Under the channel's lock, as the request was sent: a login replaying the pending
+        requests either sees it settled (not replayed) or joins before the announcement.
+        """
+        if not pending.future.done():
+            pending.future.set_result(resolution)
         try:
-            await self._store.settle_permission_request(
-                resolution.request_id, resolution.outcome, resolution.by,
-                resolution.option_id, resolution.user)
-            await pending.events.emit(ChatEventKind.PERMISSION_RESOLVED,
-                                      resolved_payload(resolution))
+            async with self._lock:
+                await self._store.settle_permission_request(
+                    resolution.request_id, resolution.outcome, resolution.by,
+                    resolution.option_id, resolution.user)
+                await pending.events.emit(ChatEventKind.PERMISSION_RESOLVED,
+                                          resolved_payload(resolution, pending.ask))
         except Exception:
             self._log.exception("Could not record permission request %s",
                                 resolution.request_id)
-        finally:
-            if not pending.future.done():
-                pending.future.set_result(resolution)
 
     def _settle_later(self, request_id: str, outcome: str, by: str) -> None:
         claimed = self._claim(request_id, outcome, by)
@@ -312,6 +406,8 @@ class ApprovalBroker:
         task.add_done_callback(self._tasks.discard)
 
     def _keep(self, correlation_id: str, ask: PermissionAsk, resolution: Resolution) -> None:
+        if correlation_id not in self._active:
+            return  # its turn's answer is out: nothing would collect the part
         parts = self._parts.setdefault(correlation_id, [])
         if len(parts) < MAX_PARTS:
             parts.append(permission_part(ask, resolution))

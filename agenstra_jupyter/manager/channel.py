@@ -67,13 +67,15 @@ def _with_permissions(response: dict[str, Any], permissions: list[Any]) -> dict[
 
 
 class _TurnEvents:
-    """The chatEvents of one turn, numbered by `sequence` (see approvals.TurnEvents)."""
+    """The chatEvents of one turn, numbered by `sequence` and sent in that order (see
+    approvals.TurnEvents: `lock` is taken after the channel's lock, never before it)."""
 
     def __init__(self, agent_id: str, correlation_id: str, outbox: Outbox) -> None:
         self._agent_id = agent_id
         self._correlation_id = correlation_id
         self._outbox = outbox
         self._sequence = 0
+        self.lock = asyncio.Lock()
 
     def make(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         self._sequence += 1
@@ -84,7 +86,8 @@ class _TurnEvents:
         await self._outbox.to_agent(self._agent_id, ManagerEvent.CHAT_EVENT, event)
 
     async def emit(self, kind: str, payload: dict[str, Any]) -> None:
-        await self.send(self.make(kind, payload))
+        async with self.lock:
+            await self.send(self.make(kind, payload))
 
 
 class AgentChannel:
@@ -221,6 +224,7 @@ class AgentChannel:
             return error_response(self._closing, cancelled=True)
         if queued.cancelled:
             return error_response(queued.cancelled, cancelled=True)
+        self.approvals.begin_turn(queued.correlation_id)
         task = asyncio.create_task(self._run_provider(queued))
         self._current = (queued.correlation_id, task)
         try:
@@ -248,7 +252,8 @@ class AgentChannel:
             self._provider = await self._provider_factory()
         events = _TurnEvents(self.agent_id, queued.correlation_id, self._outbox)
         turn = Turn(queued.message, queued.correlation_id, queued.stream, events.emit,
-                    self._limits, ask=self.approvals.asker(queued.correlation_id, events))
+                    self._limits, ask=self.approvals.asker(queued.correlation_id, events),
+                    crowded=self.approvals.full)
         # Snapshots the workspace around the turn: filesChanged, and diffs for CLI agents.
         if self._watch is None:
             self._watch = FileWatch(config=self._provider.config, log=self._log)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
 from typing import Any
 
 from ... import protocol
@@ -37,6 +38,10 @@ KNOWN_AGENTS: dict[str, list[str]] = {
     "goose": ["goose", "acp"],
 }
 CANCEL_GRACE = 5.0  # seconds an agent gets to end a cancelled turn itself
+# The SDK runs each request_permission in a task of its own and judging a path is a sandbox
+# exec: an agent's requests are prepared this many at a time, with this many paths each.
+MAX_PREPARING = 4
+MAX_LOCATIONS = 16
 STDERR_KEPT = 16 * 1024
 
 
@@ -100,6 +105,7 @@ class AcpProvider(Provider):
         self._stderr: asyncio.Future[str] | None = None
         self._recorder: TurnRecorder | None = None
         self._lock = asyncio.Lock()
+        self._preparing = asyncio.Semaphore(MAX_PREPARING)
 
     # -- turns ---------------------------------------------------------------------------
 
@@ -230,16 +236,26 @@ class AcpProvider(Provider):
                  "newText": item.new_text}
                 for item in tool_call.content or [] if getattr(item, "type", "") == "diff"]
 
-    async def permission_ask(self, tool_call: Any, options: list[Any]) -> PermissionAsk:
-        """The contract's request for an ACP `session/request_permission`."""
-        raw = [location.path for location in tool_call.locations or []]
-        inside = bool(raw) and all([await self.within_workspace(path) for path in raw])
+    async def permission_ask(self, tool_call: Any, options: list[Any],
+                             crowded: Callable[[], bool] = lambda: False) -> PermissionAsk:
+        """The contract's request for an ACP `session/request_permission`; its paths are
+        not judged (counted outside) while `crowded()`: it is rejected anyway."""
+        raw = [location.path for location in (tool_call.locations or [])[:MAX_LOCATIONS]]
+        async with self._preparing:
+            inside = bool(raw) and not crowded() and await self._all_inside(raw)
         kind = tool_call.kind if tool_call.kind in protocol.PERMISSION_KINDS else "other"
         return PermissionAsk(
             title=tool_call.title or kind, kind=kind,
             options=[{"optionId": o.option_id, "name": o.name, "kind": o.kind} for o in options],
             paths=[self.relative(path) for path in raw], inside_workspace=inside,
             diff=self.diff(tool_call) or None, tool_call_id=tool_call.tool_call_id)
+
+    async def _all_inside(self, paths: list[str]) -> bool:
+        for path in paths:
+            if not await self.within_workspace(path):
+                return False  # the rest need no exec
+        return True
+
 
 class _AcpClient:
     """The client side of ACP the agent talks to; one per agent process."""
@@ -277,7 +293,8 @@ class _AcpClient:
         recorder = self._provider._recorder
         if recorder is None:  # no turn runs: nobody could be asked
             return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
-        resolution = await recorder.ask(await self._provider.permission_ask(tool_call, options))
+        ask = await self._provider.permission_ask(tool_call, options, recorder.crowded)
+        resolution = await recorder.ask(ask)
         option_id = _answer(resolution, options)
         if option_id is None:
             return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))

@@ -33,6 +33,10 @@ class Turn:
     limits: TurnLimits = field(default_factory=TurnLimits)
     # Asks before the agent acts (policy first, then the user); see permissions.py.
     ask: AskPermission = refuse_all
+    # Whether the agent has as many requests waiting as it may: one more asked now gets the
+    # policy's answer or a rejection at once, so a provider need not prepare it (no sandbox
+    # exec to judge its paths). Untrusted agents can flood; this keeps that cheap.
+    crowded: Callable[[], bool] = lambda: False
 
 
 @dataclass
@@ -64,6 +68,7 @@ class TurnRecorder:
     def __init__(self, turn: Turn) -> None:
         self._emit = turn.emit
         self._ask = turn.ask
+        self.crowded = turn.crowded
         self._limits = turn.limits
         self._text: list[str] = []
         self._text_size = 0

@@ -38,6 +38,10 @@ DENIALS = {
     "timeout": "Nobody answered the permission request in time, so it was refused.",
 }
 CANCELLED = "The permission request was cancelled."
+# Each can_use_tool costs sandbox execs (the path judged, the file read for the diff): a
+# turn prepares this many at a time (a turn is one CLI process and closes its requests
+# before the next one), none while the agent's requests are at their bound.
+MAX_PREPARING = 4
 
 # judge(path) -> the path relative to the workspace if it lies inside, else None.
 Judge = Callable[[str], Awaitable[str | None]]
@@ -173,6 +177,11 @@ async def permission_ask(request: dict[str, Any], judge: Judge, read: Reader) ->
     )
 
 
+async def _outside(path: str) -> str | None:
+    """A judge that runs nothing: every path counts as outside (so none is read either)."""
+    return None
+
+
 class ControlChannel:
     """Our side of the CLI's stdin: the user's message, then answers to its requests."""
 
@@ -184,6 +193,7 @@ class ControlChannel:
         self._judge = judge
         self._read = read
         self._pending: dict[str, asyncio.Task[None]] = {}
+        self._preparing = asyncio.Semaphore(MAX_PREPARING)
 
     async def start(self, prompt: str, session: str | None) -> None:
         await self._send({"type": "control_request", "request_id": "agenstra_init",
@@ -223,13 +233,19 @@ class ControlChannel:
             # We register no hooks, SDK MCP servers or elicitation handlers.
             await self._send(control_response(request_id, error="Not supported by this client"))
             return
+        if request_id in self._pending:
+            return  # the same request again: its first copy gets the answer
         task = asyncio.ensure_future(self._answer(request_id, request))
         self._pending[request_id] = task
         task.add_done_callback(lambda _: self._pending.pop(request_id, None))
 
     async def _answer(self, request_id: str, request: dict[str, Any]) -> None:
         try:
-            ask = await permission_ask(request, self._judge, self._read)
+            async with self._preparing:
+                # Crowded: rejected unless the policy allows anyway, so nothing is judged.
+                crowded = self._recorder.crowded()
+                ask = await permission_ask(request, _outside if crowded else self._judge,
+                                           self._read)
             with self._clock.asking():
                 resolution = await self._recorder.ask(ask)
             answer = decision(resolution, request.get("input"), request.get("tool_use_id"))
