@@ -394,6 +394,8 @@ async def test_claude_agent_acp_asks_before_writing(cli_manager, vendor):
         Reply(tool=ToolUse("Write", {"file_path": str(workspace / "yes.txt"),
                                      "content": "allowed\n"})),
         Reply(text="Wrote it."),
+        # An existing file: Claude Code reads it first; the card shows what a Write replaces.
+        Reply(tool=ToolUse("Read", {"file_path": str(workspace / "no.txt")})),
         Reply(tool=ToolUse("Write", {"file_path": str(workspace / "no.txt"),
                                      "content": "refused\n"})),
         Reply(text="Could not write it."),
@@ -405,7 +407,7 @@ async def test_claude_agent_acp_asks_before_writing(cli_manager, vendor):
     payload = request["payload"]
     assert payload["kind"] == "edit", payload
     assert payload["paths"] == ["yes.txt"] and payload["title"] == "Write yes.txt"
-    assert payload["diff"] == [{"path": "yes.txt", "oldText": None, "newText": "allowed\n"}]
+    assert payload["diff"] == [{"path": "yes.txt", "oldText": "", "newText": "allowed\n"}]
     kinds = {o["kind"]: o["optionId"] for o in payload["options"]}
     assert "allow_once" in kinds and "reject_once" in kinds
     await respond(client, payload["requestId"], kinds["allow_once"])
@@ -414,12 +416,15 @@ async def test_claude_agent_acp_asks_before_writing(cli_manager, vendor):
     assert (workspace / "yes.txt").read_text() == "allowed\n"
     assert permission_parts(answer)[0]["outcome"] == "allowed"
 
+    (workspace / "no.txt").write_text("before\n")
     await client.emit(ManagerEvent.CHAT, {"message": "write no.txt", "correlationId": "n"})
     [request] = await client.log.wait_for(
         lambda _: permission_requests(client, "n"), timeout=90)
+    assert request["payload"]["diff"] == [{"path": "no.txt", "oldText": "before\n",
+                                           "newText": "refused\n"}]
     await respond(client, request["payload"]["requestId"], kinds["reject_once"])
     answer = await client.answer_to("n", timeout=90)
-    assert not (workspace / "no.txt").exists()
+    assert (workspace / "no.txt").read_text() == "before\n"
     assert permission_parts(answer)[0]["outcome"] == "rejected"
     await client.close()
 

@@ -231,9 +231,10 @@ class AcpProvider(Provider):
         return path[len(root):] if path.startswith(root) and len(path) > len(root) else path
 
     def diff(self, tool_call: Any) -> list[dict[str, Any]]:
-        """The `diff` content items of an ACP tool call, as [{path, oldText, newText}]."""
-        return [{"path": self.relative(item.path), "oldText": item.old_text,
-                 "newText": item.new_text}
+        """The `diff` content items of an ACP tool call, as [{path, oldText, newText}]
+        (`oldText` "" for a new file, as the contract's other diffs say it)."""
+        return [{"path": self.relative(item.path), "oldText": item.old_text or "",
+                 "newText": item.new_text or ""}
                 for item in tool_call.content or [] if getattr(item, "type", "") == "diff"]
 
     async def permission_ask(self, tool_call: Any, options: list[Any],
@@ -241,14 +242,27 @@ class AcpProvider(Provider):
         """The contract's request for an ACP `session/request_permission`; its paths are
         not judged (counted outside) while `crowded()`: it is rejected anyway."""
         raw = [location.path for location in (tool_call.locations or [])[:MAX_LOCATIONS]]
+        diff = self.diff(tool_call)
         async with self._preparing:
             inside = bool(raw) and not crowded() and await self._all_inside(raw)
+            if inside:
+                await self._fill_old_texts(tool_call, diff)
         kind = tool_call.kind if tool_call.kind in protocol.PERMISSION_KINDS else "other"
         return PermissionAsk(
             title=tool_call.title or kind, kind=kind,
             options=[{"optionId": o.option_id, "name": o.name, "kind": o.kind} for o in options],
             paths=[self.relative(path) for path in raw], inside_workspace=inside,
-            diff=self.diff(tool_call) or None, tool_call_id=tool_call.tool_call_id)
+            diff=diff or None, tool_call_id=tool_call.tool_call_id)
+
+    async def _fill_old_texts(self, tool_call: Any, diff: list[dict[str, Any]]) -> None:
+        """A whole-file write comes with `oldText: null` (claude-agent-acp's Write): show
+        what it replaces, read as the agent sees the file (inside the workspace only)."""
+        items = [i for i in tool_call.content or [] if getattr(i, "type", "") == "diff"]
+        for item, entry in zip(items, diff, strict=True):
+            if item.old_text is None and entry["oldText"] == "":
+                result = await self.file_op("read", item.path)
+                if result.exit_code == 0 and not result.truncated:
+                    entry["oldText"] = result.stdout
 
     async def _all_inside(self, paths: list[str]) -> bool:
         for path in paths:
