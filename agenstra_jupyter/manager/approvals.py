@@ -20,7 +20,14 @@ from typing import Any, Protocol
 from .. import protocol
 from ..protocol import AgenstraError, ChatEventKind, ErrorCode
 from .bounds import clip_diff, clip_text
-from .permissions import AskPermission, PermissionAsk, Resolution, pick_option, policy_decision
+from .permissions import (
+    AskPermission,
+    PermissionAsk,
+    Resolution,
+    permission_part,
+    pick_option,
+    policy_decision,
+)
 from .store import Store
 
 DEFAULT_TIMEOUT = 600.0  # seconds a request waits for an answer (AGENSTRA_PERMISSION_TIMEOUT)
@@ -106,19 +113,6 @@ def resolved_payload(resolution: Resolution, ask: PermissionAsk) -> dict[str, An
     if resolution.user:
         payload["user"] = resolution.user
     return payload
-
-
-def permission_part(ask: PermissionAsk, resolution: Resolution) -> dict[str, Any]:
-    """The `permission` part of a turn's answer (the same shape TurnRecorder.ask keeps)."""
-    part: dict[str, Any] = {"kind": "permission", "requestId": resolution.request_id,
-                            "title": ask.title, "toolKind": ask.kind, "paths": ask.paths,
-                            "outcome": resolution.outcome, "by": resolution.by,
-                            "optionId": resolution.option_id}
-    if ask.tool_call_id:
-        part["toolCallId"] = ask.tool_call_id
-    if resolution.user:
-        part["user"] = resolution.user
-    return part
 
 
 def stored_part(row: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,19 @@ class Resolution:
         return self.outcome == "allowed"
 
 
+def permission_part(ask: PermissionAsk, resolution: Resolution) -> dict[str, Any]:
+    """The `permission` part of a turn's answer (DESIGN.md "Approvals")."""
+    part: dict[str, Any] = {"kind": "permission", "requestId": resolution.request_id,
+                            "title": ask.title, "toolKind": ask.kind, "paths": ask.paths,
+                            "outcome": resolution.outcome, "by": resolution.by,
+                            "optionId": resolution.option_id}
+    if ask.tool_call_id:
+        part["toolCallId"] = ask.tool_call_id
+    if resolution.user:
+        part["user"] = resolution.user
+    return part
+
+
 # Turn.ask: how a provider asks; it returns when the request is settled.
 AskPermission = Callable[[PermissionAsk], Awaitable[Resolution]]
 

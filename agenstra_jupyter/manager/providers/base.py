@@ -13,7 +13,7 @@ from traitlets.config import LoggingConfigurable
 from ...protocol import ChatEventKind
 from ..bounds import TurnLimits, clip_diff, clip_text, wire_size
 from ..models import AgentRecord
-from ..permissions import AskPermission, PermissionAsk, Resolution, refuse_all
+from ..permissions import AskPermission, PermissionAsk, Resolution, permission_part, refuse_all
 from ..runtimes import Runtime
 
 # emit(kind, payload): send a transient `chatEvent` of the running turn to every subscriber.
@@ -142,15 +142,7 @@ class TurnRecorder:
     async def ask(self, request: PermissionAsk) -> Resolution:
         """Ask before the agent acts; the outcome is kept as a `permission` part."""
         resolution = await self._ask(request)
-        part = {"kind": "permission", "requestId": resolution.request_id,
-                "title": request.title, "toolKind": request.kind, "paths": request.paths,
-                "outcome": resolution.outcome, "by": resolution.by,
-                "optionId": resolution.option_id}
-        if request.tool_call_id:
-            part["toolCallId"] = request.tool_call_id
-        if resolution.user:
-            part["user"] = resolution.user
-        self._keep(part)
+        self._keep(permission_part(request, resolution))
         return resolution
 
     async def status(self, message: str) -> None:
