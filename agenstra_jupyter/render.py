@@ -165,6 +165,31 @@ DIFF_STYLE = {"+": "background:rgba(46,160,67,.2);", "-": "background:rgba(248,8
               " ": ""}
 
 
+KIND_LABELS = {"allow_once": "Allow", "allow_always": "Always allow",
+               "reject_once": "Reject", "reject_always": "Always reject"}
+_ALLOW_WORDS = re.compile(r"\b(allow|accept|approve|yes|ok|proceed)\b", re.IGNORECASE)
+_REJECT_WORDS = re.compile(r"\b(reject|deny|refuse|decline|no|cancel|block)\b", re.IGNORECASE)
+
+
+def option_label(option: dict[str, Any]) -> str:
+    """What an option's button says. Agents name their options and are untrusted: a name
+    saying the opposite of what the option does ("Reject" on allow_always) is replaced by
+    the kind's own words (the sidebar does the same)."""
+    kind = str(option.get("kind") or "")
+    own = KIND_LABELS.get(kind, kind or str(option.get("optionId", "")))
+    name = str(option.get("name") or "").strip()
+    words = _ALLOW_WORDS if kind.startswith("reject") else _REJECT_WORDS
+    return own if not name or words.search(name) else name
+
+
+def option_title(option: dict[str, Any]) -> str:
+    kind = str(option.get("kind") or "")
+    own = KIND_LABELS.get(kind, kind)
+    name = str(option.get("name") or "").strip()
+    return f'{own} (the agent calls it "{name}")' if name and name.lower() != own.lower() \
+        else own
+
+
 def diff_lines(old_text: str, new_text: str) -> list[str]:
     """The changed lines of a file as "+line" / "-line" / " line" (three lines of context
     around each change; a created file is all "+"), cut at MAX_DIFF_LINES."""

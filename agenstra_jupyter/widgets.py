@@ -48,7 +48,16 @@ from .protocol import (
     ResponseFormat,
     response_format,
 )
-from .render import diff_html, markdown_html, permission_summary, plain_html, text_html, tool_line
+from .render import (
+    diff_html,
+    markdown_html,
+    option_label,
+    option_title,
+    permission_summary,
+    plain_html,
+    text_html,
+    tool_line,
+)
 from .variables import UnknownVariables, context_block, public_names, split_context, with_context
 
 # Text colour set with its background, from pairs that meet WCAG AA (4.5:1) in the light
@@ -185,9 +194,9 @@ class _Card:
         self.note = widgets.HTML()
         self.buttons = []
         for option in request.get("options") or []:
-            button = widgets.Button(description=str(option.get("name") or option["optionId"]),
+            button = widgets.Button(description=option_label(option),
                                     button_style=OPTION_STYLE.get(option.get("kind"), ""),
-                                    tooltip=str(option.get("kind") or ""))
+                                    tooltip=option_title(option))
             button.on_click(lambda _, o=option["optionId"]: answer(self, o))
             self.buttons.append(button)
         self.widget = widgets.VBox([self.body, widgets.HBox(self.buttons), self.note])

@@ -185,7 +185,10 @@ def test_an_approval_with_its_diff_answered_by_keyboard_and_after_a_reload(page,
     assert target.read_text() == "approved content\n"
     # The stored answer shows the request settled, in one line, and no card is left.
     line = answer.locator(".jp-AgenstraChat-permission.jp-mod-resolved")
-    assert re.fullmatch(r"Allowed by .+: Write approved\.txt", line.inner_text().strip())
+    # The controller recorded this page's user (its display name): here, "you".
+    assert line.inner_text().strip() == "Allowed by you: Write approved.txt"
+    me = page.evaluate("() => fetch('/jp/api/me').then(r => r.json())")["identity"]
+    assert line.get_attribute("data-user") == me["display_name"], me
     assert page.locator(CARD).count() == 0
     # The open editor of the file reloaded (it had no unsaved changes): the agent's edit.
     page.locator(".jp-FileEditor .cm-content", has_text="approved content").wait_for()
@@ -448,23 +451,30 @@ def test_a_new_user_has_claude_change_their_open_notebook(browser, claude_lab, v
         page.wait_for_timeout(300)
         snap(page, "flagship-card")
 
-        # Answered by keyboard: the card has the focus, Tab reaches the first option (allow),
-        # past the diff: wider than the panel, it scrolls, with the arrow keys once focused.
+        # claude-agent-acp's options; "Always Allow" would let the next edit through unasked.
+        assert card.locator("button").all_inner_texts() == ["Always Allow", "Allow", "Reject"]
+
+        # Long lines wrap in the narrow panel: the diff needs no scrolling sideways.
+        assert page.evaluate("() => [...document.querySelectorAll("
+                             "'#agenstra-chat .jp-AgenstraChat-diff pre')]"
+                             ".every(pre => pre.scrollWidth <= pre.clientWidth)")
+
+        # Answered by keyboard: the card has the focus; Tab goes through the options.
         assert page.evaluate("() => document.activeElement?.classList.contains("
                              "'jp-AgenstraChat-permission')")
-        page.keyboard.press("Tab")
-        assert page.evaluate("() => document.activeElement?.closest('.jp-AgenstraChat-diff')"
-                             "?.dataset.path") == "report.ipynb"
-        page.keyboard.press("Tab")
-        allow = page.evaluate("() => [document.activeElement.textContent, "
-                              "document.activeElement.className]")
-        assert "jp-mod-accept" in allow[1], allow
+        for name in ("Always Allow", "Allow"):
+            page.keyboard.press("Tab")
+            assert page.evaluate("() => document.activeElement?.textContent") == name
         page.keyboard.press("Enter")
         answer = wait_answer(page, "Done: the notebook has 2 cells.")
         line = answer.locator(".jp-AgenstraChat-permission.jp-mod-resolved")
         assert line.inner_text().strip() == "Allowed by you: Write report.ipynb"
+        # Each tool call once, finished (the Write is announced again with its diff).
+        states = answer.locator(".jp-AgenstraChat-toolState").all_inner_texts()
+        assert states == ["done", "done"], states
         assert "total = sum(data)" in notebook.read_text()
         # The open notebook (dirty with its kernel's metadata only) shows the cell at once.
+        tab(page, "report.ipynb").click()  # in front again (open_panel clicked the Launcher)
         cell_text(page, "total = sum(data)").wait_for()
         assert page.locator(CARD).count() == 0
         page.screenshot(path=str(ARTIFACTS / "flagship-notebook.png"))
@@ -489,7 +499,7 @@ def test_a_new_user_has_claude_change_their_open_notebook(browser, claude_lab, v
         page.wait_for_timeout(300)
         page.screenshot(path=str(ARTIFACTS / "flagship-reloaded-card.png"))
         assert "print(total)" not in notebook.read_text()
-        card.locator("button.jp-mod-accept").first.click()
+        card.locator("button", has_text=re.compile(r"^Allow$")).click()
         wait_answer(page, "Done: the notebook has 3 cells.")
         cell_text(page, "print(total)").wait_for()
         lines = page.locator(LINE).all_inner_texts()

@@ -248,3 +248,18 @@ def test_text_output_as_markdown_is_one_code_block(text):
     assert [t.type for t in tokens] == ["fence"]
     assert tokens[0].content.removesuffix("\n") == text.removesuffix("\n")  # line for line
     assert response_markdown({"type": "text", "result": "**b**"}) == "**b**"
+
+
+def test_option_buttons_never_let_an_agent_label_an_allow_as_a_refusal():
+    from agenstra_jupyter.render import option_label, option_title
+
+    assert option_label({"optionId": "a", "name": "Always Allow", "kind": "allow_always"}) \
+        == "Always Allow"
+    assert option_label({"optionId": "a", "name": "Reject", "kind": "allow_always"}) \
+        == "Always allow"
+    assert option_label({"optionId": "r", "name": "Yes please", "kind": "reject_once"}) \
+        == "Reject"
+    assert option_label({"optionId": "r", "name": "", "kind": "reject_always"}) \
+        == "Always reject"
+    assert option_title({"name": "Reject", "kind": "allow_always"}) \
+        == 'Always allow (the agent calls it "Reject")'

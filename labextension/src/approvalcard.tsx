@@ -3,7 +3,13 @@
 import { Button } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
-import { expiresText, optionStyle, resolutionText } from './approvals';
+import {
+  expiresText,
+  optionLabel,
+  optionStyle,
+  optionTitle,
+  resolutionText
+} from './approvals';
 import { DiffRow, diffRows, lineDiff } from './diff';
 import { IFileDiff } from './protocol';
 import { IPermissionCard } from './state';
@@ -137,8 +143,8 @@ export function PermissionCardView(props: {
         </ul>
       )}
       {(request.diff ?? []).map((diff, index) => (
-        // Shown open (no <details> to step through): from the card, Tab goes to the options,
-        // past only a diff wider than the panel, which scrolls with the arrow keys.
+        // Shown open and not focusable (its lines wrap, nothing scrolls): from the card, Tab
+        // goes straight to the options.
         <div key={`${diff.path}-${index}`} className="jp-AgenstraChat-fileDiff">
           <div className="jp-AgenstraChat-diffTitle"><DiffTitle diff={diff} /></div>
           <DiffView diff={diff} />
@@ -154,9 +160,9 @@ export function PermissionCardView(props: {
           {request.options.map(option => (
             <Button key={option.optionId} small disabled={waiting}
               className={`jp-AgenstraChat-option jp-mod-${optionStyle(option.kind)}`}
-              data-option-id={option.optionId}
+              data-option-id={option.optionId} title={optionTitle(option)}
               onClick={() => onRespond(card.requestId, option.optionId)}>
-              {option.name}
+              {optionLabel(option)}
             </Button>
           ))}
         </div>

@@ -69,3 +69,33 @@ export function expiresText(expiresAt: string, now: number): string {
 export function optionStyle(kind: string): 'accept' | 'reject' {
   return kind.startsWith('reject') ? 'reject' : 'accept';
 }
+
+const KIND_LABELS: Record<string, string> = {
+  allow_once: 'Allow',
+  allow_always: 'Always allow',
+  reject_once: 'Reject',
+  reject_always: 'Always reject'
+};
+const ALLOW_WORDS = /\b(allow|accept|approve|yes|ok|proceed)\b/i;
+const REJECT_WORDS = /\b(reject|deny|refuse|decline|no|cancel|block)\b/i;
+
+/**
+ * What an option's button says. The agent names its options, and an agent is untrusted:
+ * a name that says the opposite of what the option does ("Reject" on allow_always) is
+ * replaced by the option kind's own words; the agent's name stays in the tooltip.
+ */
+export function optionLabel(option: { name?: string; kind: string }): string {
+  const own = KIND_LABELS[option.kind] ?? option.kind;
+  const name = (option.name ?? '').trim();
+  const allows = !option.kind.startsWith('reject');
+  const contrary = allows ? REJECT_WORDS.test(name) : ALLOW_WORDS.test(name);
+  return !name || contrary ? own : name;
+}
+
+/** The tooltip: the option kind's own words, and the agent's name when it differs. */
+export function optionTitle(option: { name?: string; kind: string }): string {
+  const own = KIND_LABELS[option.kind] ?? option.kind;
+  const name = (option.name ?? '').trim();
+  return name && name.toLowerCase() !== own.toLowerCase()
+    ? `${own} (the agent calls it "${name}")` : own;
+}

@@ -281,7 +281,14 @@ export function addToolActivity(
   const name = String(payload.name ?? 'tool');
   const diff = diffsIn(payload.diff);
   if (kind === ChatEventKind.toolCall) {
-    tools.push({ id, name, args: payload.args, done: false, ...(diff.length ? { diff } : {}) });
+    // The same call again (its edit became known, its status changed): one entry, updated.
+    const known = tools.find(t => t.id === id);
+    if (known) {
+      Object.assign(known, { name }, payload.args !== undefined ? { args: payload.args } : {},
+        diff.length ? { diff } : {});
+    } else {
+      tools.push({ id, name, args: payload.args, done: false, ...(diff.length ? { diff } : {}) });
+    }
   } else if (kind === ChatEventKind.toolResult) {
     const result = { result: payload.result, isError: !!payload.isError, done: true };
     const call = tools.find(t => t.id === id);

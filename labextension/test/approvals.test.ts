@@ -1,7 +1,13 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 
 import { ControllerApi } from '../src/api';
-import { expiresText, namesOf, resolutionText } from '../src/approvals';
+import {
+  expiresText,
+  namesOf,
+  optionLabel,
+  optionTitle,
+  resolutionText
+} from '../src/approvals';
 import { ChatConnection } from '../src/connection';
 import { diffRows, lineDiff } from '../src/diff';
 import { SidebarModel } from '../src/model';
@@ -137,6 +143,28 @@ describe('permission requests in a transcript', () => {
   });
 });
 
+describe('what option buttons say', () => {
+  it('shows the agent\'s own names when they match what the option does', () => {
+    expect(optionLabel({ name: 'Always Allow', kind: 'allow_always' })).toBe('Always Allow');
+    expect(optionLabel({ name: 'Allow edits this session', kind: 'allow_always' }))
+      .toBe('Allow edits this session');
+    expect(optionLabel({ name: 'No', kind: 'reject_once' })).toBe('No');
+    expect(optionTitle({ name: 'Always Allow', kind: 'allow_always' })).toBe('Always allow');
+  });
+
+  it('never lets a hostile agent label an allowing option as a refusal', () => {
+    expect(optionLabel({ name: 'Reject', kind: 'allow_always' })).toBe('Always allow');
+    expect(optionLabel({ name: 'No thanks', kind: 'allow_once' })).toBe('Allow');
+    expect(optionLabel({ name: 'Yes, allow', kind: 'reject_once' })).toBe('Reject');
+    expect(optionTitle({ name: 'Reject', kind: 'allow_always' }))
+      .toBe('Always allow (the agent calls it "Reject")');
+  });
+
+  it('names an option the agent left unnamed by its kind', () => {
+    expect(optionLabel({ name: '', kind: 'reject_always' })).toBe('Always reject');
+  });
+});
+
 describe('what settled cards say', () => {
   it('names who decided what', () => {
     const line = (resolved: any) => resolutionText(resolved);
@@ -194,6 +222,20 @@ describe('what settled cards say', () => {
     expect(diffPartsOf(parts)).toEqual([{ path: 'b.txt', oldText: 'old\n', newText: 'new\n' }]);
     const [tool] = toolsOf(parts);
     expect(tool).toMatchObject({ id: 't1', done: true, diff: [{ path: 'a.py', newText: 'x' }] });
+  });
+
+  it('keeps one entry for a tool call announced again with its edit', () => {
+    // claude-agent-acp: the Write, then the same call with its diff, then its result.
+    const parts: any[] = [
+      { kind: 'toolCall', toolCallId: 't1', name: 'Write', args: {} },
+      { kind: 'toolCall', toolCallId: 't1', name: 'Write', args: { file_path: 'a.py' },
+        diff: [{ path: 'a.py', oldText: null, newText: 'x' }] },
+      { kind: 'toolResult', toolCallId: 't1', result: 'ok' }
+    ];
+    const tools = toolsOf(parts);
+    expect(tools).toHaveLength(1);
+    expect(tools[0]).toMatchObject({ id: 't1', name: 'Write', done: true,
+      args: { file_path: 'a.py' }, diff: [{ path: 'a.py', newText: 'x' }] });
   });
 });
 
