@@ -422,6 +422,10 @@ async def test_claude_agent_acp_asks_before_writing(cli_manager, vendor):
         lambda _: permission_requests(client, "n"), timeout=90)
     assert request["payload"]["diff"] == [{"path": "no.txt", "oldText": "before\n",
                                            "newText": "refused\n"}]
+    # The tool card shows the same before/after (the call announced again, same id).
+    edits = [c["payload"].get("diff") for c in events_of(client, "n", ChatEventKind.TOOL_CALL)
+             if c["payload"]["toolCallId"] == request["payload"]["toolCallId"]]
+    assert edits[-1] == request["payload"]["diff"]
     await respond(client, request["payload"]["requestId"], kinds["reject_once"])
     answer = await client.answer_to("n", timeout=90)
     assert (workspace / "no.txt").read_text() == "before\n"

@@ -245,8 +245,8 @@ class AcpProvider(Provider):
         diff = self.diff(tool_call)
         async with self._preparing:
             inside = bool(raw) and not crowded() and await self._all_inside(raw)
-            if inside:
-                await self._fill_old_texts(tool_call, diff)
+            if inside and await self._fill_old_texts(tool_call, diff):
+                await self._show_edit(tool_call, diff)
         kind = tool_call.kind if tool_call.kind in protocol.PERMISSION_KINDS else "other"
         return PermissionAsk(
             title=tool_call.title or kind, kind=kind,
@@ -254,15 +254,26 @@ class AcpProvider(Provider):
             paths=[self.relative(path) for path in raw], inside_workspace=inside,
             diff=diff or None, tool_call_id=tool_call.tool_call_id)
 
-    async def _fill_old_texts(self, tool_call: Any, diff: list[dict[str, Any]]) -> None:
+    async def _fill_old_texts(self, tool_call: Any, diff: list[dict[str, Any]]) -> bool:
         """A whole-file write comes with `oldText: null` (claude-agent-acp's Write): show
-        what it replaces, read as the agent sees the file (inside the workspace only)."""
+        what it replaces, read as the agent sees the file (inside the workspace only).
+        True when a text was filled in."""
+        filled = False
         items = [i for i in tool_call.content or [] if getattr(i, "type", "") == "diff"]
         for item, entry in zip(items, diff, strict=True):
             if item.old_text is None and entry["oldText"] == "":
                 result = await self.file_op("read", item.path)
-                if result.exit_code == 0 and not result.truncated:
-                    entry["oldText"] = result.stdout
+                if result.exit_code == 0 and not result.truncated and result.stdout:
+                    entry["oldText"], filled = result.stdout, True
+        return filled
+
+    async def _show_edit(self, tool_call: Any, diff: list[dict[str, Any]]) -> None:
+        """The tool card shows the real before/after too (the same id updates it)."""
+        recorder = self._recorder
+        if recorder is not None and tool_call.tool_call_id:
+            await recorder.tool_call(tool_call.tool_call_id,
+                                     recorder.tool_name(tool_call.tool_call_id, tool_call.title),
+                                     tool_call.raw_input, tool_call.status or "pending", diff)
 
     async def _all_inside(self, paths: list[str]) -> bool:
         for path in paths:
