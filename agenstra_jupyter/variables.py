@@ -30,6 +30,8 @@ HEAD_ROWS = 5
 HEAD_COLUMNS = 20
 LISTED_NAMES = 30  # an unknown name's error lists at most this many that exist
 CONTEXT_HEADER = "Context from the kernel"
+# Every context section starts so (the sidebar's "Context from the notebook ..." too).
+CONTEXT_PREFIX = "Context from the "
 CONTEXT_END = "End of context."
 _BIG_INT_BITS = 4000  # str() of a larger int is refused by Python (and slow)
 
@@ -235,7 +237,7 @@ def with_context(block: str, message: str) -> str:
 def split_context(text: str) -> tuple[str, str]:
     """A sent message as (context section, the user's text); ("", text) without one."""
     end = text.find(f"\n\n{CONTEXT_END}\n\n")
-    if not text.startswith(CONTEXT_HEADER) or end < 0:
+    if not text.startswith(CONTEXT_PREFIX) or end < 0:
         return "", text
     return text[:end + 2 + len(CONTEXT_END)], text[end + 4 + len(CONTEXT_END):]
 

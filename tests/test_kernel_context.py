@@ -383,3 +383,10 @@ def test_agent_magic_with_sends_the_summaries_and_replays(jupyter_server, client
     changed = cli("run", notebook, "--replay", session, "-o", tmp_path / "c.ipynb")
     assert changed.returncode == 0, changed.stderr  # %agent shows the failed turn, as a line
     assert "the recording has prompt" in cell_texts(tmp_path / "c.ipynb")[2]
+
+
+def test_the_sidebars_notebook_context_folds_too():
+    sent = ("Context from the notebook a.ipynb (cells 1-2):\n\n```python\nx = 1\n```\n\n"
+            "End of context.\n\nwhat does this do?")
+    context, text = split_context(sent)
+    assert context.startswith("Context from the notebook") and text == "what does this do?"

@@ -10,7 +10,7 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import type { DocumentRegistry } from '@jupyterlab/docregistry';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
-import { INotebookTracker, NotebookActions } from '@jupyterlab/notebook';
+import { INotebookTracker, NotebookActions, NotebookPanel } from '@jupyterlab/notebook';
 import type { ISharedNotebook as ISharedNotebookModel } from '@jupyter/ydoc';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ServerConnection } from '@jupyterlab/services';
@@ -34,12 +34,14 @@ import {
   metadataToKeep,
   reloadDocuments
 } from './reload';
+import { attachment, ICellSource, IAttachment } from './selection';
 import { ChatStore, IFilesChangedEvent } from './state';
 
 const PLUGIN_ID = '@agenstra/jupyterlab:plugin';
 const PANEL_ID = 'agenstra-chat';
 const STATE_KEY = `${PLUGIN_ID}:state`;
 const OPEN_COMMAND = 'agenstra:open-chat';
+const ASK_COMMAND = 'agenstra:ask-about-selection';
 
 /** What the panel keeps in JupyterLab's state database (saved with the workspace). */
 interface ISavedState extends ISelection {
@@ -86,6 +88,21 @@ function codeActions(notebooks: INotebookTracker | null): ICodeActions {
       panel.content.activeCell?.editor?.focus();
     }
   };
+}
+
+/** A notebook's selected cells (the active cell when none is selected) as an attachment. */
+function selectedCells(panel: NotebookPanel): IAttachment | null {
+  const notebook = panel.content;
+  const cells = notebook.widgets.flatMap((cell, index) =>
+    notebook.isSelectedOrActive(cell) ? [{ index, cell: cell.model.toJSON() as ICellSource }] : []
+  );
+  // The kernel's language once it has said it ("" while it starts), else the saved one.
+  const metadata = panel.context.model.sharedModel.getMetadata() as {
+    language_info?: { name?: string };
+    kernelspec?: { language?: string };
+  };
+  const language = metadata.language_info?.name || metadata.kernelspec?.language || '';
+  return attachment(panel.context.path, cells, language);
 }
 
 /** Content edits of each open notebook, by its shared model (see ContentEdits). */
@@ -207,6 +224,30 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     });
     palette?.addItem({ command: OPEN_COMMAND, category: 'Agent Chat' });
+
+    // "Ask agent about selection": the active notebook's cells go with the next message.
+    app.commands.addCommand(ASK_COMMAND, {
+      label: 'Ask agent about selection',
+      caption: 'Attach the selected cells to the next message in Agent Chat',
+      icon: chatIcon,
+      isEnabled: () => !!notebooks?.currentWidget,
+      execute: () => {
+        const current = notebooks?.currentWidget;
+        if (!current) {
+          return;
+        }
+        model.attach(selectedCells(current));
+        app.shell.activateById(PANEL_ID);
+        // After the palette or menu that ran it has closed and given the focus back.
+        window.setTimeout(() => panel.node.querySelector<HTMLTextAreaElement>('textarea')?.focus(), 50);
+      }
+    });
+    palette?.addItem({ command: ASK_COMMAND, category: 'Agent Chat' });
+    app.contextMenu.addItem({ command: ASK_COMMAND, selector: '.jp-Notebook .jp-Cell', rank: 20 });
+    model.askAboutSelection = () => void app.commands.execute(ASK_COMMAND);
+    const showNotebook = () => model.setActiveNotebook(notebooks?.currentWidget?.context.path ?? null);
+    notebooks?.currentChanged.connect(showNotebook);
+    showNotebook();
 
     // The last selected agent, and how far each agent was read, come back with the page.
     let saving = 0;

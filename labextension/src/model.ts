@@ -16,6 +16,7 @@ import {
   REMOTE_UNAVAILABLE,
   UNKNOWN_REQUEST
 } from './protocol';
+import { IAttachment, withContext } from './selection';
 import { agentKey, ChatStore, Transcript } from './state';
 
 export interface ISelection {
@@ -95,6 +96,24 @@ export class SidebarModel {
   loaded = false;
   /** The file browser's folder (relative to the Jupyter root): the create form's project. */
   currentFolder: () => string = () => '';
+  /** The notebook "Ask about selection" would read (its path), or null: no button. */
+  activeNotebook: string | null = null;
+  /** Attaches the active notebook's selection (the command; set by the plugin). */
+  askAboutSelection: () => void = () => undefined;
+  /** Cells attached to the next message ("2 cells from analysis.ipynb"), until it is sent. */
+  attachment: IAttachment | null = null;
+
+  attach(attachment: IAttachment | null): void {
+    this.attachment = attachment;
+    this._emit();
+  }
+
+  setActiveNotebook(path: string | null): void {
+    if (path !== this.activeNotebook) {
+      this.activeNotebook = path;
+      this._emit();
+    }
+  }
 
   /** The project of an agent seen in a list (relative; null: none, undefined: not seen). */
   projectOf(key: string): string | null | undefined {
@@ -237,13 +256,16 @@ export class SidebarModel {
   /**
    * Sends a message to the selected agent; false (with a notice) when it was not accepted.
    * Sending the same text again after a failure reuses its correlationId, so a message
-   * that did reach the manager before the failure is not stored twice.
+   * that did reach the manager before the failure is not stored twice. An attachment goes
+   * in front of the text, and is dropped once the message was accepted.
    */
-  async send(text: string): Promise<boolean> {
+  async send(message: string): Promise<boolean> {
     const { clientId, agentId } = this.selection;
-    if (!clientId || !agentId || !text.trim()) {
+    if (!clientId || !agentId || !message.trim()) {
       return false;
     }
+    const attached = this.attachment;
+    const text = withContext(attached?.text ?? '', message);
     const key = this.selectedKey;
     const retry = this._failed?.key === key && this._failed.text === text;
     const correlationId = retry ? this._failed!.correlationId : UUID.uuid4();
@@ -253,6 +275,9 @@ export class SidebarModel {
     );
     if (sent) {
       this._failed = null;
+      if (this.attachment === attached) {
+        this.attach(null); // not one attached while this message was on its way
+      }
     }
     return sent;
   }

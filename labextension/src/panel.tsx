@@ -22,6 +22,7 @@ import { ICodeActions, Markdown } from './markdown';
 import { IChatMessage, IFileDiff, ResponseFormat, responseFormat } from './protocol';
 import { IStatusView, SidebarModel } from './model';
 import { sandboxWarning } from './sandbox';
+import { splitContext } from './selection';
 import {
   agentKey,
   diffPartsOf,
@@ -270,7 +271,7 @@ function Messages(props: {
       ))}
       {[...transcript.pending.values()].map(p => (
         <div key={p.correlationId} className="jp-AgenstraChat-message jp-mod-user jp-mod-pending">
-          {p.text}
+          <UserText text={p.text} />
         </div>
       ))}
       {[...transcript.live.values()].map(turn => (
@@ -292,7 +293,11 @@ function MessageView(props: {
   const { message } = props;
   const attrs = { 'data-seq': message.seq, 'data-id': message.id };
   if (message.from === 'user') {
-    return <div className="jp-AgenstraChat-message jp-mod-user" {...attrs}>{message.text}</div>;
+    return (
+      <div className="jp-AgenstraChat-message jp-mod-user" {...attrs}>
+        <UserText text={message.text ?? ''} />
+      </div>
+    );
   }
   const response = message.response ?? { type: 'error', result: '' };
   if (response.type === 'error') {
@@ -311,6 +316,24 @@ function MessageView(props: {
       <Result text={response.result} format={responseFormat(response)}
         rendermime={props.rendermime} actions={props.actions} />
     </div>
+  );
+}
+
+/** What the user sent: the context it was sent with folded under its first line, as the
+ * kernel's ChatWidget shows it (widgets.context_html), then the text itself. */
+function UserText({ text }: { text: string }): JSX.Element {
+  const [context, message] = splitContext(text);
+  if (!context) {
+    return <>{text}</>;
+  }
+  return (
+    <>
+      <details className="jp-AgenstraChat-context">
+        <summary>{context.split('\n', 1)[0].replace(/:$/, '')}</summary>
+        <pre>{context}</pre>
+      </details>
+      {message}
+    </>
   );
 }
 
@@ -424,11 +447,25 @@ function Composer({ model, busy }: { model: SidebarModel; busy: boolean }): JSX.
   };
   return (
     <div className="jp-AgenstraChat-composer">
+      {model.attachment && (
+        <div className="jp-AgenstraChat-attachment" title={model.attachment.path}>
+          <span>{model.attachment.label}</span>
+          <Button minimal small aria-label="Remove attached cells"
+            onClick={() => model.attach(null)}>×</Button>
+        </div>
+      )}
       <textarea className="jp-AgenstraChat-input jp-mod-styled" value={text} rows={3}
         placeholder={ready ? 'Message the agent (Enter sends, Shift+Enter: new line)' : 'Select an agent'}
         disabled={!ready} aria-label="Message" onChange={e => setText(e.currentTarget.value)}
         onKeyDown={onKeyDown} />
       <div className="jp-AgenstraChat-composerButtons">
+        {model.activeNotebook !== null && (
+          <Button className="jp-AgenstraChat-askSelection" small minimal
+            title={`Ask about the selected cells of ${model.activeNotebook}`}
+            onClick={() => model.askAboutSelection()}>
+            Ask about selection
+          </Button>
+        )}
         {busy && (
           <Button className="jp-AgenstraChat-cancel" small onClick={() => void model.cancel()}>
             Cancel
