@@ -64,6 +64,7 @@ MAX_SETTLED = 512  # settled request ids remembered, so a late re-send is not sh
 DEFAULT_TIMEOUT = 600.0
 CLEANUP_WAIT = 10.0  # seconds an interrupted call may take to tidy up (cancel its turn)
 RECONNECT_WAIT = 30.0  # seconds a call waits for a reconnection that has not failed yet
+RESPOND_WAIT = 30.0  # seconds an answer is sent again while the manager is unreachable
 log = logging.getLogger(__name__)
 
 
@@ -268,10 +269,11 @@ class Agent:
 
     def on_permission(self, callback: PermissionCallback) -> Callable[[], None]:
         """Call `callback(request)` for each pending request of this agent, new ones as
-        they come and those already pending now; on the client's own thread, so it must not
-        call the blocking helpers (`respond`, `chat`, ...): it returns the optionId to
-        answer with (see `option_for`), or None to leave the request to someone else. It
-        may be a coroutine function (awaited on that thread). Returns the unsubscriber."""
+        they come and those already pending now: it returns the optionId to answer with
+        (see `option_for`), or None to leave the request to someone else. A plain function
+        runs in a worker thread (`asyncio.to_thread`), so it may block: `input()`, or this
+        client's blocking helpers (`respond`, `chat`, ...); a coroutine function is awaited
+        on the client's own loop and must not block it. Returns the unsubscriber."""
         self._permission_callbacks.append(callback)
         for request in self.pending_permissions():
             self.client._loop.loop.call_soon_threadsafe(self._dispatch_to, [callback], request)
@@ -304,8 +306,23 @@ class Agent:
         return option
 
     async def _respond(self, request_id: str, option_id: str) -> None:
-        await self.client._forward(ManagerEvent.PERMISSION_RESPONSE, self,
-                                   {"requestId": request_id, "optionId": option_id})
+        """Answer once; while the controller says its manager is away (a brief link drop),
+        answer again with backoff for up to RESPOND_WAIT (as _send does): a lost answer
+        would let the request expire as rejected."""
+        payload = {"requestId": request_id, "optionId": option_id}
+        deadline = time.monotonic() + RESPOND_WAIT
+        attempt = 0
+        while True:
+            try:
+                await self.client._forward(ManagerEvent.PERMISSION_RESPONSE, self, payload)
+                return
+            except AgenstraError as exc:
+                delay = min(5.0, 0.25 * 2**attempt)
+                if (exc.code != ErrorCode.REMOTE_UNAVAILABLE or not self.client.connected
+                        or request_id in self._settled or time.monotonic() + delay > deadline):
+                    raise
+            await asyncio.sleep(delay)
+            attempt += 1
 
     def _serve(self, inbox: queue.SimpleQueue[dict[str, Any]],
                answer: PermissionCallback) -> None:
@@ -323,9 +340,16 @@ class Agent:
             try:
                 self.respond(request["requestId"], option)
             except AgenstraError as exc:
-                if exc.code != ErrorCode.UNKNOWN_REQUEST:
+                if exc.code == ErrorCode.UNKNOWN_REQUEST:
+                    print("agenstra: this request was settled elsewhere first", file=sys.stderr)
+                elif exc.code == ErrorCode.REMOTE_UNAVAILABLE:  # the turn goes on regardless
+                    print(f"agenstra: the answer could not be sent ({exc}); the request "
+                          "stays pending until it expires", file=sys.stderr)
+                else:
                     raise
-                print("agenstra: this request was settled elsewhere first", file=sys.stderr)
+            except TimeoutError:
+                print("agenstra: the answer could not be sent in time; the request stays "
+                      "pending until it expires", file=sys.stderr)
 
     def _track_permission(self, event: dict[str, Any]) -> None:
         """Keep the pending list from the events: a request once (the manager sends pending
@@ -385,9 +409,10 @@ class Agent:
         if request["requestId"] not in self._pending:
             return  # settled while the callback thought
         try:
-            await self._respond(request["requestId"], option)
+            await self._respond(request["requestId"], option)  # sent again while unreachable
         except AgenstraError as exc:
-            log.info("agenstra: answering request %s: %s", request["requestId"], exc)
+            level = logging.INFO if exc.code == ErrorCode.UNKNOWN_REQUEST else logging.WARNING
+            log.log(level, "agenstra: answering request %s: %s", request["requestId"], exc)
 
     async def _chat(self, message: str, timeout: float | None,
                     inbox: queue.SimpleQueue[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -465,7 +490,7 @@ class Agent:
     def _receive(self, event: str, payload: dict[str, Any]) -> None:
         if event == ManagerEvent.CHAT_EVENT:
             events = self._turn_events.get(payload.get("correlationId", ""))
-            if events is not None:
+            if events is not None and not _sent_again(events, payload):
                 events.append({"kind": payload.get("kind"), "payload": payload.get("payload")})
             self._track_permission(payload)
         if event == ManagerEvent.CHAT_MESSAGE:
@@ -485,10 +510,27 @@ class Agent:
                 log.exception("agent listener failed")
 
 
+def _sent_again(events: list[dict[str, Any]], event: dict[str, Any]) -> bool:
+    """Whether `event` is a pending request the manager sent again (it does after each
+    login): recorded once, or a replay would ask the same request twice."""
+    payload = event.get("payload")
+    if event.get("kind") != ChatEventKind.PERMISSION_REQUEST or not isinstance(payload, dict):
+        return False
+    request_id = payload.get("requestId")
+    return any(e["kind"] == ChatEventKind.PERMISSION_REQUEST
+               and isinstance(e["payload"], dict) and e["payload"].get("requestId") == request_id
+               for e in events)
+
+
 async def _call_back(callback: PermissionCallback, request: dict[str, Any]) -> str | None:
-    """A callback's option; a failing one is logged and counts as no answer."""
+    """A callback's option; a failing one is logged and counts as no answer. A plain
+    function runs in a worker thread: one that blocks (input(), the client's blocking API)
+    must not freeze the client's loop, which its own answer needs."""
     try:
-        option = callback(dict(request))
+        if inspect.iscoroutinefunction(callback):
+            option = callback(dict(request))
+        else:
+            option = await asyncio.to_thread(callback, dict(request))
         if inspect.isawaitable(option):
             option = await option
     except Exception:

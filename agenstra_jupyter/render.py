@@ -167,19 +167,35 @@ DIFF_STYLE = {"+": "background:rgba(46,160,67,.2);", "-": "background:rgba(248,8
 
 KIND_LABELS = {"allow_once": "Allow", "allow_always": "Always allow",
                "reject_once": "Reject", "reject_always": "Always reject"}
-_ALLOW_WORDS = re.compile(r"\b(allow|accept|approve|yes|ok|proceed)\b", re.IGNORECASE)
-_REJECT_WORDS = re.compile(r"\b(reject|deny|refuse|decline|no|cancel|block)\b", re.IGNORECASE)
+# The rule the sidebar's optionLabel follows too (tests/fixtures/option_labels.json holds
+# the cases both must pass); ASCII so that \b means what it means in JavaScript.
+_FLAGS = re.IGNORECASE | re.ASCII
+_ALLOW_AGREES = re.compile(r"\b(allow|accept|approv|yes|ok\b|always|proceed|continue)", _FLAGS)
+_ALLOW_REFUSES = re.compile(
+    r"\b(reject|den(y|ied)|disallow|refus|declin|never|not\b|no\b|skip|abort|cancel|block"
+    r"|stop)|n't", _FLAGS)
+_REJECT_AGREES = re.compile(
+    r"\b(reject|den(y|ied)|disallow|refus|declin|never|no\b|skip|abort|cancel|block|stop)"
+    r"|n't", _FLAGS)
+_REJECT_ALLOWS = re.compile(r"\b(allow|accept|approv|yes|ok\b|proceed|continue)", _FLAGS)
+
+
+def _name_agrees(name: str, kind: str) -> bool:
+    """Whether an agent's name for an option says what its kind does (as the sidebar's
+    `agrees`: a kind that is not a reject one is judged as an allow)."""
+    if kind.startswith("reject"):
+        return bool(_REJECT_AGREES.search(name)) and not _REJECT_ALLOWS.search(name)
+    return bool(_ALLOW_AGREES.search(name)) and not _ALLOW_REFUSES.search(name)
 
 
 def option_label(option: dict[str, Any]) -> str:
-    """What an option's button says. Agents name their options and are untrusted: a name
-    saying the opposite of what the option does ("Reject" on allow_always) is replaced by
-    the kind's own words (the sidebar does the same)."""
+    """What an option's button says. Agents name their options and are untrusted: the
+    name is shown only when it agrees with what the option does (an allow named "Skip"
+    or "Reject" reads "Allow"); otherwise the kind's own words (the sidebar does the same)."""
     kind = str(option.get("kind") or "")
     own = KIND_LABELS.get(kind, kind or str(option.get("optionId", "")))
     name = str(option.get("name") or "").strip()
-    words = _ALLOW_WORDS if kind.startswith("reject") else _REJECT_WORDS
-    return own if not name or words.search(name) else name
+    return name if name and _name_agrees(name, kind) else own
 
 
 def option_title(option: dict[str, Any]) -> str:

@@ -345,13 +345,16 @@ class ChatWidget(widgets.VBox):
 
     def use(self, name: str) -> None:
         """Show (and talk to) another agent."""
+        # Outside the lock: this may wait up to 120 s for a login on the client's thread,
+        # where the old agent's _on_event may be waiting for the lock meanwhile.
+        agent = self.client.agent(name)
         with self._lock:
             if self._unsubscribe:
                 self._unsubscribe()
             self.transcript.children, self._live, self._shown_seq = (), {}, 0
             self._running.clear()
             self._cards = {}
-            self.agent = self.client.agent(name)
+            self.agent = agent
             for message in list(self.agent.messages):
                 self._add_message(message)
             for request in self.agent.pending_permissions():  # asked before we looked

@@ -11,7 +11,13 @@ import os
 import sqlite3
 import threading
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
+import pytest
+
+from agenstra_jupyter.manager.models import AgentRecord
+from agenstra_jupyter.manager.providers.acp import AcpProvider
+from agenstra_jupyter.manager.runtimes import ProcessRuntime
 from agenstra_jupyter.protocol import ChatEventKind, ErrorCode, ManagerEvent
 
 from .fakes import ACP_AGENT_COMMAND
@@ -529,3 +535,38 @@ async def test_a_flood_of_requests_forks_few_sandboxes(manager):
     # The agent still answers.
     assert (await client.chat("count"))["response"]["result"] == "prompt number 3"
     await client.close()
+
+
+def whole_file_write(path: str) -> SimpleNamespace:
+    """An ACP tool call as claude-agent-acp's Write sends it: `oldText` null."""
+    return SimpleNamespace(
+        kind="edit", title=f"Write {path}", tool_call_id="w-1", raw_input={}, status="pending",
+        locations=[SimpleNamespace(path=path)],
+        content=[SimpleNamespace(type="diff", path=path, old_text=None, new_text="new\n")])
+
+
+@pytest.mark.parametrize("path", [".env", ".git/config", "sub/.hidden/key", "cfg/config"])
+async def test_a_hidden_files_text_is_not_read_before_anyone_agreed(sandbox_available,
+                                                                    tmp_path, path):
+    """A whole-file write to .git/config (remote URLs with tokens), .env, any hidden path,
+    or through a directory link to one: the card shows it as a new text, nothing read."""
+    runtime = ProcessRuntime(workspace_root=str(tmp_path / "ws"),
+                             state_root=str(tmp_path / "agents"))
+    agent = AgentRecord(id="h1", name="h1", provider="acp", runtime="process",
+                        password_hash="-", created_at="", updated_at="")
+    await runtime.start(agent)
+    workspace = tmp_path / "ws" / "h1"
+    for hidden in (".env", ".git/config", "sub/.hidden/key", "visible.txt"):
+        (workspace / hidden).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / hidden).write_text(f"token-{SECRET}\n")
+    (workspace / "cfg").symlink_to(workspace / ".git")
+    provider = AcpProvider(agent=agent, runtime=runtime)
+    options = [SimpleNamespace(option_id="yes", name="Allow", kind="allow_once")]
+
+    ask = await provider.permission_ask(whole_file_write(f"{workspace}/{path}"), options)
+    assert ask.inside_workspace and ask.paths == [path]
+    assert ask.diff == [{"path": path, "oldText": "", "newText": "new\n"}]
+    # The control: a visible file's text is shown as what the write replaces.
+    ask = await provider.permission_ask(whole_file_write(f"{workspace}/visible.txt"), options)
+    assert ask.diff == [{"path": "visible.txt", "oldText": f"token-{SECRET}\n",
+                         "newText": "new\n"}]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import nbformat
 import pytest
 from IPython.core.error import StdinNotImplementedError
 
+from agenstra_jupyter import client as client_module
 from agenstra_jupyter import magics
 from agenstra_jupyter.client import AgenstraError, Agent
 from agenstra_jupyter.protocol import (
@@ -124,6 +126,68 @@ def test_allow_and_reject_of_an_unknown_request_say_so():
     assert no_option.value.code == ErrorCode.INVALID_PAYLOAD
 
 
+class _FlakyClient:
+    """Just what an Agent's answers need of its client: the first `failures` answers meet
+    a brief link drop (the controller says its manager is away)."""
+
+    connected = True
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures, self.sent = failures, []
+        self._loop = client_module._LoopThread.get()
+
+    async def _forward(self, event: str, agent: Agent, payload: dict) -> None:
+        self.sent.append(payload)
+        if len(self.sent) <= self.failures:
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "The manager is unreachable")
+
+
+async def test_a_callbacks_answer_is_sent_again_over_a_brief_link_drop():
+    flaky = _FlakyClient(failures=2)
+    agent = Agent(client=flaky, client_id="local", id="a", name="a")
+    agent._receive(ManagerEvent.CHAT_EVENT, request_event("r1"))
+    await agent._dispatch([lambda request: "yes"], agent.pending_permissions()[0])
+    assert flaky.sent == [{"requestId": "r1", "optionId": "yes"}] * 3
+
+
+def test_a_turn_prompt_whose_answer_cannot_be_sent_does_not_kill_the_turn(monkeypatch,
+                                                                           capsys):
+    monkeypatch.setattr(client_module, "RESPOND_WAIT", 0.5)
+    flaky = _FlakyClient(failures=10**6)
+    agent = Agent(client=flaky, client_id="local", id="a", name="a")
+    agent._receive(ManagerEvent.CHAT_EVENT, request_event("r1"))
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    inbox.put(agent.pending_permissions()[0])
+    agent._serve(inbox, lambda request: "yes")  # the chat's wait goes on: no exception
+    assert len(flaky.sent) > 1  # sent again before giving up
+    assert "could not be sent" in capsys.readouterr().err
+
+
+def test_a_plain_callback_may_block_without_freezing_the_client():
+    """It runs in a worker thread: the client's loop goes on, and the callback may use the
+    blocking API (which on the loop's own thread would refuse)."""
+    flaky = _FlakyClient()
+    agent = Agent(client=flaky, client_id="local", id="a", name="a")
+    started, go = threading.Event(), threading.Event()
+
+    def callback(request):
+        started.set()
+        go.wait(10)  # as input() would
+        agent.respond(request["requestId"], "yes")
+        return None
+
+    agent.on_permission(callback)
+    loop = flaky._loop
+    loop.loop.call_soon_threadsafe(agent._receive, ManagerEvent.CHAT_EVENT, request_event("r1"))
+    assert started.wait(10)
+    loop.run(asyncio.sleep(0), 2)  # the loop answers while the callback blocks
+    go.set()
+    deadline = time.monotonic() + 10
+    while not flaky.sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flaky.sent == [{"requestId": "r1", "optionId": "yes"}]
+
+
 # -- picking options ------------------------------------------------------------------------
 
 
@@ -161,6 +225,66 @@ def test_recorded_decisions_match_by_kind_and_title_in_order():
     assert replay.answer(fresh(kind="execute", title="run ls")) == "ko"
     assert replay.answer(fresh(kind="edit", title="write note.txt")) == "ok"
     assert replay.answer(fresh(kind="edit", title="write note.txt")) is None  # used once
+
+
+def test_a_request_sent_again_after_a_login_is_recorded_once():
+    agent = lone_agent()
+    agent._turn_events["t1"] = events = []
+    agent._receive(ManagerEvent.CHAT_EVENT, request_event("r1"))
+    agent._receive(ManagerEvent.CHAT_EVENT, request_event("r1"))  # sent again after a login
+    agent._receive(ManagerEvent.CHAT_EVENT, request_event("r2"))
+    agent._receive(ManagerEvent.CHAT_EVENT, resolved_event("r1"))
+    assert [(e["kind"], e["payload"]["requestId"]) for e in events] == [
+        (ChatEventKind.PERMISSION_REQUEST, "r1"), (ChatEventKind.PERMISSION_REQUEST, "r2"),
+        (ChatEventKind.PERMISSION_RESOLVED, "r1")]
+
+
+@pytest.mark.parametrize(("recorded", "answered", "fails"), [
+    ("expired", "rejected", False), ("cancelled", "rejected", False),
+    ("rejected", "expired", False), ("allowed", "allowed", False),
+    ("expired", "allowed", True), ("allowed", "rejected", True)])
+async def test_the_replay_provider_asks_each_recorded_request_once_and_compares_allowed(
+        tmp_path, recorded, answered, fails):
+    """A recording made before the client kept one copy holds the request twice; a
+    recorded expiry agrees with any refusal of this run, not with an allow."""
+    from agenstra_jupyter.manager.models import AgentRecord
+    from agenstra_jupyter.manager.permissions import Resolution
+    from agenstra_jupyter.manager.providers.base import ProviderError, Turn
+    from agenstra_jupyter.manager.providers.replay import ReplayProvider
+    from agenstra_jupyter.sessions import SESSION_VERSION
+
+    events = [request_event("r1"), request_event("r1"), resolved_event("r1", recorded)]
+    turn_record = {"type": "turn", "agent": "a", "prompt": "write it",
+                   "events": [{"kind": e["kind"], "payload": e["payload"]} for e in events],
+                   "response": {"type": "text", "result": "done", "parts": []}}
+    session = tmp_path / "session.jsonl"
+    session.write_text(json.dumps({"type": "session", "version": SESSION_VERSION}) + "\n"
+                       + json.dumps(turn_record) + "\n")
+    asks = []
+
+    async def ask(request):
+        asks.append(request)
+        return Resolution(request_id=f"n{len(asks)}", outcome=answered, by="user")
+
+    async def emit(kind, payload):
+        pass
+
+    async def save_state(state):
+        pass
+
+    agent = AgentRecord(id="a", name="a", provider="replay", runtime="process",
+                        password_hash="-", created_at="", updated_at="",
+                        config={"session": str(session), "agent": "a", "mode": "strict"})
+    provider = ReplayProvider(agent=agent, save_state=save_state)
+    turn = Turn(message="write it", correlation_id="c", stream=True, emit=emit, ask=ask)
+    if fails:
+        with pytest.raises(ProviderError, match="Replay mismatch"):
+            await provider.run_turn(turn)
+    else:
+        result = await provider.run_turn(turn)
+        assert result.text == "done"
+        assert [p["outcome"] for p in result.extra["parts"]] == [answered]
+    assert [a.title for a in asks] == ["write note.txt"]  # asked once
 
 
 # -- the %agent prompt ------------------------------------------------------------------------

@@ -3,8 +3,10 @@ the browser fetch a URL before the user clicks (a remote image would leak data a
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -250,16 +252,26 @@ def test_text_output_as_markdown_is_one_code_block(text):
     assert response_markdown({"type": "text", "result": "**b**"}) == "**b**"
 
 
-def test_option_buttons_never_let_an_agent_label_an_allow_as_a_refusal():
-    from agenstra_jupyter.render import option_label, option_title
+OPTION_LABELS = json.loads(
+    (Path(__file__).parent / "fixtures" / "option_labels.json").read_text())
 
-    assert option_label({"optionId": "a", "name": "Always Allow", "kind": "allow_always"}) \
-        == "Always Allow"
-    assert option_label({"optionId": "a", "name": "Reject", "kind": "allow_always"}) \
-        == "Always allow"
-    assert option_label({"optionId": "r", "name": "Yes please", "kind": "reject_once"}) \
-        == "Reject"
-    assert option_label({"optionId": "r", "name": "", "kind": "reject_always"}) \
-        == "Always reject"
-    assert option_title({"name": "Reject", "kind": "allow_always"}) \
-        == 'Always allow (the agent calls it "Reject")'
+
+@pytest.mark.parametrize("case", OPTION_LABELS, ids=lambda c: f"{c['name']!r}/{c['kind']}")
+def test_option_buttons_show_an_agents_name_only_when_it_agrees_with_the_kind(case):
+    """The cases the sidebar's optionLabel passes too (the same fixture)."""
+    from agenstra_jupyter.render import KIND_LABELS, option_label, option_title
+
+    option = {"optionId": "o", "name": case["name"], "kind": case["kind"]}
+    assert option_label(option) == case["label"]
+    own = KIND_LABELS[case["kind"]]
+    title = option_title(option)
+    assert title.startswith(own)  # the tooltip always says what the option does
+    if case["name"] and case["name"].lower() != own.lower():
+        assert title == f'{own} (the agent calls it "{case["name"]}")'
+
+
+def test_the_option_label_fixture_covers_every_kind_and_both_outcomes():
+    kinds = {c["kind"] for c in OPTION_LABELS}
+    assert kinds == {"allow_once", "allow_always", "reject_once", "reject_always"}
+    shown = [c for c in OPTION_LABELS if c["label"] == c["name"]]
+    assert shown and len(shown) < len(OPTION_LABELS)

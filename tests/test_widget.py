@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import itertools
 import re
+import threading
 import time
 
 import ipywidgets as widgets
@@ -170,6 +171,38 @@ class _OneAgentClient:
 
     def on_state(self, listener):
         pass
+
+
+def test_switching_agents_does_not_hold_the_lock_while_logging_in():
+    """The login may wait for the client's thread, where the old agent's events arrive:
+    they must not wait for the login in turn."""
+    old = Agent(client=None, client_id="local", id="a", name="a")
+    new = Agent(client=None, client_id="local", id="b", name="b")
+    logging_in, release = threading.Event(), threading.Event()
+
+    class SlowLogin(_OneAgentClient):
+        def agent(self, name):
+            if name == "a":
+                return old
+            logging_in.set()
+            release.wait(10)
+            return new
+
+    widget = ChatWidget("a", client=SlowLogin(old))
+    switching = threading.Thread(target=widget.use, args=("b",))
+    switching.start()
+    try:
+        assert logging_in.wait(10)
+        message = {"id": "m1", "seq": 1, "agentId": "a", "from": "user", "text": "x"}
+        delivered = threading.Thread(target=widget._on_event,
+                                     args=(ManagerEvent.CHAT_MESSAGE, message))
+        delivered.start()
+        delivered.join(2)
+        assert not delivered.is_alive()  # not stuck behind the login
+    finally:
+        release.set()
+        switching.join(10)
+    assert widget.agent is new and not switching.is_alive()
 
 
 def test_replays_are_dropped_without_per_message_bookkeeping():

@@ -10,7 +10,7 @@ import {
   optionTitle,
   resolutionText
 } from './approvals';
-import { DiffRow, diffRows, lineDiff } from './diff';
+import { cachedLineDiff, DiffRow, diffRows } from './diff';
 import { IFileDiff } from './protocol';
 import { IPermissionCard } from './state';
 
@@ -22,8 +22,9 @@ const MAX_ROWS = 400;
 
 /** A file's change as +/− lines with a little unchanged context. */
 export function DiffView({ diff }: { diff: IFileDiff }): JSX.Element {
-  const result = React.useMemo(() => lineDiff(diff.oldText, diff.newText), [diff]);
-  const rows = diffRows(result.lines);
+  // By the texts, not the object: a re-render brings the same texts in a new object.
+  const result = cachedLineDiff(diff.oldText, diff.newText);
+  const rows = React.useMemo(() => diffRows(result.lines), [result]);
   const shown = rows.slice(0, MAX_ROWS);
   return (
     <div className="jp-AgenstraChat-diff" data-path={diff.path}>
@@ -57,7 +58,7 @@ function DiffLine({ row }: { row: DiffRow }): JSX.Element {
 
 /** "path +n −m" */
 function DiffTitle({ diff }: { diff: IFileDiff }): JSX.Element {
-  const { added, removed } = React.useMemo(() => lineDiff(diff.oldText, diff.newText), [diff]);
+  const { added, removed } = cachedLineDiff(diff.oldText, diff.newText);
   return (
     <>
       <span className="jp-AgenstraChat-diffPath">{diff.path}</span>

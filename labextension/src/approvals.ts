@@ -76,20 +76,35 @@ const KIND_LABELS: Record<string, string> = {
   reject_once: 'Reject',
   reject_always: 'Always reject'
 };
-const ALLOW_WORDS = /\b(allow|accept|approve|yes|ok|proceed)\b/i;
-const REJECT_WORDS = /\b(reject|deny|refuse|decline|no|cancel|block)\b/i;
+/*
+ * Whether an agent's name for an option agrees with what the option does. Word starts
+ * (\b…) catch "Allowed", "Denied", "Refusing"; "n't" catches "Don't allow" and "Won't".
+ * An allow name must say allowing and nothing of refusing; a reject name the reverse.
+ * The same rule as agenstra_jupyter/render.py option_label (tests/fixtures/option_labels.json).
+ */
+const ALLOW_AGREES = /\b(allow|accept|approv|yes|ok\b|always|proceed|continue)/i;
+const ALLOW_CONTRARY =
+  /\b(reject|den(y|ied)|disallow|refus|declin|never|not\b|no\b|skip|abort|cancel|block|stop)|n't/i;
+const REJECT_AGREES =
+  /\b(reject|den(y|ied)|disallow|refus|declin|never|no\b|skip|abort|cancel|block|stop)|n't/i;
+const REJECT_CONTRARY = /\b(allow|accept|approv|yes|ok\b|proceed|continue)/i;
+
+function agrees(name: string, kind: string): boolean {
+  return kind.startsWith('reject')
+    ? REJECT_AGREES.test(name) && !REJECT_CONTRARY.test(name)
+    : ALLOW_AGREES.test(name) && !ALLOW_CONTRARY.test(name);
+}
 
 /**
  * What an option's button says. The agent names its options, and an agent is untrusted:
- * a name that says the opposite of what the option does ("Reject" on allow_always) is
- * replaced by the option kind's own words; the agent's name stays in the tooltip.
+ * its name is shown only when it agrees with the option's kind (see `agrees`); any other
+ * name ("Reject" on allow_always, "Skip" on allow_once, "") gives the kind's own words.
+ * The agent's name stays in the tooltip.
  */
 export function optionLabel(option: { name?: string; kind: string }): string {
   const own = KIND_LABELS[option.kind] ?? option.kind;
   const name = (option.name ?? '').trim();
-  const allows = !option.kind.startsWith('reject');
-  const contrary = allows ? REJECT_WORDS.test(name) : ALLOW_WORDS.test(name);
-  return !name || contrary ? own : name;
+  return name && agrees(name, option.kind) ? name : own;
 }
 
 /** The tooltip: the option kind's own words, and the agent's name when it differs. */

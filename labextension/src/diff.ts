@@ -105,6 +105,31 @@ function lcsDiff(a: string[], b: string[]): IDiffLine[] {
   return lines;
 }
 
+/** How many diffs `cachedLineDiff` remembers (each holds texts the transcript holds anyway). */
+export const DIFF_CACHE_SIZE = 64;
+const recent: Array<{ oldText: string; newText: string; result: ILineDiff }> = [];
+
+/**
+ * `lineDiff`, remembered by the texts: a transcript re-renders on every streamed token, and
+ * a message's diffs come as new objects each time (`diffPartsOf`), so a memo keyed on the
+ * object never hits. The same before/after gives the same result object, without running
+ * the LCS again; the least recently used of DIFF_CACHE_SIZE goes first.
+ */
+export function cachedLineDiff(oldText: string, newText: string): ILineDiff {
+  const at = recent.findIndex(entry => entry.oldText === oldText && entry.newText === newText);
+  if (at >= 0) {
+    const [hit] = recent.splice(at, 1);
+    recent.push(hit);
+    return hit.result;
+  }
+  const result = lineDiff(oldText, newText);
+  recent.push({ oldText, newText, result });
+  if (recent.length > DIFF_CACHE_SIZE) {
+    recent.shift();
+  }
+  return result;
+}
+
 /** A run of lines to show, or how many unchanged lines are left out between two runs. */
 export type DiffRow = IDiffLine | { skipped: number };
 

@@ -6,7 +6,7 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { Clipboard, ICommandPalette, Notification } from '@jupyterlab/apputils';
-import { URLExt } from '@jupyterlab/coreutils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import type { DocumentRegistry } from '@jupyterlab/docregistry';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
@@ -90,11 +90,22 @@ function codeActions(notebooks: INotebookTracker | null): ICodeActions {
   };
 }
 
-/** A notebook's selected cells (the active cell when none is selected) as an attachment. */
-function selectedCells(panel: NotebookPanel): IAttachment | null {
+/**
+ * A notebook's selected cells (the active cell when none is selected) as an attachment:
+ * what the user sees of them (outputs they collapsed stay out), without `secrets` (the
+ * page's Jupyter token, which a cell may print as part of a server's URL).
+ */
+function selectedCells(panel: NotebookPanel, secrets: readonly string[]): IAttachment | null {
   const notebook = panel.content;
   const cells = notebook.widgets.flatMap((cell, index) =>
-    notebook.isSelectedOrActive(cell) ? [{ index, cell: cell.model.toJSON() as ICellSource }] : []
+    notebook.isSelectedOrActive(cell)
+      ? [{
+        index,
+        cell: cell.model.toJSON() as ICellSource,
+        // A code cell's widget (CodeCell.outputHidden): a markdown cell has no outputs.
+        outputsHidden: (cell as { outputHidden?: boolean }).outputHidden === true
+      }]
+      : []
   );
   // The kernel's language once it has said it ("" while it starts), else the saved one.
   const metadata = panel.context.model.sharedModel.getMetadata() as {
@@ -102,7 +113,7 @@ function selectedCells(panel: NotebookPanel): IAttachment | null {
     kernelspec?: { language?: string };
   };
   const language = metadata.language_info?.name || metadata.kernelspec?.language || '';
-  return attachment(panel.context.path, cells, language);
+  return attachment(panel.context.path, cells, language, secrets);
 }
 
 /** Content edits of each open notebook, by its shared model (see ContentEdits). */
@@ -236,7 +247,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
         if (!current) {
           return;
         }
-        model.attach(selectedCells(current));
+        // Read when asked: the token this page authenticates with, by either source.
+        const secrets = [settings.token, PageConfig.getToken()].filter(token => !!token);
+        model.attach(selectedCells(current, secrets));
         app.shell.activateById(PANEL_ID);
         // After the palette or menu that ran it has closed and given the focus back.
         window.setTimeout(() => panel.node.querySelector<HTMLTextAreaElement>('textarea')?.focus(), 50);

@@ -54,7 +54,8 @@ export function documentPaths(project: string | null | undefined, paths: string[
 
 /**
  * Reverts each open document of `paths` (each context once) unless the user changed its
- * content: a notebook whose only unsaved changes are metadata (a kernel started) reloads.
+ * content: a notebook whose only unsaved changes are JupyterLab's own metadata (a kernel
+ * started) reloads.
  */
 export async function reloadDocuments(
   documents: Iterable<IOpenDocument>,
@@ -83,7 +84,7 @@ export function keptNotice(path: string): string {
   return `${path} changed on disk; you have unsaved changes`;
 }
 
-/** What changes in a cell (@jupyter/ydoc's CellChange): only these are the user's content. */
+/** What changes in a cell (@jupyter/ydoc's CellChange): what edit tracking looks at. */
 export interface ICellChange {
   sourceChange?: unknown;
   outputsChange?: unknown;
@@ -111,14 +112,41 @@ export interface ISharedNotebook {
   readonly cells: readonly ISharedCell[];
 }
 
+/** Notebook metadata JupyterLab writes by itself: a kernel starting fills these in. */
+const JUPYTER_NOTEBOOK_KEYS: ReadonlySet<string> = new Set(['kernelspec', 'language_info']);
+/** Cell metadata JupyterLab writes by itself: run timings, and trust when it checks it. */
+const JUPYTER_CELL_KEYS: ReadonlySet<string> = new Set(['execution', 'trusted']);
+
+/**
+ * Whether a metadata change (@jupyter/ydoc's MapChanges: a Map of the keys changed) holds a
+ * key other than JupyterLab's own. A change of a shape not understood counts as the user's:
+ * keeping an edit by mistake costs a notice, reverting one loses the user's work.
+ */
+function usersMetadata(change: unknown, jupyters: ReadonlySet<string>): boolean {
+  if (change === undefined || change === null) {
+    return false;
+  }
+  let keys: string[];
+  if (change instanceof Map) {
+    keys = [...change.keys()].map(String);
+  } else if (typeof change === 'object') {
+    keys = Object.keys(change);
+  } else {
+    return true;
+  }
+  return keys.some(key => !jupyters.has(key));
+}
+
 /**
  * Whether the user changed a notebook's content since it was last loaded, saved or reverted.
  *
  * JupyterLab marks a notebook dirty by itself (a starting kernel writes kernelspec and
- * language_info into its metadata): `dirty` alone would keep a notebook nobody touched
- * from showing the agent's edit. Cells added, removed or moved, their source, outputs,
- * execution counts and attachments are the user's; metadata is not. The model turning
- * clean (its `dirty` state set false: load, save, revert) starts over.
+ * language_info into its metadata, running a cell its `execution` timings): `dirty` alone
+ * would keep a notebook nobody touched from showing the agent's edit. Cells added, removed
+ * or moved, their source, outputs, execution counts, attachments and metadata (a tag) and
+ * the notebook's metadata are the user's, except the keys JupyterLab writes itself
+ * (JUPYTER_NOTEBOOK_KEYS, JUPYTER_CELL_KEYS). The model turning clean (its `dirty` state
+ * set false: load, save, revert) starts over.
  */
 export class ContentEdits {
   private _edited = false;
@@ -128,7 +156,7 @@ export class ContentEdits {
     notebook.changed.connect(this._onNotebook, this);
   }
 
-  /** Unsaved changes of cells since the model was last clean. */
+  /** Unsaved changes of the user's (cells, metadata) since the model was last clean. */
   get edited(): boolean {
     return this._edited;
   }
@@ -141,7 +169,11 @@ export class ContentEdits {
     for (const delta of change.cellsChange ?? []) {
       delta.insert?.forEach(cell => this._watch(cell));
     }
-    if (change.cellsChange?.length || change.nbformatChanged) {
+    if (
+      change.cellsChange?.length ||
+      change.nbformatChanged ||
+      usersMetadata(change.metadataChange, JUPYTER_NOTEBOOK_KEYS)
+    ) {
       this._edited = true;
     }
     if (change.stateChange?.some(state => state.name === 'dirty' && state.newValue === false)) {
@@ -154,7 +186,8 @@ export class ContentEdits {
       change.sourceChange ||
       change.outputsChange ||
       change.executionCountChange ||
-      change.attachmentsChange
+      change.attachmentsChange ||
+      usersMetadata(change.metadataChange, JUPYTER_CELL_KEYS)
     ) {
       this._edited = true;
     }

@@ -43,8 +43,14 @@ export interface IPermissionCard {
   answeredElsewhere?: boolean;
 }
 
-/** The most permission cards one transcript keeps (resolved ones go first). */
-export const MAX_PERMISSION_CARDS = 32;
+/** Requests one agent may have waiting (the manager's approvals.MAX_PENDING). */
+export const MAX_WAITING_REQUESTS = 16;
+/**
+ * The permission cards one transcript keeps. Only settled cards are ever dropped (a waiting
+ * request dropped could never be answered from this page): this many holds every request
+ * the manager lets one agent have waiting, and as many settled ones besides.
+ */
+export const MAX_PERMISSION_CARDS = 2 * MAX_WAITING_REQUESTS;
 
 /** An answer being streamed: what the agent said and did so far. */
 export interface ILiveTurn {
@@ -216,12 +222,20 @@ export class Transcript {
     return true;
   }
 
-  /** Keeps MAX_PERMISSION_CARDS: the oldest settled cards go first, then the oldest. */
+  /**
+   * Keeps MAX_PERMISSION_CARDS by dropping the oldest settled cards; a waiting one stays
+   * (more than fit would mean a manager past its own limit: they stay all the same).
+   */
   private _bound(): void {
-    while (this.permissions.size > MAX_PERMISSION_CARDS) {
-      const cards = [...this.permissions.values()];
-      const victim = cards.find(card => card.resolved) ?? cards[0];
-      this.permissions.delete(victim.requestId);
+    let excess = this.permissions.size - MAX_PERMISSION_CARDS;
+    for (const card of [...this.permissions.values()]) {
+      if (excess <= 0) {
+        break;
+      }
+      if (card.resolved) {
+        this.permissions.delete(card.requestId);
+        excess--;
+      }
     }
   }
 

@@ -1,3 +1,7 @@
+/// <reference types="node" />
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
 import { beforeEach, describe, expect, it } from 'vitest';
 
 import { ControllerApi } from '../src/api';
@@ -9,7 +13,7 @@ import {
   resolutionText
 } from '../src/approvals';
 import { ChatConnection } from '../src/connection';
-import { diffRows, lineDiff } from '../src/diff';
+import { cachedLineDiff, DIFF_CACHE_SIZE, diffRows, lineDiff } from '../src/diff';
 import { SidebarModel } from '../src/model';
 import { agentCreateRequest, approvalsOf, IChatMessage, IProviderInfo } from '../src/protocol';
 import { Signal } from '@lumino/signaling';
@@ -30,6 +34,7 @@ import {
   diffPartsOf,
   IFilesChangedEvent,
   MAX_PERMISSION_CARDS,
+  MAX_WAITING_REQUESTS,
   permissionPartsOf,
   toolsOf,
   Transcript
@@ -126,9 +131,42 @@ describe('permission requests in a transcript', () => {
     expect(transcript.permissions.size).toBe(MAX_PERMISSION_CARDS);
     expect(transcript.permissions.has('settled')).toBe(false);
     expect(transcript.permissions.has('first')).toBe(true);
+    // Nothing settled is left: a waiting request is never dropped, however many come.
     transcript.apply(chatEvent('permissionRequest', request('more'), 99));
-    expect(transcript.permissions.has('first')).toBe(false);
+    expect(transcript.permissions.has('first')).toBe(true);
+    expect(transcript.permissions.has('more')).toBe(true);
+    expect(transcript.permissions.size).toBe(MAX_PERMISSION_CARDS + 1);
+  });
+
+  it('keeps every waiting card in a flood of settled ones', () => {
+    const transcript = new Transcript();
+    for (let i = 0; i < MAX_WAITING_REQUESTS; i++) {
+      transcript.apply(chatEvent('permissionRequest', request(`wait${i}`), i));
+    }
+    // A flood of policy decisions after them (each settles at once).
+    for (let i = 0; i < 5 * MAX_PERMISSION_CARDS; i++) {
+      const resolved = { requestId: `p${i}`, outcome: 'allowed', by: 'policy', title: 'Read' };
+      transcript.apply(chatEvent('permissionResolved', resolved, 100 + i));
+    }
     expect(transcript.permissions.size).toBe(MAX_PERMISSION_CARDS);
+    expect(transcript.pendingRequests.map(card => card.requestId)).toEqual(
+      Array.from({ length: MAX_WAITING_REQUESTS }, (_, i) => `wait${i}`)
+    );
+    // The newest settled ones stay, as many as fit beside the waiting ones.
+    const last = 5 * MAX_PERMISSION_CARDS - 1;
+    expect(transcript.permissions.has(`p${last}`)).toBe(true);
+    expect(transcript.permissions.has('p0')).toBe(false);
+  });
+
+  it('has room for every request the manager lets one agent have waiting', () => {
+    // agenstra_jupyter/manager/approvals.py: MAX_PENDING, the broker's limit per agent.
+    const source = readFileSync(
+      fileURLToPath(new URL('../../agenstra_jupyter/manager/approvals.py', import.meta.url)),
+      'utf-8'
+    );
+    const limit = Number(/^MAX_PENDING = (\d+)/m.exec(source)?.[1]);
+    expect(limit).toBe(MAX_WAITING_REQUESTS);
+    expect(MAX_PERMISSION_CARDS).toBeGreaterThan(MAX_WAITING_REQUESTS);
   });
 
   it('shows a policy decision nobody was asked about as one line', () => {
@@ -389,10 +427,18 @@ class FakeNotebook {
   clean(): void {
     this.changed.emit({ stateChange: [{ name: 'dirty', newValue: false }] });
   }
+  /** What a starting kernel does (@jupyter/ydoc's MapChanges: a Map of the keys changed). */
   kernelStarted(): void {
-    this.changed.emit({ metadataChange: { kernelspec: { newValue: { name: 'python3' } } } as any });
+    this.metadata(['kernelspec', 'language_info']);
     this.changed.emit({ stateChange: [{ name: 'dirty', newValue: true }] });
   }
+  metadata(keys: string[]): void {
+    this.changed.emit({ metadataChange: keysChanged(keys) });
+  }
+}
+
+function keysChanged(keys: string[]): Map<string, { action: 'add'; oldValue: unknown }> {
+  return new Map(keys.map(key => [key, { action: 'add' as const, oldValue: undefined }]));
 }
 
 describe('what counts as the user\'s edit of a notebook', () => {
@@ -404,7 +450,7 @@ describe('what counts as the user\'s edit of a notebook', () => {
     expect(edits.edited).toBe(false);
     notebook.kernelStarted();
     expect(edits.edited).toBe(false); // dirty, but only metadata
-    first.changed.emit({ metadataChange: {} }); // a cell's metadata (e.g. trusted)
+    first.changed.emit({ metadataChange: keysChanged(['execution', 'trusted']) }); // a run
     expect(edits.edited).toBe(false);
     first.changed.emit({ sourceChange: [{ insert: 'x' }] });
     expect(edits.edited).toBe(true); // typing in a cell
@@ -419,6 +465,50 @@ describe('what counts as the user\'s edit of a notebook', () => {
     notebook.clean();
     notebook.changed.emit({ nbformatChanged: { key: 'nbformat_minor', newValue: 5 } });
     expect(edits.edited).toBe(true);
+  });
+
+  it('counts metadata the user wrote: a cell tag, the notebook\'s own metadata', () => {
+    const cell = new FakeCell();
+    const notebook = new FakeNotebook([cell]);
+    const edits = new ContentEdits(notebook);
+    notebook.kernelStarted();
+    expect(edits.edited).toBe(false);
+    cell.changed.emit({ metadataChange: keysChanged(['tags']) }); // a tag added
+    expect(edits.edited).toBe(true);
+    notebook.clean();
+    notebook.metadata(['authors']);
+    expect(edits.edited).toBe(true);
+    notebook.clean();
+    // A cell's kernelspec is nothing JupyterLab writes: only the notebook's is exempt.
+    cell.changed.emit({ metadataChange: keysChanged(['kernelspec']) });
+    expect(edits.edited).toBe(true);
+    notebook.clean();
+    notebook.metadata(['language_info', 'title']); // JupyterLab's key with the user's
+    expect(edits.edited).toBe(true);
+    notebook.clean();
+    notebook.changed.emit({ metadataChange: 'not a map' as any }); // unknown: the user's
+    expect(edits.edited).toBe(true);
+  });
+
+  it('keeps a notebook whose only unsaved change is a tag, with the notice', async () => {
+    const cell = new FakeCell();
+    const notebook = new FakeNotebook([cell]);
+    const edits = new ContentEdits(notebook);
+    notebook.kernelStarted();
+    cell.changed.emit({ metadataChange: keysChanged(['tags']) });
+    const reverted: string[] = [];
+    const doc: IOpenDocument = {
+      path: 'proj/tagged.ipynb',
+      dirty: true,
+      edited: edits.edited,
+      revert: async () => void reverted.push('proj/tagged.ipynb')
+    };
+    const outcome = await reloadDocuments([doc], ['proj/tagged.ipynb']);
+    expect(outcome).toEqual({ reverted: [], kept: ['proj/tagged.ipynb'] });
+    expect(reverted).toEqual([]);
+    expect(keptNotice('proj/tagged.ipynb')).toBe(
+      'proj/tagged.ipynb changed on disk; you have unsaved changes'
+    );
   });
 
   it('watches cells added after it started, and counts adding or removing one', () => {
@@ -524,6 +614,34 @@ describe('the line diff', () => {
       ' line 8', ' line 9', '-line 10', '+line ten', ' line 11', ' line 12'
     ]);
     expect(rows[7]).toEqual({ skipped: 7 });
+  });
+});
+
+describe('diffs while a turn streams', () => {
+  it('are computed once per before/after, though every render brings new objects', () => {
+    const before = ['a', 'b', 'c'].map(line => `${line}\n`).join('');
+    const parts = () => [
+      { kind: 'diff', path: 'x.py', oldText: before, newText: `${before}d\n` }
+    ];
+    const first = diffPartsOf(parts() as any)[0];
+    const again = diffPartsOf(parts() as any)[0]; // the next token's render
+    expect(again).not.toBe(first); // what kept useMemo([diff]) from ever hitting
+    const result = cachedLineDiff(first.oldText, first.newText);
+    expect(result).toMatchObject({ added: 1, removed: 0 });
+    // Equal texts in other strings: the same result, the LCS did not run again.
+    expect(cachedLineDiff(again.oldText.slice(0), `${'a\nb\nc\n'}d\n`)).toBe(result);
+    expect(lineDiff(first.oldText, first.newText)).not.toBe(result); // lineDiff itself: fresh
+  });
+
+  it('remembers a bounded number, the least recently used going first', () => {
+    const kept = cachedLineDiff('keep\n', 'kept\n');
+    const old = cachedLineDiff('old\n', 'new\n');
+    for (let i = 0; i < DIFF_CACHE_SIZE - 1; i++) {
+      cachedLineDiff(`${i}\n`, `${i + 1}\n`);
+      expect(cachedLineDiff('keep\n', 'kept\n')).toBe(kept); // used: stays
+    }
+    expect(cachedLineDiff('old\n', 'new\n')).not.toBe(old); // unused: dropped, recomputed
+    expect(cachedLineDiff('old\n', 'new\n')).toEqual(old);
   });
 });
 

@@ -12,6 +12,7 @@ import {
   outputText,
   selectionContext,
   splitContext,
+  TOKEN_REMOVED,
   withContext
 } from '../src/selection';
 import { ChatStore } from '../src/state';
@@ -108,6 +109,60 @@ describe('the attachment and the sent message', () => {
     // The kernel's %%agent --with section folds the same way.
     const kernel = 'Context from the kernel (variables x):\n\n```text\nx: int\n1\n```\n\nEnd of context.';
     expect(splitContext(`${kernel}\n\nhi`)).toEqual([kernel, 'hi']);
+  });
+
+  it('leaves out outputs the user collapsed, and says on the chip when outputs go', () => {
+    const printed = [{ output_type: 'stream', text: 'secret-looking output\n' }];
+    const shown = { index: 0, cell: code('print(1)', 1, [{ output_type: 'stream', text: '1\n' }]) };
+    const hidden = { index: 1, cell: code('print(s)', 2, printed), outputsHidden: true };
+    const both = attachment('work/x.ipynb', [shown, hidden])!;
+    expect(both.label).toBe('2 cells from x.ipynb, with outputs');
+    expect(both.text).toContain('# cell 1 (code, execution count 1)\nprint(1)\n# output:\n1\n');
+    expect(both.text).toContain('# cell 2 (code, execution count 2)\nprint(s)\n```');
+    expect(both.text).not.toContain('secret-looking output');
+
+    const alone = attachment('work/x.ipynb', [hidden])!;
+    expect(alone.label).toBe('1 cell from x.ipynb'); // nothing of the outputs goes
+    expect(alone.text).not.toContain('# output:');
+    // Collapsed in the file's metadata (nbformat's marks) counts as hidden as well.
+    const marked = (metadata: ICellSource['metadata']) =>
+      attachment('x.ipynb', [{ index: 0, cell: { ...code('s', 1, printed), metadata } }])!;
+    expect(marked({ jupyter: { outputs_hidden: true } }).text).not.toContain('secret-looking');
+    expect(marked({ collapsed: true }).label).toBe('1 cell from x.ipynb');
+    expect(marked({ collapsed: false }).label).toBe('1 cell from x.ipynb, with outputs');
+    // No chip word for outputs that are empty, or of a cell left out by the size limit.
+    const quiet = code('x = 1', 1, [{ output_type: 'stream', text: '\n' }]);
+    expect(attachment('x.ipynb', [{ index: 0, cell: quiet }])!.label).toBe('1 cell from x.ipynb');
+    const big = { index: 0, cell: code('x'.repeat(CELL_CHARS), 1) };
+    const late = Array.from({ length: 5 }, (_, i) => ({ ...big, index: i }));
+    late.push({ index: 9, cell: code('y'.repeat(3950), 2, [{ output_type: 'stream', text: 'late\n' }]) });
+    expect(attachment('x.ipynb', late)!.text).toContain('# cell 10: left out');
+    expect(attachment('x.ipynb', late)!.label).toBe('6 cells from x.ipynb');
+    // Nor when the source alone fills the cell's share and the cut takes the outputs.
+    const pushed = code('z'.repeat(CELL_CHARS), 3, [{ output_type: 'stream', text: 'gone\n' }]);
+    expect(attachment('x.ipynb', [{ index: 0, cell: pushed }])!.label).toBe('1 cell from x.ipynb');
+  });
+
+  it('replaces the page\'s Jupyter token in sources and outputs', () => {
+    const token = 'a1b2c3d4e5f6a7b8c9d0';
+    const url = `http://localhost:8888/lab?token=${token}`;
+    const cell = code(`requests.get("${url}")`, 1, [
+      { output_type: 'stream', text: `Jupyter at ${url}\n` },
+      { output_type: 'execute_result', data: { 'text/plain': `'${token}'` } },
+      { output_type: 'error', ename: 'HTTPError', evalue: `401 for ${url}` }
+    ]);
+    const attached = attachment('x.ipynb', [{ index: 0, cell }], 'python', [token, ''])!;
+    expect(attached.text).not.toContain(token);
+    expect(attached.text).toContain(`requests.get("http://localhost:8888/lab?token=${TOKEN_REMOVED}")`);
+    expect(attached.text).toContain(`Jupyter at http://localhost:8888/lab?token=${TOKEN_REMOVED}`);
+    expect(attached.text).toContain(`'${TOKEN_REMOVED}'`);
+    expect(attached.text).toContain(`HTTPError: 401 for http://localhost:8888/lab?token=${TOKEN_REMOVED}`);
+    // A token at the cut of a long cell is replaced before the cut: no prefix of it is left.
+    const long = code(`${'x'.repeat(CELL_CHARS - 100)}${token.repeat(20)}`);
+    const cutText = attachment('x.ipynb', [{ index: 0, cell: long }], '', [token])!.text;
+    expect(cutText).not.toContain(token.slice(0, 8));
+    // Without a token (an empty one) nothing is replaced.
+    expect(attachment('x.ipynb', [{ index: 0, cell }], 'python', [''])!.text).toContain(token);
   });
 
   it('goes in front of the next message and is cleared once it was accepted', async () => {

@@ -13,6 +13,7 @@ import contextlib
 import json
 import shutil
 from collections.abc import Callable
+from pathlib import PurePosixPath
 from typing import Any
 
 from ... import protocol
@@ -261,11 +262,23 @@ class AcpProvider(Provider):
         filled = False
         items = [i for i in tool_call.content or [] if getattr(i, "type", "") == "diff"]
         for item, entry in zip(items, diff, strict=True):
-            if item.old_text is None and entry["oldText"] == "":
+            if item.old_text is None and entry["oldText"] == "" \
+                    and await self._shown_before(item.path):
                 result = await self.file_op("read", item.path)
                 if result.exit_code == 0 and not result.truncated and result.stdout:
                     entry["oldText"], filled = result.stdout, True
         return filled
+
+    async def _shown_before(self, path: str) -> bool:
+        """Whether a file's current text may be read for the card: one in the workspace
+        (the diff's path, not only the call's locations) and not a hidden one (see
+        _hidden), neither as written nor where it leads (a directory symlink to .git)."""
+        if _hidden(self.relative(path)):
+            return False
+        result = await self.file_op("resolve", path)
+        root = self.runtime.workspace_path(self.agent).rstrip("/") + "/"
+        return (result.exit_code == 0 and result.stdout.startswith(root)
+                and not _hidden(result.stdout[len(root):]))
 
     async def _show_edit(self, tool_call: Any, diff: list[dict[str, Any]]) -> None:
         """The tool card shows the real before/after too (the same id updates it)."""
@@ -280,6 +293,13 @@ class AcpProvider(Provider):
             if not await self.within_workspace(path):
                 return False  # the rest need no exec
         return True
+
+
+def _hidden(path: str) -> bool:
+    """Whether a path has a component starting with "." (.git/config holds remote URLs
+    with tokens, .env secrets): its current text is not read before anyone agreed, the
+    card shows the write as a whole new text."""
+    return any(part.startswith(".") for part in PurePosixPath(path).parts)
 
 
 class _AcpClient:

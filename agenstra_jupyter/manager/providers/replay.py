@@ -81,9 +81,13 @@ class ReplayProvider(Provider):
                     if e.get("kind") == ChatEventKind.PERMISSION_RESOLVED
                     and isinstance(e.get("payload"), dict)}
         asked: list[dict[str, Any]] = []
+        seen: set[Any] = set()
         for event in events:
             payload = event.get("payload") or {}
             if event["kind"] == ChatEventKind.PERMISSION_REQUEST:
+                if payload.get("requestId") in seen:
+                    continue  # the copy sent again after a login (older recordings hold it)
+                seen.add(payload.get("requestId"))
                 asked.append(await self._ask_again(turn, payload,
                                                    outcomes.get(payload.get("requestId"))))
             elif event["kind"] not in _PERMISSION_EVENTS:  # the recorded ones are stale
@@ -107,7 +111,9 @@ class ReplayProvider(Provider):
             paths=[str(p) for p in recorded.get("paths") or []], diff=recorded.get("diff"),
             tool_call_id=recorded.get("toolCallId"), **({"options": options} if options else {}))
         resolution: Resolution = await turn.ask(ask)
-        if outcome is not None and resolution.outcome != outcome:
+        # Allowed or not is what must agree: a recorded expiry or cancellation is a refusal
+        # a replay cannot reproduce as such (its answer comes at once).
+        if outcome is not None and (resolution.outcome == "allowed") != (outcome == "allowed"):
             problem = (f"Replay mismatch for agent {self.agent.config['agent']!r}: the "
                        f"recording {outcome} {ask.title!r}, this run {resolution.outcome} it")
             if self.agent.config.get("mode", "strict") != "lenient":
