@@ -470,18 +470,34 @@ def _execute(book: Any, path: Path, env: dict[str, str], cell_timeout: float,
 
     client.on_cell_start = started
     client.on_cell_executed = finished
+    # The kernel process's own stderr is not the cells' (those come over IOPub): libzmq and
+    # ipykernel noise at its shutdown stays out of the progress lines, and is shown only
+    # when the kernel dies or never starts.
+    kernel_log = tempfile.TemporaryFile()
     try:
-        client.execute()
+        client.execute(stderr=kernel_log)
     except CellTimeoutError as exc:
         raise CellFailed(current["cell"], f"timed out after {cell_timeout:g}s") from exc
     except CellExecutionError as exc:
         raise CellFailed(current["cell"], f"{exc.ename}: {exc.evalue}") from exc
+    except RuntimeError as exc:  # nbclient's DeadKernelError, or a kernel that never started
+        said = _tail(kernel_log)
+        raise CellFailed(current["cell"] or "the kernel's start",
+                         f"{exc}" + (f"; the kernel said:\n{said}" if said else "")) from exc
     finally:
+        kernel_log.close()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _tail(log: Any, limit: int = 4000) -> str:
+    """The end of a kernel's stderr, for the error that says it died."""
+    log.seek(0, os.SEEK_END)
+    log.seek(max(0, log.tell() - limit))
+    return log.read().decode(errors="replace").strip()
 
 
 def _cell_labels(book: Any, injected: int | None) -> Callable[[int], str]:

@@ -265,6 +265,18 @@ def test_progress_lines_use_one_counter_and_no_kernel_warning(jupyter_server, tm
     assert lines[-1] == "agenstra-jupyter: cell 4/4 failed: ZeroDivisionError: division by zero"
 
 
+
+def test_a_dying_kernel_is_reported_with_what_it_said(jupyter_server, tmp_path):
+    """The kernel process's stderr stays out of the progress lines, but when the kernel dies
+    its last words are in the error."""
+    path = write_notebook(tmp_path / "dies.ipynb", "x = 1",
+                          "import os\nos.write(2, b'kernel: out of luck\\n')\nos._exit(3)")
+    run = cli("run", path, *server_args(jupyter_server))
+    assert run.returncode == 1, run.stderr
+    failure = run.stderr[run.stderr.index("agenstra-jupyter: cell 2/2 failed"):]
+    assert "kernel: out of luck" in failure, run.stderr
+    assert run.stderr.count("kernel: out of luck") == 1  # not also amid the progress lines
+
 def test_exported_command_output_is_a_listing_and_replays_the_same(jupyter_server, tmp_path):
     client = jupyter_server.client()
     client.create_agent("x-shell", provider="shell")
