@@ -75,6 +75,12 @@ PERMISSION_OUTCOMES = ("allowed", "rejected", "expired", "cancelled")
 DECIDERS = ("user", "policy", "timeout")
 # Agent config `permissions`: ask (reads inside the workspace allowed, the rest asks),
 # workspace (reads and edits inside allowed, the rest asks), allow, deny.
+# Notebook tools (MCP): the path under the Jupyter base_url, the server name agents see,
+# and how a runtime hands the endpoint to an agent's process.
+MCP_PATH = "agenstra/mcp"
+MCP_SERVER_NAME = "agenstra"
+MCP_URL_ENV = "AGENSTRA_MCP_URL"
+MCP_TOKEN_ENV = "AGENSTRA_MCP_TOKEN"  # noqa: S105 (a variable name)
 PERMISSION_POLICIES = ("ask", "workspace", "allow", "deny")
 DEFAULT_PERMISSION_POLICY = "ask"
 # The options a request offers when its agent names none of its own.
@@ -254,6 +260,33 @@ class AgentCreateRequest(_Request):
     # The folder the agent works in (DESIGN.md "Projects"): relative to the Jupyter root
     # when sent to the controller, the resolved absolute path when sent to a manager.
     project: str | None = Field(default=None, min_length=1, max_length=4096)
+
+
+class NotebookToolsGrant(_Request):
+    """The capability an agent reaches the notebook tools with (DESIGN.md "Notebook tools"):
+    minted by the controller, sent to the manager once at create, handed to the agent by
+    its runtime. Never shown to a frontend."""
+
+    token: str = Field(min_length=32, max_length=256, pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class ManagerAgentCreateRequest(AgentCreateRequest):
+    """What the controller sends a manager: a frontend's body plus the controller's grant
+    (a frontend cannot send one: the controller's AgentCreateRequest has no such field)."""
+
+    notebookTools: NotebookToolsGrant | None = None
+
+
+class ToolPermissionRequest(_Request):
+    """The controller's ask, on behalf of a notebook tool the agent called, in the agent's
+    running turn: `POST /api/agents/{id}/permissions` on its manager. The answer is
+    `{"outcome": allowed | rejected | expired | cancelled}` once the request is settled."""
+
+    title: str = Field(min_length=1, max_length=500)
+    kind: str = Field(pattern="^(" + "|".join(PERMISSION_KINDS) + ")$")
+    paths: list[str] = Field(default_factory=list, max_length=16)
+    diff: list[dict[str, Any]] | None = Field(default=None, max_length=16)
+    toolCallId: str | None = Field(default=None, max_length=256)
 
 
 class SetClientRequest(_Request):
