@@ -1,7 +1,8 @@
 """Helpers of the browser tests: JupyterLab in headless Chromium, driven by Playwright.
 
-tests/test_labextension.py and tests/test_sandbox_state_ui.py share these page helpers and
-constants; the `browser` fixture is in conftest.py.
+The browser test modules share these page helpers and constants, and the two fixtures that
+replace pytest-jupyter's in-process server (import them into the module); the `browser`
+fixture is in conftest.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import pytest
 
 if TYPE_CHECKING:
     from .conftest import JupyterProcess
@@ -29,6 +31,18 @@ PANEL = "#agenstra-chat"
 MESSAGES = f"{PANEL} .jp-AgenstraChat-message[data-id]"
 TIMEOUT_MS = 30_000
 STATE_KEY = "@agenstra/jupyterlab:plugin:state"  # where the panel remembers its agent
+
+
+@pytest.fixture
+def jp_asyncio_loop() -> Iterator[None]:
+    """Replaces pytest-jupyter's loop: Playwright runs its own loop in browser tests."""
+    yield None
+
+
+@pytest.fixture
+def jp_server_cleanup() -> Iterator[None]:
+    """No in-process Jupyter server in browser tests: they start real ones in subprocesses."""
+    yield None
 
 
 def browser_reason() -> str | None:

@@ -32,6 +32,8 @@ from .browser import (
     wait_answer,
     wait_selected,
 )
+from .browser import jp_asyncio_loop as jp_asyncio_loop  # a fixture
+from .browser import jp_server_cleanup as jp_server_cleanup  # a fixture
 from .conftest import JupyterProcess, start_jupyter, stop_jupyter
 from .fakes import ACP_AGENT_COMMAND
 from .fakes.vendors import Reply, ToolUse
@@ -44,18 +46,6 @@ CLAUDE_TIMEOUT_MS = 120_000  # claude-agent-acp starting Claude Code in its sand
 PROJECT = "work/proj"
 CARD = f"{PANEL} .jp-AgenstraChat-permission.jp-mod-pending"
 LINE = f"{PANEL} .jp-AgenstraChat-permission.jp-mod-resolved"
-
-
-@pytest.fixture
-def jp_asyncio_loop() -> Iterator[None]:
-    """Replaces pytest-jupyter's loop: Playwright runs its own loop here for the whole module."""
-    yield None
-
-
-@pytest.fixture
-def jp_server_cleanup() -> Iterator[None]:
-    """No in-process Jupyter server here: each test starts a real one in a subprocess."""
-    yield None
 
 
 def notebook(*sources: str) -> str:

@@ -27,6 +27,8 @@ from .browser import (
     wait_selected,
     write_widget_notebook,
 )
+from .browser import jp_asyncio_loop as jp_asyncio_loop  # a fixture
+from .browser import jp_server_cleanup as jp_server_cleanup  # a fixture
 from .conftest import JupyterProcess, start_jupyter, stop_jupyter
 
 STRIP = f"{PANEL} .jp-AgenstraChat-sandbox"
@@ -34,18 +36,6 @@ INSTALL = ("Agents cannot run: no working sandbox on this host (bubblewrap is no
            "Install it with `apt-get install bubblewrap slirp4netns`")
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def jp_asyncio_loop() -> Iterator[None]:
-    """Replaces pytest-jupyter's loop: Playwright runs its own loop here for the whole module."""
-    yield None
-
-
-@pytest.fixture
-def jp_server_cleanup() -> Iterator[None]:
-    """No in-process Jupyter server here: each test starts a real one in a subprocess."""
-    yield None
 
 
 def catalog(**process) -> dict:

@@ -27,6 +27,8 @@ from .browser import (
     wait_answer,
     wait_selected,
 )
+from .browser import jp_asyncio_loop as jp_asyncio_loop  # a fixture
+from .browser import jp_server_cleanup as jp_server_cleanup  # a fixture
 from .conftest import JupyterProcess, start_jupyter, stop_jupyter
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,18 +36,6 @@ pytestmark = pytest.mark.timeout(300)
 FIRST = "data = [3, 1, 2]\nprint(sorted(data))"
 SECOND = 'fence = "```"  # backticks in a cell\nlen(data) * 14'
 CHIP = f"{PANEL} .jp-AgenstraChat-attachment"
-
-
-@pytest.fixture
-def jp_asyncio_loop() -> Iterator[None]:
-    """Replaces pytest-jupyter's loop: Playwright runs its own loop here for the whole module."""
-    yield None
-
-
-@pytest.fixture
-def jp_server_cleanup() -> Iterator[None]:
-    """No in-process Jupyter server here: each test starts a real one in a subprocess."""
-    yield None
 
 
 @pytest.fixture

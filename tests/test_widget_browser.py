@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from .browser import ARTIFACTS, CONTRAST_JS, lab_env, lab_page, use_dark_theme, wait_until
+from .browser import jp_asyncio_loop as jp_asyncio_loop  # a fixture
+from .browser import jp_server_cleanup as jp_server_cleanup  # a fixture
 from .conftest import JupyterProcess, start_jupyter, stop_jupyter
 
 pytestmark = pytest.mark.timeout(300)
@@ -31,18 +33,6 @@ AT_BOTTOM = """() => {
   const content = scroller.querySelector('.agenstra-transcript');
   return content.getBoundingClientRect().bottom - scroller.getBoundingClientRect().bottom < 2;
 }"""
-
-
-@pytest.fixture
-def jp_asyncio_loop() -> Iterator[None]:
-    """Replaces pytest-jupyter's loop: Playwright runs its own loop here for the whole module."""
-    yield None
-
-
-@pytest.fixture
-def jp_server_cleanup() -> Iterator[None]:
-    """No in-process Jupyter server here: the tests start a real one in a subprocess."""
-    yield None
 
 
 @pytest.fixture(scope="module")
