@@ -69,16 +69,38 @@ def lab_page(browser, server: JupyterProcess, name: str) -> Iterator:
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
+    console: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: console.append(f"{message.type}: {message.text}")
+            if message.type in ("error", "warning") else None)
     try:
         page.goto(f"{server.full_url}lab?token={server.token}")
         page.wait_for_selector(".jp-LabShell")
         yield page
+    except BaseException:
+        print(failure_context(page, server, console))  # in the report of the failed test
+        raise
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
         context.close()
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+def failure_context(page, server: JupyterProcess, console: list[str]) -> str:
+    """What a failed browser test needs to be understood from a CI log alone: the panel's
+    text, the page's console errors and the end of the server's log."""
+    try:
+        panel = page.evaluate(f"() => document.querySelector('{PANEL}')?.innerText ?? ''")
+    except Exception as exc:  # a closed page: say why
+        panel = f"(unreadable: {exc})"
+    log = Path(server.data_dir).parent / "jupyter.log"
+    try:
+        tail = log.read_text(errors="replace").splitlines()[-60:]
+    except OSError:
+        tail = [f"(no log at {log})"]
+    return "\n".join(["--- the panel says:", panel[-2000:], "--- console:", *console[-20:],
+                      "--- server log:", *tail])
 
 
 def find_in_palette(page, query: str, label: str) -> None:
