@@ -100,7 +100,7 @@ async def test_a_version_3_database_gets_projects_and_approvals(tmp_path, box):
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("select version from schema_version").fetchone() == (4,)
+        assert db.execute("select version from schema_version").fetchone() == (5,)
         columns = {row[1] for row in db.execute("pragma table_info(agents)")}
         assert "project" in columns
 

@@ -15,6 +15,7 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from .. import protocol
 from ..config import apply_env
 from ..db import sqlite_url
+from ..manager.approvals import DEFAULT_TIMEOUT as DEFAULT_PERMISSION_TIMEOUT
 from ..protocol import AgenstraError, ErrorCode
 from ..secrets import SecretBox, private_dir
 from .gateway import ClientsNamespace, Limits
@@ -22,8 +23,11 @@ from .handlers import api_handlers
 from .links import Backoff
 from .local import LocalManager
 from .manager_api import ManagerAPI, is_agents, is_created_agent, is_providers
+from .mcp.endpoint import MCPEndpoint
 from .registry import LOCAL_CLIENT_ID, Registry
 from .socketio_handler import jupyter_socketio_handler
+
+ASK_MARGIN = 60.0  # the manager settles an ask by its own timeout first: hear its answer
 
 
 class ControllerApp(ExtensionApp):
@@ -121,6 +125,34 @@ class ControllerApp(ExtensionApp):
         "AGENSTRA_ALLOWED_MANAGER_HOSTS."
     ).tag(config=True, env="AGENSTRA_ALLOWED_MANAGER_HOSTS")
 
+    notebook_tools = Bool(
+        True, help="Give agents that have a project the notebook tools: an MCP endpoint at "
+        "{base_url}agenstra/mcp (and on an MCP-only socket in data_dir for the local "
+        "manager's sandboxed agents), reached with a per-agent token. AGENSTRA_NOTEBOOK_TOOLS."
+    ).tag(config=True, env="AGENSTRA_NOTEBOOK_TOOLS")
+    notebook_tools_max_request_bytes = Int(
+        4 * 1024 * 1024, help="Largest request body the notebook tools' endpoint reads "
+        "(bytes). AGENSTRA_NOTEBOOK_TOOLS_MAX_REQUEST_BYTES."
+    ).tag(config=True, env="AGENSTRA_NOTEBOOK_TOOLS_MAX_REQUEST_BYTES")
+    notebook_tools_ask_timeout = Float(
+        help="Longest a notebook tool waits for the user's answer to its approval request "
+        "(s); a little longer than the manager's AGENSTRA_PERMISSION_TIMEOUT, after which "
+        "the manager answers 'expired' itself. AGENSTRA_NOTEBOOK_TOOLS_ASK_TIMEOUT."
+    ).tag(config=True, env="AGENSTRA_NOTEBOOK_TOOLS_ASK_TIMEOUT")
+    notebook_tools_calls_per_agent = Int(
+        8, help="Notebook tool calls one agent may have running at once (0: no limit). "
+        "AGENSTRA_NOTEBOOK_TOOLS_CALLS_PER_AGENT."
+    ).tag(config=True, env="AGENSTRA_NOTEBOOK_TOOLS_CALLS_PER_AGENT")
+
+    @default("notebook_tools_ask_timeout")
+    def _default_ask_timeout(self) -> float:
+        # The local manager inherits this environment: wait as long as it lets a user answer.
+        try:
+            manager_timeout = float(os.environ.get("AGENSTRA_PERMISSION_TIMEOUT", ""))
+        except ValueError:
+            manager_timeout = DEFAULT_PERMISSION_TIMEOUT  # the manager's own default
+        return manager_timeout + ASK_MARGIN
+
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "agenstra")
@@ -142,8 +174,15 @@ class ControllerApp(ExtensionApp):
                 *api_handlers("/agenstra/api"),
             ]
         )
+        if self.controller.mcp is not None:
+            self.handlers.extend(self.controller.mcp.jupyter_handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        if self.controller.mcp is not None:
+            try:  # before the local manager starts: it is handed the socket
+                await self.controller.mcp.start()
+            except Exception:
+                self.log.exception("agenstra: the notebook tools' endpoint did not start")
         try:
             await self.controller.ready()
         except Exception:
@@ -172,6 +211,13 @@ class Controller:
             allowed_hosts=app.allowed_manager_hosts,
         )
         self.local: LocalManager | None = None
+        self.mcp = (
+            MCPEndpoint(self, data_dir=data_dir,
+                        max_body_bytes=app.notebook_tools_max_request_bytes,
+                        ask_timeout=app.notebook_tools_ask_timeout,
+                        max_calls_per_agent=app.notebook_tools_calls_per_agent)
+            if app.notebook_tools else None
+        )
         self.sio = socketio.AsyncServer(
             async_mode="tornado",
             cors_allowed_origins=[],  # origins are checked by Jupyter (JupyterHandler)
@@ -202,6 +248,18 @@ class Controller:
         self._lock = asyncio.Lock()
 
     @property
+    def registry_open(self) -> bool:
+        return self._registry_open
+
+    @property
+    def mcp_socket_path(self) -> str | None:
+        """The MCP-only socket the local manager relays to its agents; None without tools
+        (off, or the socket did not open)."""
+        if self.mcp is None or not self.mcp.listening:
+            return None
+        return str(self.mcp.socket_path)
+
+    @property
     def root_dir(self) -> str:
         """The Jupyter server's root: projects are folders relative to it."""
         serverapp = self.app.serverapp
@@ -229,7 +287,9 @@ class Controller:
         elif app.local_manager:
             if self.local is None:  # kept only once started: a retry starts it again
                 local = LocalManager(Path(app.data_dir) / "local-manager", app.manager_args,
-                                     self.log, project_roots=[self.root_dir])
+                                     self.log, project_roots=[self.root_dir],
+                                     mcp_socket=self.mcp_socket_path,
+                                     mcp_base_url=app.serverapp.base_url)
                 await local.start()
                 self.local = local
             await self.registry.set_local(self.local.endpoint, self.local.api_key)
@@ -276,6 +336,8 @@ class Controller:
         return "shell", {}
 
     async def close(self) -> None:
+        if self.mcp is not None:
+            await self.mcp.stop()
         await self.gateway.close_all()
         if self.sio.eio.sockets:
             await self.sio.eio.disconnect()

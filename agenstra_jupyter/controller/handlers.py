@@ -178,16 +178,27 @@ class AgentsHandler(ControllerHandler):
         request: protocol.AgentCreateRequest = self.body(protocol.AgentCreateRequest)
         client = await self.client(client_id)
         body = request.model_dump(exclude_none=True)
+        token = None
         if request.project is not None:
             body["project"] = await self.project(client, request.project)
+            token = self.notebook_tools_token()
+        if token is not None:  # the agent's own capability: sent once, never shown
+            body = protocol.ManagerAgentCreateRequest(
+                **body, notebookTools=protocol.NotebookToolsGrant(token=token)
+            ).model_dump(exclude_none=True)
         created = await self.manager(
             client, "POST", "/api/agents", json=body, shape=is_created_agent,
         )
         password = created.pop("password")
-        await self.controller.registry.save_password(
-            client_id, created["id"], created["name"], password
-        )
+        registry = self.controller.registry
+        await registry.save_password(client_id, created["id"], created["name"], password)
+        if token is not None:
+            await registry.save_grant(token, client_id, created["id"], body["project"])
         self.send(self.view(created, True), status=201)
+
+    def notebook_tools_token(self) -> str | None:
+        """A fresh token for a project agent's notebook tools, unless they are off."""
+        return self.controller.registry.new_token() if self.controller.mcp is not None else None
 
 
 class AgentHandler(ControllerHandler):
@@ -195,8 +206,13 @@ class AgentHandler(ControllerHandler):
     @authorized
     async def get(self, client_id: str, agent_id: str) -> None:
         client = await self.client(client_id)
-        agent = await self.manager(client, "GET", f"/api/agents/{agent_id}",
-                                   shape=is_agent)
+        try:
+            agent = await self.manager(client, "GET", f"/api/agents/{agent_id}",
+                                       shape=is_agent)
+        except AgenstraError as exc:
+            if exc.status == 404:  # gone from its manager: its notebook tools go with it
+                await self.controller.registry.revoke_grant(client_id, agent_id)
+            raise
         known = await self.controller.registry.known_agents(client_id)
         self.send(self.view(agent, agent_id in known))
 
@@ -209,8 +225,9 @@ class AgentHandler(ControllerHandler):
         except AgenstraError as exc:
             if exc.status != 404:  # NOT_FOUND, or any 404 from an older manager
                 raise  # the agent may live on: its password (shown once) must stay
-        # Deleted, or never there: its password is of no use any more.
+        # Deleted, or never there: its password and notebook tools are of no use any more.
         await self.controller.registry.forget_agent(client_id, agent_id)
+        await self.controller.registry.revoke_grant(client_id, agent_id)
         await self.controller.gateway.close_links(client_id, agent_id)
         self.set_status(204)
         self.finish()

@@ -39,9 +39,15 @@ class LocalManager:
         log: logging.Logger,
         restart_delay_max: float = 30.0,
         project_roots: Sequence[str] = (),
+        mcp_socket: str | None = None,
+        mcp_base_url: str = "/",
     ) -> None:
         self.data_dir = data_dir
         self.project_roots = list(project_roots)  # the Jupyter root: same host, same files
+        # The controller's MCP-only socket and the server's base_url: the notebook tools
+        # the manager hands its project agents (DESIGN.md "Notebook tools (MCP)").
+        self.mcp_socket = mcp_socket
+        self.mcp_base_url = mcp_base_url
         self.api_key = secrets.token_urlsafe(32)
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -89,6 +95,9 @@ class LocalManager:
         env = {**os.environ, "AGENSTRA_API_KEY": self.api_key}
         if self.project_roots:
             env["AGENSTRA_PROJECT_ROOTS"] = os.pathsep.join(self.project_roots)
+        if self.mcp_socket:
+            env["AGENSTRA_MCP_SOCKET"] = self.mcp_socket
+            env["AGENSTRA_MCP_BASE_URL"] = self.mcp_base_url
         # A session of its own, as Jupyter gives kernels: the terminal's Ctrl-C reaches the
         # server (which asks for confirmation), not the manager and its running turns.
         self._process = await asyncio.create_subprocess_exec(

@@ -17,7 +17,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..protocol import ERROR_CODES, MANAGER_SERVICE, AgenstraError, ErrorCode
+from ..protocol import (
+    ERROR_CODES,
+    MANAGER_SERVICE,
+    PERMISSION_OUTCOMES,
+    AgenstraError,
+    ErrorCode,
+)
 
 MIB = 1024 * 1024
 PARSE_IN_THREAD = MIB  # bodies larger than this are parsed off the event loop
@@ -54,11 +60,14 @@ class ManagerAPI:
         shape: Shape | None = None,
         history: bool = False,
         local: bool = False,
+        timeout: float | None = None,
     ) -> Any:
         """The manager's JSON answer, if it has `shape`; `history` allows a messages page's
-        larger size; `local` (the operator's own manager) skips the host allow-list."""
+        larger size; `local` (the operator's own manager) skips the host allow-list;
+        `timeout` replaces the usual total for a call that waits on a user (an ask)."""
         status, body = await self._exchange(endpoint, api_key, method, path, json=json,
-                                            params=params, history=history, local=local)
+                                            params=params, history=history, local=local,
+                                            timeout=timeout)
         if status >= 400:
             raise _refusal(status, body)
         if not 200 <= status < 300:  # a redirect is a refusal: never follow it elsewhere
@@ -92,22 +101,27 @@ class ManagerAPI:
 
     async def _exchange(self, endpoint: str, api_key: str, method: str, path: str, *,
                         json: Any = None, params: dict[str, Any] | None = None,
-                        history: bool = False, local: bool = False) -> tuple[int, Any]:
+                        history: bool = False, local: bool = False,
+                        timeout: float | None = None) -> tuple[int, Any]:
         """Status and JSON body (None if not JSON), within the total timeout."""
         if not local:
             self.check_host(endpoint)
         limit = self.max_history_bytes if history else self.max_bytes
+        total = timeout or self.timeout
         request = self._http.build_request(
             method, endpoint.rstrip("/") + path, json=json, params=params,
             # Uncompressed: a small compressed body may inflate far beyond the limit.
             headers={"Authorization": f"Bearer {api_key}", "Accept-Encoding": "identity"},
+            # A long call may wait silently for its answer: no read may time out before it.
+            timeout=(httpx.Timeout(self.timeout, read=total) if timeout
+                     else httpx.USE_CLIENT_DEFAULT),
         )
         try:
             # httpx's timeout is per read; a server dripping a byte at a time never hits it.
-            status, raw = await asyncio.wait_for(self._read(request, limit), self.timeout)
+            status, raw = await asyncio.wait_for(self._read(request, limit), total)
         except asyncio.TimeoutError:
             raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE,
-                                f"The manager did not answer within {self.timeout:g} s",
+                                f"The manager did not answer within {total:g} s",
                                 504) from None
         except httpx.HTTPError:
             raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unreachable") from None
@@ -234,3 +248,8 @@ def _is_message(message: Any) -> bool:
 
 def is_messages(body: Any) -> bool:
     return isinstance(body, list) and all(_is_message(message) for message in body)
+
+
+def is_outcome(body: Any) -> bool:
+    """The answer to `POST agents/{id}/permissions`: how the request was settled."""
+    return isinstance(body, dict) and body.get("outcome") in PERMISSION_OUTCOMES

@@ -1,7 +1,10 @@
-"""The controller's registry: managers ("clients") and agent credentials; secrets encrypted."""
+"""The controller's registry: managers ("clients"), agent credentials and notebook-tool
+grants; secrets encrypted."""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -55,15 +58,48 @@ credentials = Table(
 )
 
 
+# Notebook tools (DESIGN.md "Notebook tools (MCP)"): one capability token per agent with a
+# project. Found by the SHA-256 of the token (a token is 256 random bits: its digest is as
+# good a key as the token and shows nothing); the token itself is kept encrypted.
+grants = Table(
+    "notebook_grants",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("token", String(1024), nullable=False),  # encrypted
+    Column("client_id", String(64), ForeignKey("clients.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("agent_id", String(64), nullable=False),
+    Column("project", String(4096), nullable=False),  # absolute, resolved
+    Column("created_at", String(32), nullable=False),
+)
+
+
 def _v1_initial(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
-MIGRATIONS: list[Migration] = [_v1_initial]
+def _v2_notebook_grants(conn: Connection) -> None:
+    grants.create(conn, checkfirst=True)  # a new registry has it from v1's create_all
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_notebook_grants]
 
 
 class ClientNameTaken(Exception):
     """A manager with that name is registered already."""
+
+
+@dataclass(frozen=True)
+class GrantRecord:
+    """Whom a notebook-tools token stands for: never the token itself."""
+
+    client_id: str
+    agent_id: str
+    project: str
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -159,6 +195,7 @@ class Registry(Database):
     async def delete_client(self, client_id: str) -> bool:
         async with self.engine.begin() as conn:
             await conn.execute(delete(credentials).where(credentials.c.client_id == client_id))
+            await conn.execute(delete(grants).where(grants.c.client_id == client_id))
             result = await conn.execute(delete(clients).where(clients.c.id == client_id))
             return result.rowcount > 0
 
@@ -208,3 +245,33 @@ class Registry(Database):
         where = and_(credentials.c.client_id == client_id, credentials.c.agent_id == agent_id)
         async with self.engine.begin() as conn:
             await conn.execute(delete(credentials).where(where))
+
+    # -- notebook-tools grants -----------------------------------------------------------
+
+    @staticmethod
+    def new_token() -> str:
+        return secrets.token_urlsafe(32)
+
+    async def save_grant(self, token: str, client_id: str, agent_id: str, project: str) -> None:
+        """Keep `token` as the agent's one grant (a grant it had before is revoked)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(grants).where(
+                and_(grants.c.client_id == client_id, grants.c.agent_id == agent_id)))
+            await conn.execute(insert(grants).values(
+                digest=token_digest(token), token=self._box.encrypt(token),
+                client_id=client_id, agent_id=agent_id, project=project,
+                created_at=protocol.utc_now(),
+            ))
+
+    async def grant(self, token: str) -> GrantRecord | None:
+        """The grant `token` stands for, or None (unknown, revoked)."""
+        query = select(grants.c.client_id, grants.c.agent_id, grants.c.project).where(
+            grants.c.digest == token_digest(token))
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return GrantRecord(row.client_id, row.agent_id, row.project) if row else None
+
+    async def revoke_grant(self, client_id: str, agent_id: str) -> bool:
+        where = and_(grants.c.client_id == client_id, grants.c.agent_id == agent_id)
+        async with self.engine.begin() as conn:
+            return (await conn.execute(delete(grants).where(where))).rowcount > 0

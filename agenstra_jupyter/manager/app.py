@@ -26,6 +26,7 @@ from .bounds import MAX_STORED_MESSAGE, QueueLimits, TurnLimits
 from .changes import FileWatch
 from .gateway import AgentsNamespace, bounded_socketio_handler
 from .lock import DataDirInUse, hold
+from .notebook_tools import NotebookTools
 from .projects import PathList, ProjectPolicy
 from .providers import (
     AcpProvider,
@@ -131,6 +132,16 @@ class ManagerApp(Application):
         "'Projects') may lie; empty: projects are refused. The local manager a Jupyter server "
         "starts gets the server's root. AGENSTRA_PROJECT_ROOTS (os.pathsep-separated)."
     ).tag(config=True, env="AGENSTRA_PROJECT_ROOTS")
+    mcp_socket = Unicode(
+        "", help="The controller's MCP-only UNIX socket (its notebook tools, DESIGN.md "
+        "'Notebook tools (MCP)'): agents with a project and a token reach it through a port "
+        "relayed inside their sandbox; empty: no notebook tools. The local manager a Jupyter "
+        "server starts gets it. AGENSTRA_MCP_SOCKET."
+    ).tag(config=True, env="AGENSTRA_MCP_SOCKET")
+    mcp_base_url = Unicode(
+        "/", help="The Jupyter server's base_url the MCP endpoint lies under "
+        "(<base_url>agenstra/mcp). AGENSTRA_MCP_BASE_URL."
+    ).tag(config=True, env="AGENSTRA_MCP_BASE_URL")
     runtime_classes = List(
         Type(klass=Runtime), [ProcessRuntime, DockerRuntime], help="Runtimes this manager offers."
     ).tag(config=True)
@@ -230,6 +241,7 @@ class ManagerApp(Application):
             queue_limits=QueueLimits(self.max_queued_turns, self.max_queued_bytes),
             projects=self._project_policy(runtimes),
             permission_timeout=self.permission_timeout,
+            notebook_tools=self._notebook_tools(),
         )
         key = self.api_key or self._generated_key()
         sio = self.sio = socketio.AsyncServer(
@@ -323,23 +335,34 @@ class ManagerApp(Application):
             except (NotImplementedError, RuntimeError):
                 pass  # not the main thread (embedded in tests): stop() is called instead
 
+    def _notebook_tools(self) -> NotebookTools | None:
+        if not self.mcp_socket:
+            return None
+        return NotebookTools(os.path.abspath(self.mcp_socket), self.mcp_base_url)
+
+    def _mcp_dir(self) -> list[str]:
+        """The socket's folder (the controller's private data): never shown to a sandbox,
+        never a project."""
+        return [os.path.dirname(os.path.abspath(self.mcp_socket))] if self.mcp_socket else []
+
     def _make_runtimes(self) -> dict[str, Runtime]:
         runtimes: dict[str, Runtime] = {}
         for cls in self.runtime_classes:
             runtime = cls(parent=self)
+            runtime.notebook_tools = self._notebook_tools()
             if isinstance(runtime, ProcessRuntime):
                 if not runtime.workspace_root:
                     runtime.workspace_root = str(Path(self.data_dir) / "workspaces")
                 if not runtime.state_root:
                     runtime.state_root = str(Path(self.data_dir) / "agents")
                 runtime.protected_paths = [*runtime.protected_paths, self.data_dir,
-                                           self.key_file]
+                                           self.key_file, *self._mcp_dir()]
             runtimes[cls.name] = runtime
         return runtimes
 
     def _project_policy(self, runtimes: dict[str, Runtime]) -> ProjectPolicy:
         """Projects must not hold the manager's own data, wherever it is configured."""
-        protected = [self.data_dir, self.key_file]
+        protected = [self.data_dir, self.key_file, *self._mcp_dir()]
         database = make_url(self.db)
         if database.get_backend_name() == "sqlite" and database.database:
             protected.append(database.database)

@@ -15,17 +15,19 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import protocol
-from ..protocol import ManagerEvent
+from ..protocol import AgenstraError, ErrorCode, ManagerEvent
 from . import metrics
 from .approvals import DEFAULT_TIMEOUT, ApprovalBroker
 from .bounds import QueueLimits, TurnLimits, fit_response
 from .changes import FileWatch
+from .permissions import PermissionAsk, Resolution
 from .providers import Provider, ProviderError, Turn, TurnResult
 from .runtimes import RuntimeFailure
 from .store import Store
 
 CANCELLED_MESSAGE = "Cancelled"
 SHUTDOWN_MESSAGE = "Cancelled: the manager is shutting down"
+NO_TURN_MESSAGE = "no turn is running"
 STOP_GRACE = 30.0  # seconds a cancelled turn may take to end before a stop goes on
 
 
@@ -118,6 +120,7 @@ class AgentChannel:
         self._worker: asyncio.Task[None] | None = None
         self._watch: FileWatch | None = None  # made with the first provider (its config)
         self._current: tuple[str, asyncio.Task[TurnResult]] | None = None
+        self._current_events: _TurnEvents | None = None  # of the running turn
         self._closing: str | None = None
         self._held: str | None = None
         self._stop_reason: str | None = None
@@ -225,12 +228,13 @@ class AgentChannel:
         if queued.cancelled:
             return error_response(queued.cancelled, cancelled=True)
         self.approvals.begin_turn(queued.correlation_id)
-        task = asyncio.create_task(self._run_provider(queued))
-        self._current = (queued.correlation_id, task)
+        events = _TurnEvents(self.agent_id, queued.correlation_id, self._outbox)
+        task = asyncio.create_task(self._run_provider(queued, events))
+        self._current, self._current_events = (queued.correlation_id, task), events
         try:
             await asyncio.wait({task})
         finally:
-            self._current = None
+            self._current = self._current_events = None
             stop_reason, self._stop_reason = self._stop_reason, None
             # Nothing may wait past its turn; the broker's parts are the record of a turn
             # that ended without the provider's (cancelled, failed).
@@ -247,10 +251,9 @@ class AgentChannel:
         self._log.error("Turn of agent %s failed", self.agent_id, exc_info=exc)
         return error_response(f"The agent failed ({type(exc).__name__})", **extra)
 
-    async def _run_provider(self, queued: _QueuedTurn) -> TurnResult:
+    async def _run_provider(self, queued: _QueuedTurn, events: _TurnEvents) -> TurnResult:
         if self._provider is None:
             self._provider = await self._provider_factory()
-        events = _TurnEvents(self.agent_id, queued.correlation_id, self._outbox)
         turn = Turn(queued.message, queued.correlation_id, queued.stream, events.emit,
                     self._limits, ask=self.approvals.asker(queued.correlation_id, events),
                     crowded=self.approvals.full)
@@ -258,6 +261,14 @@ class AgentChannel:
         if self._watch is None:
             self._watch = FileWatch(config=self._provider.config, log=self._log)
         return await self._watch.run(self._provider, turn)
+
+    async def ask_in_turn(self, ask: PermissionAsk) -> Resolution:
+        """Ask on behalf of the running turn (a notebook tool the agent called): the card
+        is one of the turn's, and its outcome one of the answer's parts. CONFLICT when no
+        turn runs: a tool called outside a turn is refused."""
+        if self._current is None or self._current_events is None:
+            raise AgenstraError(ErrorCode.CONFLICT, NO_TURN_MESSAGE)
+        return await self.approvals.ask(self._current[0], self._current_events, ask)
 
     # -- stop and shutdown ---------------------------------------------------------------
 

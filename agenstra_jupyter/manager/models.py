@@ -31,6 +31,8 @@ agents = Table(
     Column("updated_at", String(32), nullable=False),
     # The user's folder the agent works in (absolute, on this host); NULL: a private one.
     Column("project", Text),
+    # The controller's notebook-tools token, sealed like config (never in a view).
+    Column("notebook_token", Text),
 )
 
 messages = Table(
@@ -94,6 +96,8 @@ class AgentRecord:
     state: str = "stopped"
     provider_state: dict[str, Any] = field(default_factory=dict)
     project: str | None = None
+    # Plaintext here (the store seals it); never in to_wire, never in a repr.
+    notebook_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_row(cls, row: Any, **overrides: Any) -> AgentRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -69,7 +70,8 @@ class HealthHandler(ApiHandler):
     async def get(self) -> None:
         agents = await self.service.list_agents()
         self.send({"status": "ok", "service": protocol.MANAGER_SERVICE, "version": __version__,
-                   "agents": len(agents), "projects": self.service.projects.enabled})
+                   "agents": len(agents), "projects": self.service.projects.enabled,
+                   "notebookTools": self.service.notebook_tools is not None})
 
 
 class ProvidersHandler(ApiHandler):
@@ -82,7 +84,7 @@ class AgentsHandler(ApiHandler):
         self.send([agent.to_wire() for agent in await self.service.list_agents()])
 
     async def post(self) -> None:
-        request = protocol.parse(protocol.AgentCreateRequest, self.json_body())
+        request = protocol.parse(protocol.ManagerAgentCreateRequest, self.json_body())
         agent, password = await self.service.create_agent(request)
         self.send({**agent.to_wire(), "password": password}, status=201)
 
@@ -105,6 +107,28 @@ class AgentActionHandler(ApiHandler):
             "restart": self.service.restart_agent,
         }
         self.send((await actions[action](agent_id)).to_wire())
+
+
+class PermissionsHandler(ApiHandler):
+    """A notebook tool's ask (the controller's, DESIGN.md "Notebook tools"): answered with
+    `{"outcome": ...}` once settled, which may take up to the permission timeout."""
+
+    _asking: asyncio.Future[str] | None = None
+
+    async def post(self, agent_id: str) -> None:
+        request = protocol.parse(protocol.ToolPermissionRequest, self.json_body())
+        self._asking = asyncio.ensure_future(
+            self.service.ask_tool_permission(agent_id, request))
+        try:
+            outcome = await self._asking
+        except asyncio.CancelledError:
+            return  # the caller went away: its request was settled as cancelled
+        self.send({"outcome": outcome})
+
+    def on_connection_close(self) -> None:
+        # Nobody is left to tell: the request must not wait for a user.
+        if self._asking is not None:
+            self._asking.cancel()
 
 
 class MessagesHandler(ApiHandler):
@@ -136,6 +160,7 @@ def api_routes(service: AgentService, gate: KeyGate) -> list[tuple[str, type, di
         (agent + r"/?", AgentHandler, args),
         (agent + r"/(start|stop|restart)", AgentActionHandler, args),
         (agent + r"/messages", MessagesHandler, args),
+        (agent + r"/permissions", PermissionsHandler, args),
         (r"/api/.*", NotFoundHandler, args),
     ]
 

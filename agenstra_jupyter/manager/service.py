@@ -21,8 +21,10 @@ from .. import protocol
 from ..protocol import AgenstraError, ErrorCode
 from .approvals import DEFAULT_TIMEOUT, cancel_stored, stored_part
 from .bounds import QueueLimits, TurnLimits, clip_parts
-from .channel import AgentChannel, Outbox, error_response
+from .channel import NO_TURN_MESSAGE, AgentChannel, Outbox, error_response
 from .models import AgentRecord
+from .notebook_tools import NotebookTools
+from .permissions import PermissionAsk
 from .projects import ProjectPolicy
 from .providers import Provider, ProviderError
 from .runtimes import Runtime, RuntimeFailure
@@ -46,8 +48,10 @@ class AgentService:
         queue_limits: QueueLimits | None = None,
         projects: ProjectPolicy | None = None,
         permission_timeout: float = DEFAULT_TIMEOUT,
+        notebook_tools: NotebookTools | None = None,
     ) -> None:
         self.store = store
+        self.notebook_tools = notebook_tools  # None: this manager has no MCP socket
         self.runtimes = runtimes
         self.providers = providers
         self.default_runtime = default_runtime
@@ -74,14 +78,18 @@ class AgentService:
             info = runtime.info()
             info.update(available=available, default=name == self.default_runtime)
             runtimes.append(info)
+        tools = self.notebook_tools is not None
         return {
-            "providers": [cls.info() for cls in self.providers.values()],
+            "providers": [{**cls.info(), "notebookTools": tools and cls.gets_notebook_tools}
+                          for cls in self.providers.values()],
             "runtimes": runtimes,
         }
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    async def create_agent(self, request: protocol.AgentCreateRequest) -> tuple[AgentRecord, str]:
+    async def create_agent(
+        self, request: protocol.AgentCreateRequest | protocol.ManagerAgentCreateRequest
+    ) -> tuple[AgentRecord, str]:
         provider = self.providers.get(request.provider)
         if provider is None:
             raise AgenstraError(ErrorCode.INVALID_PAYLOAD, f"Unknown provider {request.provider!r}")
@@ -117,6 +125,7 @@ class AgentService:
             created_at=now,
             updated_at=now,
             project=project,
+            notebook_token=_notebook_token(request) if project else None,
         )
         try:
             await self.store.create_agent(record)
@@ -130,6 +139,17 @@ class AgentService:
             self.log.warning("Agent %s created but not started: %s", record.name, exc.message)
             record = await self.get_agent(record.id)
         return record, password
+
+    async def ask_tool_permission(self, agent_id: str,
+                                  request: protocol.ToolPermissionRequest) -> str:
+        """A notebook tool's ask, in the agent's running turn (DESIGN.md "Notebook tools"):
+        its outcome once settled; CONFLICT when no turn runs, NOT_FOUND for no agent."""
+        await self.get_agent(agent_id)
+        channel = self._channels.get(agent_id)
+        if channel is None:
+            raise AgenstraError(ErrorCode.CONFLICT, NO_TURN_MESSAGE)
+        resolution = await channel.ask_in_turn(tool_ask(request))
+        return resolution.outcome
 
     async def _project(self, project: str | None, runtime: Runtime) -> str | None:
         """The resolved project folder (checked again here: the caller may not be our
@@ -301,3 +321,23 @@ class AgentService:
         await asyncio.gather(*(channel.close() for channel in channels))
         for runtime in self.runtimes.values():
             await runtime.shutdown()
+
+
+def _notebook_token(request: protocol.AgentCreateRequest) -> str | None:
+    grant = getattr(request, "notebookTools", None)
+    return grant.token if grant is not None else None
+
+
+def tool_ask(request: protocol.ToolPermissionRequest) -> PermissionAsk:
+    """A notebook tool's request as the broker takes it. Its paths were resolved inside the
+    project by the controller; any that does not read as a plain relative one is not
+    counted as inside (so no policy lets it pass unasked)."""
+    inside = bool(request.paths) and all(_plain_relative(p) for p in request.paths)
+    return PermissionAsk(title=request.title, kind=request.kind, paths=list(request.paths),
+                         inside_workspace=inside, diff=request.diff,
+                         tool_call_id=request.toolCallId)
+
+
+def _plain_relative(path: str) -> bool:
+    parts = path.replace("\\", "/").split("/")
+    return bool(path) and not path.startswith("/") and ".." not in parts

@@ -63,10 +63,16 @@ def _v4_projects_and_approvals(conn: Connection) -> None:
     permission_rules.create(conn)
 
 
+def _v5_notebook_tokens(conn: Connection) -> None:
+    # The notebook tools' token (sealed), a column of its own: never part of `config`.
+    if "notebook_token" not in {column["name"] for column in inspect(conn).get_columns("agents")}:
+        conn.execute(text("ALTER TABLE agents ADD COLUMN notebook_token TEXT"))
+
+
 def migrations(box: SecretBox) -> list[Migration]:
     """The schema's steps; sealing the configs of older databases needs the key."""
     return [_v1_initial, _v2_correlation_index, partial(_v3_seal_configs, box),
-            _v4_projects_and_approvals]
+            _v4_projects_and_approvals, _v5_notebook_tokens]
 
 
 def seal_config(box: SecretBox, config: dict[str, Any]) -> dict[str, str]:
@@ -103,10 +109,14 @@ class Store(Database):
     # -- agents --------------------------------------------------------------------------
 
     def _record(self, row: Any) -> AgentRecord:
-        return AgentRecord.from_row(row, config=open_config(self._box, row.config))
+        token = self._box.decrypt(row.notebook_token) if row.notebook_token else None
+        return AgentRecord.from_row(row, config=open_config(self._box, row.config),
+                                    notebook_token=token)
 
     async def create_agent(self, record: AgentRecord) -> AgentRecord:
-        values = {**record.__dict__, "config": seal_config(self._box, record.config)}
+        token = record.notebook_token
+        values = {**record.__dict__, "config": seal_config(self._box, record.config),
+                  "notebook_token": self._box.encrypt(token) if token else None}
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(insert(agents).values(**values))
@@ -134,6 +144,8 @@ class Store(Database):
         values["updated_at"] = protocol.utc_now()
         if "config" in values:
             values["config"] = seal_config(self._box, values["config"])
+        if values.get("notebook_token"):
+            values["notebook_token"] = self._box.encrypt(values["notebook_token"])
         async with self.engine.begin() as conn:
             await conn.execute(update(agents).where(agents.c.id == agent_id).values(**values))
 

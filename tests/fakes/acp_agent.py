@@ -12,17 +12,26 @@ What it does depends on the prompt:
            allow_always / reject_once / reject_always; writes the file only if allowed;
            answers what it was told
   flood N  asks N permissions at once and answers how many of each outcome it got
+  notebook PATH  reads notebook PATH with the notebook tools (MCP) it was given, inserts a
+           cell, runs it and answers what it printed (tests/fakes/mcp_driver.py)
+  mcp-servers  answers the MCP servers session/new gave it: "type name url sha256(the
+           Authorization header)[:16]" each (never a header in clear), or "none". It takes
+           HTTP servers (initialize: mcpCapabilities.http) unless FAKE_ACP_NO_MCP_HTTP=1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import sys
 import uuid
 
 import acp
 from acp.schema import (
+    AgentCapabilities,
     InitializeResponse,
+    McpCapabilities,
     NewSessionResponse,
     PermissionOption,
     PromptResponse,
@@ -36,6 +45,7 @@ class FakeAgent:
         self.conn = None
         self.prompts: dict[str, int] = {}
         self.cwd: dict[str, str] = {}
+        self.mcp: dict[str, list] = {}
         self.cancelled: set[str] = set()
 
     def on_connect(self, conn) -> None:
@@ -43,13 +53,25 @@ class FakeAgent:
 
     async def initialize(self, protocol_version, client_capabilities=None, client_info=None,
                          **kwargs):
-        return InitializeResponse(protocol_version=protocol_version)
+        http = os.environ.get("FAKE_ACP_NO_MCP_HTTP") != "1"
+        return InitializeResponse(protocol_version=protocol_version, agent_capabilities=(
+            AgentCapabilities(mcp_capabilities=McpCapabilities(http=http))))
 
     async def new_session(self, cwd, mcp_servers=None, **kwargs):
         session_id = str(uuid.uuid4())
         self.prompts[session_id] = 0
         self.cwd[session_id] = cwd
+        self.mcp[session_id] = list(mcp_servers or [])
         return NewSessionResponse(session_id=session_id)
+
+    def mcp_servers(self, session_id):
+        found = []
+        for server in self.mcp[session_id]:
+            headers = {h.name: h.value for h in getattr(server, "headers", None) or []}
+            digest = hashlib.sha256(headers.get("Authorization", "").encode()).hexdigest()
+            found.append(f"{getattr(server, 'type', 'stdio')} {server.name} "
+                         f"{getattr(server, 'url', '')} {digest[:16]}")
+        return "; ".join(found) or "none"
 
     async def cancel(self, session_id, **kwargs):
         self.cancelled.add(session_id)
@@ -67,6 +89,10 @@ class FakeAgent:
         if text == "hello":
             for piece in ["Hello ", "from ", "ACP"]:
                 await self.say(session_id, piece)
+        elif text.startswith("notebook "):
+            await self.notebook(session_id, text.split(maxsplit=1)[1])
+        elif text == "mcp-servers":
+            await self.say(session_id, self.mcp_servers(session_id))
         elif text == "count":
             await self.say(session_id, f"prompt number {self.prompts[session_id]}")
         elif text == "files":
@@ -167,6 +193,27 @@ class FakeAgent:
             options=[PermissionOption(option_id="yes", name="Allow", kind="allow_once"),
                      PermissionOption(option_id="no", name="Reject", kind="reject_once")])
         return getattr(answer.outcome, "option_id", None) or "none"
+
+    async def notebook(self, session_id, path):
+        """Uses the notebook tools it was given, telling each call as a tool call."""
+        from mcp_driver import notebook_task  # beside this script
+
+        calls: list[str] = []
+
+        async def announce(name, status, arguments, output):
+            if status == "pending":
+                calls.append(f"mcp-{len(calls) + 1}")
+                await self.conn.session_update(session_id=session_id, update=acp.start_tool_call(
+                    calls[-1], name, kind="other", status="pending", raw_input=arguments))
+            else:
+                await self.conn.session_update(session_id=session_id, update=acp.update_tool_call(
+                    calls[-1], status=status, raw_output=output))
+
+        servers = [s for s in self.mcp[session_id] if getattr(s, "url", None)]
+        if not servers:
+            await self.say(session_id, "notebook: no notebook tools")
+            return
+        await self.say(session_id, await notebook_task(servers[0], path, announce))
 
     async def escape(self, session_id):
         import os

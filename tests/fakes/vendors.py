@@ -12,6 +12,7 @@ import json
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,8 @@ class ToolUse:
     name: str
     args: dict[str, Any]
     id: str = field(default_factory=lambda: f"toolu_{uuid.uuid4().hex[:12]}")
+    # Responses API: the namespace of a namespaced tool (Codex lists MCP tools so).
+    namespace: str | None = None
 
 
 @dataclass
@@ -36,6 +39,23 @@ class Reply:
     chunk_delay: float = 0.0  # seconds between streamed chunks (slow streams, cancel tests)
     cut_after: int | None = None  # drop the connection after this many chunks
     retry_after: float | None = None
+    # The text made from the request instead of `text` (Anthropic): a model that reports
+    # what its last tool call returned, say.
+    answer: Callable[[Any], str] | None = None
+
+
+def last_tool_result(body: Any) -> str:
+    """The text of the last `tool_result` block in an Anthropic Messages request."""
+    for message in reversed((body or {}).get("messages", [])):
+        content = message.get("content")
+        for block in reversed(content if isinstance(content, list) else []):
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                inner = block.get("content")
+                if isinstance(inner, str):
+                    return inner
+                return "".join(part.get("text", "") for part in inner or []
+                               if isinstance(part, dict))
+    return ""
 
 
 @dataclass
@@ -166,11 +186,12 @@ class AnthropicHandler(_Handler):
             "model": model, "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": 10, "output_tokens": 1}}}, "message_start")]
         index = 0
-        if reply.text:
+        text = reply.answer(body) if reply.answer else reply.text
+        if text:
             events.append(sse({"type": "content_block_start", "index": index,
                                "content_block": {"type": "text", "text": ""}},
                               "content_block_start"))
-            for piece in chunks(reply.text):
+            for piece in chunks(text):
                 events.append(sse({"type": "content_block_delta", "index": index,
                                    "delta": {"type": "text_delta", "text": piece}},
                                   "content_block_delta"))
@@ -235,6 +256,8 @@ class ResponsesHandler(_Handler):
             call = {"id": f"fc_{uuid.uuid4().hex[:10]}", "type": "function_call",
                     "status": "completed", "call_id": reply.tool.id, "name": reply.tool.name,
                     "arguments": json.dumps(reply.tool.args)}
+            if reply.tool.namespace:
+                call["namespace"] = reply.tool.namespace
             events.append(sse({"type": "response.output_item.added", "output_index": len(output),
                                "item": {**call, "status": "in_progress", "arguments": ""}},
                               "response.output_item.added"))

@@ -78,6 +78,7 @@ class AcpProvider(Provider):
     capabilities = frozenset({"streaming", "cancel", "sessions", "tools", "permissions"})
     needs_network = True
     reports_diffs = True  # ACP tool calls carry `diff` content
+    gets_notebook_tools = True  # as an HTTP MCP server, when the agent takes one
     example = {"command": ["claude-agent-acp"]}
 
     @classmethod
@@ -179,15 +180,34 @@ class AcpProvider(Provider):
         capabilities = ClientCapabilities(
             fs=FileSystemCapabilities(read_text_file=True, write_text_file=True), terminal=False
         )
-        await self._connection.initialize(
+        hello = await self._connection.initialize(
             protocol_version=acp.PROTOCOL_VERSION, client_capabilities=capabilities,
             client_info=Implementation(name="agenstra-jupyter", version="0.1.0"),
         )
         session = await self._connection.new_session(
-            cwd=self.runtime.workspace_path(self.agent), mcp_servers=[]
+            cwd=self.runtime.workspace_path(self.agent),
+            mcp_servers=await self._mcp_servers(hello),
         )
         self._session_id = session.session_id
         await self.save_state({"sessionId": session.session_id})
+
+    async def _mcp_servers(self, hello: Any) -> list[Any]:
+        """The notebook tools as an HTTP MCP server, for an agent that said it takes one
+        (initialize: agentCapabilities.mcpCapabilities.http); else none."""
+        from acp.schema import HttpHeader, HttpMcpServer
+
+        endpoint = await self.runtime.notebook_endpoint(self.agent)
+        if endpoint is None:
+            return []
+        capabilities = getattr(getattr(hello, "agent_capabilities", None),
+                               "mcp_capabilities", None)
+        if not getattr(capabilities, "http", False):
+            self.log.debug("Agent %s: its ACP agent takes no HTTP MCP servers, so it gets "
+                           "no notebook tools", self.agent.name)
+            return []
+        return [HttpMcpServer(type="http", name=protocol.MCP_SERVER_NAME, url=endpoint.url,
+                              headers=[HttpHeader(name="Authorization",
+                                                  value=endpoint.authorization)])]
 
     def _environment(self) -> dict[str, str]:
         return program_environment(self.agent.config)

@@ -176,6 +176,8 @@ class Provider(LoggingConfigurable):
     # Whether its tool calls carry their own diffs; if not, the manager adds its before/after
     # of each text file the turn changed (`diff` parts, see manager/changes.py).
     reports_diffs: ClassVar[bool] = False
+    # Whether its agents are handed the notebook tools (MCP) when the manager has them.
+    gets_notebook_tools: ClassVar[bool] = False
 
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:

@@ -12,10 +12,16 @@ import contextlib
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ...protocol import DEFAULT_PERMISSION_POLICY, PERMISSION_POLICIES
+from ...protocol import (
+    DEFAULT_PERMISSION_POLICY,
+    MCP_SERVER_NAME,
+    MCP_TOKEN_ENV,
+    PERMISSION_POLICIES,
+)
+from ..notebook_tools import McpEndpoint
 from ..runtimes import AgentProcess
 from .base import Provider, ProviderError, Turn, TurnRecorder, TurnResult
 from .cli_control import ControlChannel, TurnClock
@@ -193,6 +199,45 @@ PRESETS: dict[str, CliPreset] = {
     )
 }
 
+# How each preset is handed the notebook tools (its MCP config); the token is never on a
+# command line (`ps` shows those): in a 0600 file in the agent's HOME, or in its env.
+CLAUDE_MCP_CONFIG = ".agenstra/claude-mcp.json"
+GEMINI_SETTINGS = ".gemini/settings.json"
+MCP_PRESETS = ("claude", "codex", "gemini")
+
+
+def _mcp_server_json(endpoint: McpEndpoint, url_key: str) -> dict[str, Any]:
+    return {url_key: endpoint.url, "headers": {"Authorization": endpoint.authorization}}
+
+
+def _claude_mcp_config(endpoint: McpEndpoint) -> str:
+    server = {"type": "http", **_mcp_server_json(endpoint, "url")}
+    return json.dumps({"mcpServers": {MCP_SERVER_NAME: server}})
+
+
+def _gemini_settings(endpoint: McpEndpoint, theirs: str | None) -> str:
+    """The agent's own settings (config.files) with the tools added; `trust`: Gemini does
+    not ask again, as the notebook tools ask the user themselves."""
+    try:
+        settings = json.loads(theirs) if theirs else {}
+    except ValueError:
+        settings = {}
+    settings = settings if isinstance(settings, dict) else {}
+    servers = settings.get("mcpServers")
+    servers = dict(servers) if isinstance(servers, dict) else {}
+    servers[MCP_SERVER_NAME] = {**_mcp_server_json(endpoint, "httpUrl"), "trust": True}
+    return json.dumps({**settings, "mcpServers": servers})
+
+
+def _codex_overrides(endpoint: McpEndpoint) -> list[str]:
+    """The server, its token by variable name, and no approval of Codex's own for its
+    tools (codex exec cannot ask: it would refuse them; they ask the user themselves)."""
+    prefix = f"mcp_servers.{MCP_SERVER_NAME}"
+    return ["-c", f"{prefix}.url={json.dumps(endpoint.url)}",
+            "-c", f"{prefix}.bearer_token_env_var={json.dumps(MCP_TOKEN_ENV)}",
+            "-c", f'{prefix}.default_tools_approval_mode="approve"']
+
+
 # Order of preference when picking an agent for a new user.
 PREFERENCE = ["claude", "codex", "gemini", "opencode", "cursor"]
 
@@ -207,6 +252,7 @@ class CliProvider(Provider):
     description = "An agent CLI that prints JSON lines (Claude Code, Codex, Gemini, ...)."
     capabilities = frozenset({"streaming", "cancel", "sessions", "tools"})
     needs_network = True
+    gets_notebook_tools = True  # with the claude, codex and gemini presets
     example = {"preset": "claude"}
 
     @classmethod
@@ -233,7 +279,8 @@ class CliProvider(Provider):
     @classmethod
     def info(cls) -> dict[str, Any]:
         presets = [{"name": p.name, "description": p.description, "binary": p.binary,
-                    "approvals": p.approvals, "approvalsNote": p.approval_note}
+                    "approvals": p.approvals, "approvalsNote": p.approval_note,
+                    "notebookTools": p.name in MCP_PRESETS}
                    for p in PRESETS.values()]
         return {**super().info(), "presets": presets, "detected": detected_presets()}
 
@@ -241,6 +288,8 @@ class CliProvider(Provider):
         super().__init__(**kwargs)
         self._session: str | None = self.agent.provider_state.get("sessionId")
         self._files_written = False
+        self._claude_mcp: str | None = None  # the MCP config file, once written
+        self._gemini_written = False
 
     @property
     def preset(self) -> CliPreset:
@@ -254,7 +303,8 @@ class CliProvider(Provider):
         await self._write_files()
         recorder = TurnRecorder(turn)
         parser = PARSERS[self.agent.config.get("format", self.preset.format)](recorder)
-        call = self.preset.invocation(turn.message, self._session, self.agent.config)
+        call = await self._with_notebook_tools(
+            self.preset.invocation(turn.message, self._session, self.agent.config))
         await recorder.status("starting " + (self.preset.binary or call.argv[0]))
         process = await self.runtime.spawn(self.agent, call.argv, self.environment(call))
         stderr = asyncio.ensure_future(read_tail(process.stderr, STDERR_KEPT))
@@ -329,6 +379,35 @@ class CliProvider(Provider):
         if session_id and session_id != self._session:
             self._session = session_id
             await self.save_state({"sessionId": session_id})
+
+    async def _with_notebook_tools(self, call: Invocation) -> Invocation:
+        """`call` with the preset's MCP config for the notebook tools, when it gets them."""
+        preset = self.agent.config["preset"]
+        if preset not in MCP_PRESETS:
+            return call
+        endpoint = await self.runtime.notebook_endpoint(self.agent)
+        if endpoint is None:
+            return call
+        binary, rest = call.argv[0], call.argv[1:]
+        if preset == "claude":
+            if self._claude_mcp is None:
+                self._claude_mcp = await self.runtime.write_private_file(
+                    self.agent, CLAUDE_MCP_CONFIG, _claude_mcp_config(endpoint))
+            # Both options take several values: a flag (-p) follows each. The tools ask
+            # the user themselves, so Claude Code does not ask a second time.
+            argv = [binary, "--mcp-config", self._claude_mcp,
+                    "--allowedTools", f"mcp__{MCP_SERVER_NAME}", *rest]
+        elif preset == "codex":
+            at = rest.index("exec") + 1 if "exec" in rest else 0
+            argv = [binary, *rest[:at], *_codex_overrides(endpoint), *rest[at:]]
+        else:
+            if not self._gemini_written:
+                theirs = self.agent.config.get("files", {}).get(GEMINI_SETTINGS)
+                await self.runtime.write_private_file(
+                    self.agent, GEMINI_SETTINGS, _gemini_settings(endpoint, theirs))
+                self._gemini_written = True
+            argv = call.argv
+        return replace(call, argv=argv)
 
     async def _write_files(self) -> None:
         """Write config.files (CLI settings) into the workspace, once per provider."""

@@ -14,6 +14,7 @@ from traitlets import Float, Int
 from traitlets.config import LoggingConfigurable
 
 from ..models import AgentRecord
+from ..notebook_tools import McpEndpoint, NotebookTools
 
 # Longest line a provider reads from an agent's output (JSON events can be large).
 STREAM_LIMIT = 32 * 1024 * 1024
@@ -70,9 +71,34 @@ class Runtime(LoggingConfigurable):
         256 * 1024, help="Bytes of stdout (and of stderr) kept from a command; the rest is dropped."
     ).tag(config=True, env="AGENSTRA_OUTPUT_LIMIT")
 
+    # Set by the manager when it has the controller's MCP socket (notebook_tools.py).
+    notebook_tools: NotebookTools | None = None
+
     @classmethod
     def validate_config(cls, config: dict[str, Any]) -> None:
         """Raise ValueError with a short message if this runtime cannot honour `config`."""
+
+    def mcp_sockets(self, agent: AgentRecord) -> dict[int, str]:
+        """The relays to the notebook tools `agent`'s sandbox gets (inside port -> socket)."""
+        return self.notebook_tools.relays(agent) if self.notebook_tools else {}
+
+    def relayed_endpoint(self, agent: AgentRecord) -> McpEndpoint | None:
+        """The endpoint if `agent`'s commands get the relay now (see mcp_sockets)."""
+        if not self.mcp_sockets(agent) or self.notebook_tools is None:
+            return None
+        return self.notebook_tools.endpoint(agent)
+
+    async def notebook_endpoint(self, agent: AgentRecord) -> McpEndpoint | None:
+        """The notebook tools as `agent` reaches them from inside its runtime, or None when
+        it does not get them (no project, no token, no socket, no relay possible)."""
+        return self.relayed_endpoint(agent)
+
+    def mcp_environment(self, agent: AgentRecord,
+                        env: Mapping[str, str] | None) -> dict[str, str]:
+        """`env` plus AGENSTRA_MCP_URL / AGENSTRA_MCP_TOKEN when the agent gets the tools
+        (set last: an agent's own config cannot point them elsewhere)."""
+        endpoint = self.relayed_endpoint(agent)
+        return {**(env or {}), **(endpoint.env() if endpoint else {})}
 
     def validate_project(self, project: Path) -> None:
         """Raise ValueError with a short message if agents of this runtime cannot work in
@@ -121,6 +147,19 @@ class Runtime(LoggingConfigurable):
         result = await self.exec(agent, ["sh", "-c", script, "sh", path], stdin=content.encode())
         if result.exit_code != 0:
             raise RuntimeFailure(f"Could not write {path} in the agent's workspace")
+
+    async def write_private_file(self, agent: AgentRecord, path: str, content: str) -> str:
+        """Write an owner-only (0600) file under the agent's HOME, its content through stdin
+        (never a command line); return its absolute path as the agent sees it."""
+        # Made owner-only before anything is written: a file there before (config.files)
+        # keeps its mode through `cat >`.
+        script = ('umask 077; cd "${HOME:?}" && mkdir -p "$(dirname "$1")" && '
+                  'touch "$1" && chmod 600 "$1" && cat > "$1" && printf %s "$HOME/$1"')
+        result = await self.exec(agent, ["sh", "-c", script, "sh", path],
+                                 stdin=content.encode())
+        if result.exit_code != 0 or not result.stdout.startswith("/"):
+            raise RuntimeFailure(f"Could not write {path} in the agent's HOME")
+        return result.stdout
 
     async def exec(
         self,

@@ -18,6 +18,7 @@ from typing import Any
 from traitlets import Enum, Float, Int, Unicode
 
 from ..models import AgentRecord
+from ..notebook_tools import McpEndpoint
 from .base import STREAM_LIMIT, AgentProcess, Runtime, RuntimeFailure
 from .netns import SandboxNetwork, validate_network
 
@@ -174,6 +175,7 @@ class DockerRuntime(Runtime):
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._networks: dict[str, SandboxNetwork] = {}
+        self._tools_relayed: set[str] = set()  # agents whose container reaches the tools
 
     @property
     def client(self) -> Any:
@@ -260,24 +262,40 @@ class DockerRuntime(Runtime):
         """Inside an egress container, refuse the host and private ranges; relay the
         config's loopbackPorts. Both need the manager on the Docker host, as root."""
         ports = list(agent.config.get("loopbackPorts", []))
+        sockets = super().mcp_sockets(agent)
         egress = self._network_for_name(agent) != "none"
-        if agent.id in self._networks or not (egress or ports):
+        if agent.id in self._networks or not (egress or ports or sockets):
             return
         network = SandboxNetwork()
         try:
             await self._call(container.reload)
             await network.attach(int(container.attrs["State"]["Pid"]), egress, ports,
-                                 slirp=False)
+                                 slirp=False, sockets=sockets)
         except (RuntimeFailure, OSError, KeyError, ValueError):
             if ports:
                 raise RuntimeFailure("config.loopbackPorts needs the manager on the Docker "
                                      "host, running as root") from None
-            self.log.warning("Agent %s: could not refuse host and private addresses inside "
-                             "its container (the manager is not root on the Docker host)",
-                             agent.name)
+            self.log.warning("Agent %s: could not refuse host and private addresses nor "
+                             "relay the notebook tools inside its container (the manager is "
+                             "not root on the Docker host)", agent.name)
+        else:
+            if sockets:  # only where the relay is up: the others get no tools
+                self._tools_relayed.add(agent.id)
         self._networks[agent.id] = network
 
+    def mcp_sockets(self, agent: AgentRecord) -> dict[int, str]:
+        """Relayed once per container (see _attach_network): the tools only where it
+        worked."""
+        return super().mcp_sockets(agent) if agent.id in self._tools_relayed else {}
+
+    async def notebook_endpoint(self, agent: AgentRecord) -> McpEndpoint | None:
+        if not super().mcp_sockets(agent):
+            return None
+        await self.container(agent)  # attaches its network (and the relay) if not yet
+        return self.relayed_endpoint(agent)
+
     async def _detach_network(self, agent: AgentRecord) -> None:
+        self._tools_relayed.discard(agent.id)
         network = self._networks.pop(agent.id, None)
         if network is not None:
             await network.close()
@@ -288,6 +306,7 @@ class DockerRuntime(Runtime):
         if not argv or not all(isinstance(arg, str) for arg in argv):
             raise RuntimeFailure("A command is a non-empty list of strings")
         container = await self.container(agent)
+        env = self.mcp_environment(agent, env)
         # Created and started as one step a cancellation cannot split: a command that was
         # started always gets its process object, so a cancelled caller still kills it.
         starting = asyncio.ensure_future(self._start_exec(container, argv, env))

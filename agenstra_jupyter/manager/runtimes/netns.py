@@ -8,7 +8,9 @@ change) refuse private and link-local ranges and this host's own addresses. Port
 in the agent's config (`loopbackPorts`: a local model server, a test's fake API) are
 relayed one by one: a short-lived helper enters the sandbox's namespaces,
 listens on 127.0.0.1:PORT there and hands the socket back over SCM_RIGHTS; the manager
-accepts on it and connects to the host's 127.0.0.1:PORT.
+accepts on it and connects to the host's 127.0.0.1:PORT. A relay may lead to a UNIX socket
+instead (the notebook tools' endpoint, notebook_tools.py): the port inside is then the
+manager's choice, and nothing on the host's loopback is reached through it.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..notebook_tools import MCP_SANDBOX_PORT
 from .base import RuntimeFailure
 
 SLIRP_TIMEOUT = 10.0
@@ -40,11 +44,11 @@ _HELPER = (
     "channel=socket.socket(fileno=int(sys.argv[1])); job=json.loads(sys.argv[2])\n"
     "for cidr in job['routes']:\n"
     "    subprocess.run(['ip','route','replace','prohibit',cidr],check=True)\n"
-    "listeners=[]\n"
+    "listeners=[]\n"  # the socket objects: one dropped would close its descriptor
     "for port in job['ports']:\n"
     "    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-    "    s.bind(('127.0.0.1',port)); s.listen(64); listeners.append(s.fileno())\n"
-    "socket.send_fds(channel,[b'1'],listeners)\n"
+    "    s.bind(('127.0.0.1',port)); s.listen(64); listeners.append(s)\n"
+    "socket.send_fds(channel,[b'1'],[s.fileno() for s in listeners])\n"
 )
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,9 @@ def validate_network(config: dict[str, Any]) -> None:
         isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
     ):
         raise ValueError("config.loopbackPorts must be a list of at most 16 port numbers")
+    if MCP_SANDBOX_PORT in ports:
+        raise ValueError(f"config.loopbackPorts may not name {MCP_SANDBOX_PORT}: inside the "
+                         "sandbox it leads to the notebook tools")
 
 
 def missing_tool(network: bool, ports: list[int]) -> str | None:
@@ -87,9 +94,12 @@ class SandboxNetwork:
         self._relays: set[asyncio.Task[None]] = set()
 
     async def attach(self, pid: int, egress: bool, ports: list[int],
-                     slirp: bool = True) -> None:
+                     slirp: bool = True, sockets: Mapping[int, str] | None = None) -> None:
         """Give the namespace of `pid` its egress (slirp4netns, or the container's own
-        bridge when `slirp` is False) with host and private ranges refused, and `ports`."""
+        bridge when `slirp` is False) with host and private ranges refused, `ports` (each
+        relayed to the same host port) and `sockets` (inside port -> host UNIX socket)."""
+        targets: list[int | str] = [*ports, *(sockets or {}).values()]
+        inside = [*ports, *(sockets or {})]
         try:
             routes: list[str] = []
             if egress:
@@ -98,9 +108,10 @@ class SandboxNetwork:
                     await self._start_slirp(pid)
                 else:
                     routes += await _gateways(pid)
-            for port, listener in zip(ports, await _enter(pid, routes, ports), strict=True):
+            listeners = await _enter(pid, routes, inside)
+            for target, listener in zip(targets, listeners, strict=True):
                 server = await asyncio.start_server(
-                    lambda r, w, port=port: self._relay(r, w, port), sock=listener
+                    lambda r, w, target=target: self._relay(r, w, target), sock=listener
                 )
                 self._servers.append(server)
         except BaseException:
@@ -147,12 +158,17 @@ class SandboxNetwork:
             raise RuntimeFailure("The agent's network could not be set up (slirp4netns failed)")
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     port: int) -> None:
+                     target: int | str) -> None:
+        """One connection from inside, piped to the host's 127.0.0.1:`target` (a port) or
+        to the UNIX socket at `target` (a path)."""
         task = asyncio.current_task()
         assert task is not None
         self._relays.add(task)
         try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            if isinstance(target, str):
+                up_reader, up_writer = await asyncio.open_unix_connection(target)
+            else:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
         except OSError:
             writer.close()
             self._relays.discard(task)

@@ -133,6 +133,10 @@ class ProcessRuntime(Runtime):
     def validate_config(cls, config: dict[str, Any]) -> None:
         validate_network(config)
 
+    def mcp_sockets(self, agent: AgentRecord) -> dict[int, str]:
+        # Unsandboxed commands share the host's network: there is no inside port to relay.
+        return {} if self.sandbox == "none" else super().mcp_sockets(agent)
+
     def workspace(self, agent: AgentRecord) -> Path:
         """Its project (the user's folder), else its private workspace."""
         return Path(agent.project) if agent.project else self.private_workspace(agent)
@@ -228,11 +232,12 @@ class ProcessRuntime(Runtime):
         await self.start(agent)
         spec = await asyncio.to_thread(self._spec, agent, argv)
         ports = list(agent.config.get("loopbackPorts", []))
+        env = self.mcp_environment(agent, env)
         try:
             if self.sandbox == "none":
                 local = await self._exec(spec.program.argv, spec, env)
             else:
-                local = await self._exec_sandboxed(spec, ports, env)
+                local = await self._exec_sandboxed(spec, ports, env, self.mcp_sockets(agent))
         finally:
             for fd in _fds(spec.workspace_fd, spec.git_fd):  # bwrap holds the mounts now
                 os.close(fd)
@@ -284,10 +289,11 @@ class ProcessRuntime(Runtime):
         return path
 
     async def _exec_sandboxed(self, spec: SandboxSpec, ports: list[int],
-                              env: Mapping[str, str] | None) -> LocalProcess:
-        if not spec.network and not ports:
+                              env: Mapping[str, str] | None,
+                              sockets: Mapping[int, str]) -> LocalProcess:
+        if not spec.network and not ports and not sockets:
             return await self._exec(bwrap_argv(spec), spec, env)
-        missing = missing_tool(spec.network, ports)
+        missing = missing_tool(spec.network, [*ports, *sockets])
         if missing:
             raise RuntimeFailure(
                 f"This agent has network access, which needs {missing}: install it "
@@ -311,7 +317,7 @@ class ProcessRuntime(Runtime):
             pid = await _child_pid(status_r)
             await _wait_ready(ready_r)
             network = SandboxNetwork()
-            await network.attach(pid, spec.network, ports)
+            await network.attach(pid, spec.network, ports, sockets=sockets)
             local._network = network
             os.write(block_w, b"go\n")
         except BaseException as exc:
