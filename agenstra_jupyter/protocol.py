@@ -84,6 +84,9 @@ MCP_TOKEN_ENV = "AGENSTRA_MCP_TOKEN"  # noqa: S105 (a variable name)
 PERMISSION_POLICIES = ("ask", "workspace", "allow", "deny")
 DEFAULT_PERMISSION_POLICY = "ask"
 # The options a request offers when its agent names none of its own.
+# Each oldText / newText of a permission request's diff, in JSON-encoded bytes: longer
+# ones are cut (marked) before they are stored and shown.
+PERMISSION_DIFF_TEXT_BYTES = 8 * 1024
 DEFAULT_PERMISSION_OPTIONS = (
     {"optionId": "allow_once", "name": "Allow", "kind": "allow_once"},
     {"optionId": "allow_always", "name": "Always allow", "kind": "allow_always"},
@@ -287,6 +290,9 @@ class ToolPermissionRequest(_Request):
     paths: list[str] = Field(default_factory=list, max_length=16)
     diff: list[dict[str, Any]] | None = Field(default=None, max_length=16)
     toolCallId: str | None = Field(default=None, max_length=256)
+    # Code run outside the agent's sandbox (in the user's kernel): the user is asked every
+    # time, whatever the policy or an earlier "always" (only `deny` refuses it unasked).
+    outsideSandbox: bool = False
 
 
 class SetClientRequest(_Request):

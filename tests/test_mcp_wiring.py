@@ -506,6 +506,47 @@ async def test_a_policy_settles_a_tools_ask_without_the_user(
         await client.close()
 
 
+
+RUN = {"title": "Run cell 1 of analysis.ipynb: print(1)", "kind": "execute",
+       "paths": ["analysis.ipynb"], "outsideSandbox": True}
+
+
+async def test_code_for_the_users_kernel_is_asked_whatever_the_policy(
+        sandbox_available, tools_manager, projects):
+    """The user's kernel is outside every sandbox: `allow` does not let a run pass unasked,
+    and the card offers no "always" (so no answer lets later runs pass either)."""
+    agent = await create(tools_manager, "trusted", grant=token(), project=projects / "proj",
+                         config={"permissions": "allow"})
+    client = await running_turn(tools_manager, agent, "run-1", 8)
+    try:
+        async with tools_manager.http() as http:
+            asking = asyncio.ensure_future(
+                http.post(f"/api/agents/{agent['id']}/permissions", json=RUN, timeout=WAIT))
+            requests = await client.log.wait_for(lambda _: permission_requests(client, "run-1"))
+            payload = requests[0]["payload"]
+            assert [o["kind"] for o in payload["options"]] == ["allow_once", "reject_once"]
+            await client.emit(ManagerEvent.PERMISSION_RESPONSE, {
+                "requestId": payload["requestId"], "optionId": "allow_once"})
+            assert (await asking).json() == {"outcome": "allowed"}
+            # The same agent's sandboxed commands still pass unasked under `allow`.
+            sandboxed = await http.post(f"/api/agents/{agent['id']}/permissions",
+                                        json={**RUN, "outsideSandbox": False}, timeout=WAIT)
+            assert sandboxed.json() == {"outcome": "allowed"}
+    finally:
+        await client.close()
+    assert len(permission_requests(client, "run-1")) == 1
+    denied = await create(tools_manager, "denied", grant=token(), project=projects / "proj",
+                          config={"permissions": "deny"})
+    client = await running_turn(tools_manager, denied, "run-2", 5)
+    try:
+        async with tools_manager.http() as http:
+            response = await http.post(f"/api/agents/{denied['id']}/permissions", json=RUN,
+                                       timeout=WAIT)
+        assert response.json() == {"outcome": "rejected"}  # deny refuses it unasked
+        assert permission_requests(client, "run-2") == []
+    finally:
+        await client.close()
+
 async def running_turn(manager: ManagerProcess, agent: dict[str, Any],
                        correlation_id: str, seconds: int) -> AgentsClient:
     """A logged-in client whose agent runs a turn (`sleep`) now."""
@@ -684,12 +725,13 @@ def agent_cli_manager(start_manager, sdk_mcp_path: Path, projects: Path) -> Mana
 
 
 @pytest.mark.parametrize(("provider", "policy"), [("cli", "allow"), ("cli", "ask"),
-                                                  ("acp", "allow")])
+                                                  ("acp", "allow"), ("acp", "ask")])
 async def test_claude_code_calls_the_notebook_tools(
         sandbox_available, start_manager, sdk_mcp, mcp_dir, projects, vendor, provider, policy):
     """The real Claude Code (the `claude` preset, and claude-agent-acp over ACP) against the
     fake Anthropic API, which makes it call the tool; the tool's answer comes back. Under
-    "ask" Claude Code does not ask for the tools itself: they ask the user when they act."""
+    "ask" Claude Code does not ask for the tools itself (`--allowedTools`, and through
+    claude-agent-acp session/new `_meta`): they ask the user when they act."""
     need_cli("claude" if provider == "cli" else "claude-agent-acp")
     manager = agent_cli_manager(start_manager, mcp_dir / "sdk.sock", projects)
     grant = token()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_server.utils import ensure_async
 from mcp.types import ImageContent, TextContent
 
 from agenstra_jupyter.controller.mcp.tools import Caller, ToolError, call_tool, tool_definitions
@@ -417,6 +418,15 @@ async def test_a_huge_notebook_is_not_opened(tools, project, monkeypatch):
 # -- running ------------------------------------------------------------------------------------
 
 
+
+async def test_code_a_card_would_cut_is_not_run(jp_serverapp, tools, project, asks):
+    """The approval card shows 8 KiB of each cell: a longer cell would run partly unseen."""
+    write_notebook(project / "long.ipynb", "x = 1\n" + "# padding\n" * 1000)
+    with pytest.raises(ToolError, match="too long to be shown whole"):
+        await tools("run_cells", path="long.ipynb", cells=[0])
+    assert asks.requests == []  # refused before anyone was asked; no kernel started
+    assert await ensure_async(jp_serverapp.session_manager.list_sessions()) == []
+
 async def test_run_cells_starts_a_kernel_session_and_saves_outputs(jp_serverapp, tools, project,
                                                                    asks):
     path = project / "run.ipynb"
@@ -426,6 +436,7 @@ async def test_run_cells_starts_a_kernel_session_and_saves_outputs(jp_serverapp,
     reply = text(await tools("run_cells", path="run.ipynb", cells=[0, 1, 2, 3]))
     request = asks.requests[-1]
     assert request.kind == "execute" and request.paths == ["run.ipynb"]
+    assert request.outsideSandbox  # the user's kernel: asked whatever the policy
     assert request.title == "Run cells 0, 2, 3 of run.ipynb"
     assert [d["newText"] for d in request.diff] == [book.cells[i].source for i in (0, 2, 3)]
     assert "a kernel started now" in reply
@@ -570,6 +581,7 @@ async def test_interrupt_stops_a_long_cell(tools, project, asks):
     assert reply == "Interrupted the kernel of long.ipynb."
     assert asks.requests[-1].kind == "execute"
     assert asks.requests[-1].title == "Interrupt the kernel of long.ipynb"
+    assert not asks.requests[-1].outsideSandbox  # it runs no code
     result = text(await asyncio.wait_for(running, 30))
     assert "KeyboardInterrupt" in result and "[1] failed" in result
 

@@ -101,6 +101,8 @@ def test_an_agent_inserts_a_cell_and_runs_it_in_the_open_notebook(browser, lab):
         run = page.locator(CARD)
         run.wait_for()
         assert CELL_SOURCE in run.inner_text()
+        # Code for the user's kernel runs outside the sandbox: once at a time, never "always".
+        assert run.locator("button").all_inner_texts() == ["Allow", "Reject"]
         snap(page, "notebook-tools-run-card")
         allow(page, "Run")
 

@@ -39,7 +39,7 @@ MAX_OPTION_NAME = 256
 MAX_PATHS = 32
 MAX_PATH = 4096
 MAX_DIFFS = 16
-MAX_DIFF_TEXT = 8 * 1024  # each oldText / newText, as tool results are cut (base.py)
+MAX_DIFF_TEXT = protocol.PERMISSION_DIFF_TEXT_BYTES  # as tool results are cut (base.py)
 MAX_PARTS = 256  # permission parts one turn keeps for its answer
 ALWAYS = {"allow_always": "allow", "reject_always": "reject"}
 

@@ -33,6 +33,9 @@ class PermissionAsk:
     inside_workspace: bool = False
     diff: list[dict[str, Any]] | None = None  # [{path, oldText, newText}] for edits
     tool_call_id: str | None = None
+    # Done outside the agent's sandbox (a notebook tool running code in the user's kernel):
+    # always the user's call, once; only `deny` settles it (see policy_decision).
+    outside_sandbox: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ AskPermission = Callable[[PermissionAsk], Awaitable[Resolution]]
 def policy_decision(policy: str, ask: PermissionAsk, rule: str | None = None) -> str | None:
     """"allow" or "reject" when the policy (or a remembered `rule`: "allow" | "reject" for
     this tool kind) settles `ask` without the user; None when the user must be asked."""
+    if ask.outside_sandbox:  # no policy or rule lets the sandbox be left unasked
+        return "reject" if policy == "deny" else None
     if policy == "allow":
         return "allow"
     if policy == "deny":

@@ -333,9 +333,12 @@ def tool_ask(request: protocol.ToolPermissionRequest) -> PermissionAsk:
     project by the controller; any that does not read as a plain relative one is not
     counted as inside (so no policy lets it pass unasked)."""
     inside = bool(request.paths) and all(_plain_relative(p) for p in request.paths)
+    options = [dict(o) for o in protocol.DEFAULT_PERMISSION_OPTIONS
+               if not (request.outsideSandbox and o["kind"].endswith("_always"))]
     return PermissionAsk(title=request.title, kind=request.kind, paths=list(request.paths),
-                         inside_workspace=inside, diff=request.diff,
-                         tool_call_id=request.toolCallId)
+                         inside_workspace=inside, diff=request.diff, options=options,
+                         tool_call_id=request.toolCallId,
+                         outside_sandbox=request.outsideSandbox)
 
 
 def _plain_relative(path: str) -> bool:

@@ -23,7 +23,7 @@ import nbformat
 from jupyter_server.utils import ensure_async
 from mcp.types import ImageContent, TextContent, Tool, ToolAnnotations
 
-from ...protocol import ToolPermissionRequest
+from ...protocol import PERMISSION_DIFF_TEXT_BYTES, ToolPermissionRequest
 from ...redact import looks_secret, redact_string
 from . import kernels
 from .notebooks import (
@@ -168,10 +168,11 @@ class _Call:
         return await resolve(self.serverapp, self.caller.project, self.string("path"))
 
     async def ask(self, title: str, kind: str, target: Target, what: str,
-                  diff: list[dict[str, Any]] | None = None) -> None:
+                  diff: list[dict[str, Any]] | None = None,
+                  outside_sandbox: bool = False) -> None:
         """Ask the user; ToolError unless allowed (nothing has been changed yet)."""
         request = ToolPermissionRequest(title=cut_title(title), kind=kind, paths=[target.shown],
-                                        diff=diff)
+                                        diff=diff, outsideSandbox=outside_sandbox)
         outcome = await self.caller.ask(request)
         if outcome == "allowed":
             return
@@ -378,8 +379,10 @@ async def _run_cells(call: _Call) -> list[Content]:
     if not cells:
         raise ToolError("Those are not code cells: nothing to run")
     await kernels.check_kernel(call.serverapp, target, notebook)
+    # The user's kernel is outside any sandbox: asked every time, whatever the policy.
     await call.ask(_run_title(target, cells), "execute", target,
-                   f"running code in {target.shown}", _run_diff(target, cells))
+                   f"running code in {target.shown}", _run_diff(target, cells),
+                   outside_sandbox=True)
     kernel_id, started = await kernels.ensure_kernel(call.serverapp, target, notebook)
     reply = Reply(call.limits)
     spec = kernels.spec_name(notebook) or "the default kernel"
@@ -432,11 +435,16 @@ def _run_title(target: Target, cells: list[tuple[int, Any, str]]) -> str:
 
 
 def _run_diff(target: Target, cells: list[tuple[int, Any, str]]) -> list[dict[str, Any]]:
-    """The code to run, as an approval card shows it (all of it: nothing runs unseen)."""
+    """The code to run, as an approval card shows it (all of it: nothing runs unseen, so
+    code a card would cut is refused)."""
     diff = [{"path": target.shown, "oldText": "", "newText": code} for _, _, code in cells]
     if len(diff) > DIFF_ITEMS:  # a request holds 16: the rest together in the last one
         rest = "\n\n".join(code for _, _, code in cells[DIFF_ITEMS - 1:])
         diff = [*diff[:DIFF_ITEMS - 1], {"path": target.shown, "oldText": "", "newText": rest}]
+    if any(len(json.dumps(d["newText"])) - 2 > PERMISSION_DIFF_TEXT_BYTES for d in diff):
+        raise ToolError(f"The code is too long to be shown whole on the approval card "
+                        f"({PERMISSION_DIFF_TEXT_BYTES // 1024} KiB a cell, the 16th card entry "
+                        "holding the rest): run fewer or shorter cells; nothing was run")
     return diff
 
 

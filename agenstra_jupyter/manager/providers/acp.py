@@ -184,9 +184,10 @@ class AcpProvider(Provider):
             protocol_version=acp.PROTOCOL_VERSION, client_capabilities=capabilities,
             client_info=Implementation(name="agenstra-jupyter", version="0.1.0"),
         )
+        servers = await self._mcp_servers(hello)
         session = await self._connection.new_session(
-            cwd=self.runtime.workspace_path(self.agent),
-            mcp_servers=await self._mcp_servers(hello),
+            cwd=self.runtime.workspace_path(self.agent), mcp_servers=servers,
+            **(NOTEBOOK_TOOLS_META if servers else {}),
         )
         self._session_id = session.session_id
         await self.save_state({"sessionId": session.session_id})
@@ -391,6 +392,14 @@ class _AcpClient:
             raise acp.RequestError(-32000, f"Cannot write {path}")
         return WriteTextFileResponse()
 
+
+
+# session/new `_meta` for agents that ask before each MCP tool call of their own accord:
+# the notebook tools ask the user themselves (writes and runs), so asking first would ask
+# twice. claude-agent-acp passes `claudeCode.options` to Claude Code (allowedTools: the
+# server's tools pass Claude Code's own permission check). Other agents ignore it.
+NOTEBOOK_TOOLS_META = {"claudeCode": {"options": {
+    "allowedTools": [f"mcp__{protocol.MCP_SERVER_NAME}"]}}}
 
 def _tool_output(update: Any) -> Any:
     texts = [
