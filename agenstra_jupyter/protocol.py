@@ -84,6 +84,8 @@ MCP_TOKEN_ENV = "AGENSTRA_MCP_TOKEN"  # noqa: S105 (a variable name)
 PERMISSION_POLICIES = ("ask", "workspace", "allow", "deny")
 DEFAULT_PERMISSION_POLICY = "ask"
 # The options a request offers when its agent names none of its own.
+# Seconds a permission request waits for an answer (AGENSTRA_PERMISSION_TIMEOUT).
+DEFAULT_PERMISSION_TIMEOUT = 600.0
 # Each oldText / newText of a permission request's diff, in JSON-encoded bytes: longer
 # ones are cut (marked) before they are stored and shown.
 PERMISSION_DIFF_TEXT_BYTES = 8 * 1024

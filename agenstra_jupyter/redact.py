@@ -97,5 +97,26 @@ def redact_string(text: str) -> str:
     return _NAME_VALUE.sub(_mask_pair, text)
 
 
+# In reprs: a quoted secret-named key's quoted value ('password': 'x'), and tokens of
+# known formats anywhere.
+_QUOTED_PAIR = re.compile(
+    r"(?P<key>(?P<kq>['\"])(?P<name>[^'\"\n]{1,64})(?P=kq)\s*:\s*)(?P<vq>['\"])"
+    r"(?P<value>(?:(?!(?P=vq)).){0,4096})(?P=vq)")
+_SCHEME_IN_TEXT = re.compile(r"\b(?P<scheme>Bearer|Basic)\s+[^\s'\"]+", re.IGNORECASE)
+_TOKEN_ANYWHERE = re.compile(
+    r"\b(sk-|sk_|gh[pousr]_|github_pat_|glpat-|xox[abeprs]-|AKIA|ASIA|AIza|hf_)[\w\-/+=]{8,}")
+
+
+def redact_text(text: str) -> str:
+    """Free text, such as a variable's repr, without the secrets it shows: URL credentials,
+    secret `name=value` and `'name': 'value'` pairs, Bearer/Basic credentials, and tokens
+    of known formats (sk-…, ghp_…, AKIA…)."""
+    text = _QUOTED_PAIR.sub(lambda m: f"{m['key']}{m['vq']}{REDACTED}{m['vq']}"
+                            if looks_secret(m["name"]) else m[0], text)
+    text = _SCHEME_IN_TEXT.sub(lambda m: f"{m['scheme']} {REDACTED}", text)
+    text = _TOKEN_ANYWHERE.sub(REDACTED, text)
+    return redact_string(text)
+
+
 def _mask_pair(match: re.Match[str]) -> str:
     return f"{match['name']}={REDACTED}" if looks_secret(match["name"]) else match[0]

@@ -478,10 +478,11 @@ async def test_images_and_big_outputs_of_a_run(tools, project, monkeypatch):
     monkeypatch.setenv("AGENSTRA_MCP_MAX_IMAGE_BYTES", "5000")
     data = base64.b64encode(png()).decode()
     big = base64.b64encode(png(200, 200) + os.urandom(20_000)).decode()
+    (project / "big.b64").write_text(big)  # read by the cell: code an approval card shows whole
     write_notebook(project / "img.ipynb",
                    "from IPython.display import display\n"
                    f"display({{'image/png': '{data}', 'text/plain': 'tiny'}}, raw=True)\n"
-                   f"display({{'image/png': '{big}'}}, raw=True)\n"
+                   "display({'image/png': open('big.b64').read()}, raw=True)\n"
                    "print('z' * 30000)")
     blocks = await tools("run_cells", path="img.ipynb", cells=[0])
     images = [b for b in blocks if isinstance(b, ImageContent)]
@@ -603,7 +604,10 @@ async def test_variables_summarises_a_dataframe_and_leaves_the_namespace(tools, 
                    "df = pd.DataFrame({'city': ['Oslo', 'Lima', 'Pune'],\n"
                    "                   'temp': [3.5, 19.0, 31.2]})\n"
                    "n = 7\n_private = 1\nopenai_api_key = 'sk-abcdefghijklmnop'\n"
-                   "url = 'https://user:pw1234@example.com/x'",
+                   "url = 'https://user:pw1234@example.com/x'\n"
+                   "cfg = {'password': 'hunter2', 'user': 'bob'}\n"
+                   "headers = {'X': 'Bearer ghp_abcdefghijklmnop1234'}\n"
+                   "keys = ['AKIAIOSFODNN7EXAMPLE']",
                    "'_agenstra_variables' in globals()")
     assert "No kernel runs" in text(await tools("variables", path="v.ipynb"))
     await tools("run_cells", path="v.ipynb", cells=[0])
@@ -616,15 +620,74 @@ async def test_variables_summarises_a_dataframe_and_leaves_the_namespace(tools, 
     assert "openai_api_key: str (value hidden: its name looks secret)" in listing
     assert "url: str" in listing and "example.com" in listing
     assert "sk-abc" not in listing and "pw1234" not in listing
-    assert len(asks.requests) == asked  # a read: no ask
+    # Secrets inside containers too: a secret-named key's value, credentials, key formats.
+    assert "hunter2" not in listing and "'user': 'bob'" in listing
+    assert "ghp_" not in listing and "AKIAIOSFODNN7EXAMPLE" not in listing
+    # The kernel's memory is not the project's files: a read the default policy asks for.
+    assert len(asks.requests) == asked + 1
+    request = asks.requests[-1]
+    assert (request.kind, request.paths) == ("read", [])
+    assert request.title == "Read the variables of the kernel of v.ipynb"
+    asks.outcome = "rejected"
+    with pytest.raises(ToolError, match="The user rejected reading the variables"):
+        await tools("variables", path="v.ipynb")
+    asks.outcome = "allowed"
     after = text(await tools("run_cells", path="v.ipynb", cells=[1]))
     assert "False" in after
 
 
-async def test_variables_degrades_when_the_kernel_cannot_import_agenstra(tools, project):
-    write_notebook(project / "d.ipynb",
-                   "import sys\nsys.modules['agenstra_jupyter'] = None\nvalue = [1, 2]")
-    await tools("run_cells", path="d.ipynb", cells=[0])
-    listing = text(await tools("variables", path="d.ipynb"))
-    assert "agenstra_jupyter is not importable in this kernel's Python" in listing
-    assert "value: builtins.list" in listing
+async def test_variables_runs_nothing_the_agent_planted(tools, project, monkeypatch):
+    """The kernel imports from its working directory (the notebook's folder, which the
+    agent writes) first: the summaries must import nothing from there. Without the test
+    run's PYTHONPATH, as a user's kernel runs."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    marker = project.parent / "planted-code-ran"
+    plant = f"open({str(marker)!r}, 'a').write(__name__)\n"
+    (project / "agenstra_jupyter").mkdir()
+    (project / "agenstra_jupyter" / "__init__.py").write_text(plant)
+    (project / "reprlib.py").write_text(plant)
+    # A kernel that has not imported reprlib yet: the summaries' `import reprlib` searches.
+    write_notebook(project / "p.ipynb", "import sys\nsys.modules.pop('reprlib', None)\n"
+                   "value = [1, 2]")
+    await tools("run_cells", path="p.ipynb", cells=[0])
+    listing = text(await tools("variables", path="p.ipynb"))
+    assert "value: list" in listing, listing
+    assert not marker.exists(), marker.read_text()
+
+
+async def test_a_kernel_in_an_agents_project_runs_none_of_its_files(
+        jp_serverapp, tools, project, jp_root_dir, monkeypatch):
+    """`python -m ipykernel_launcher` started in the notebook's folder would run a planted
+    ipykernel_launcher.py, and IPython would import planted modules from there: in an
+    agent's project the kernel imports nothing from its folder. Elsewhere it does, as
+    Jupyter always did. Without the test run's PYTHONPATH, as a user's kernel runs."""
+    from jupyter_client.provisioning.factory import KernelProvisionerFactory
+
+    from agenstra_jupyter.controller import provisioner
+
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    factory = KernelProvisionerFactory.instance()
+    monkeypatch.setattr(factory, "default_provisioner_name", factory.default_provisioner_name)
+    provisioner.use_as_default()
+    assert factory.default_provisioner_name == provisioner.NAME
+    provisioner.add_project(project)
+    marker = Path(jp_root_dir) / "planted-code-ran"
+    plant = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    (project / "ipykernel_launcher.py").write_text(plant)
+    for folder in (project, Path(jp_root_dir) / "mine"):
+        folder.mkdir(exist_ok=True)
+        (folder / "helper_module.py").write_text("VALUE = 'from the folder'\n" if
+                                                 folder.name == "mine" else plant)
+        write_notebook(folder / "k.ipynb", "import os, sys\nprint(os.path.basename(os.getcwd()))\n"
+                       "import helper_module\nprint(helper_module.VALUE)")
+    reply = text(await tools("run_cells", path="k.ipynb", cells=[0]))
+    assert "proj" in reply  # the kernel works in the notebook's folder
+    assert "ModuleNotFoundError" in reply and "helper_module" in reply, reply
+    assert not marker.exists(), marker.read_text()
+
+    # A notebook outside every agent's project keeps Jupyter's usual imports.
+    mine = str((Path(jp_root_dir) / "mine").resolve())  # a caller there, but no agent's
+    outside = Caller(client_id="local", agent_id="a2", project=mine, ask=Asks())
+    reply = text(await call_tool(jp_serverapp, outside, "run_cells",
+                                 {"path": "k.ipynb", "cells": [0]}))
+    assert "from the folder" in reply, reply

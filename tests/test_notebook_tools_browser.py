@@ -2,15 +2,19 @@
 with its kernel, an agent of the sidebar that reads it, inserts a cell and runs it through
 the controller's MCP endpoint, each write and run approved from a card first.
 
-The SDK-based fake ACP agent (`notebook PATH`, tests/fakes/mcp_driver.py) is the scripted
-model; the MCP client, endpoint, relay, sandbox, kernel and JupyterLab are real.
+The scripted side is the model only: the SDK-based fake ACP agent (`notebook PATH`,
+tests/fakes/mcp_driver.py), or the real claude-agent-acp and Claude Code against the fake
+Anthropic API. The MCP client, endpoint, relay, sandbox, kernel and JupyterLab are real.
 Screenshots land in test-artifacts/labextension/.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +35,8 @@ from .browser import jp_server_cleanup as jp_server_cleanup  # a fixture
 from .conftest import JupyterProcess, start_jupyter, stop_jupyter
 from .fakes import ACP_AGENT_COMMAND
 from .fakes.mcp_driver import CELL_SOURCE
+from .fakes.vendors import Reply, ToolUse, last_tool_result
+from .helpers import CLI_BIN, SECRET, need_cli
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -124,3 +130,81 @@ def test_an_agent_inserts_a_cell_and_runs_it_in_the_open_notebook(browser, lab):
         output.wait_for()
         page.wait_for_timeout(300)
         page.screenshot(path=str(ARTIFACTS / "notebook-tools-notebook.png"))
+
+
+PLOT = ("import matplotlib.pyplot as plt\n"
+        "xs = list(range(-5, 6))\n"
+        "plt.plot(xs, [x ** 2 for x in xs])\n"
+        "plt.title('x squared')\n"
+        "plt.show()\n"
+        "print('plotted', len(xs), 'points')")
+CLAUDE_TIMEOUT_MS = 120_000  # claude-agent-acp starting Claude Code in its sandbox
+
+
+@pytest.fixture
+def claude_lab(tmp_path, vendor) -> Iterator[JupyterProcess]:
+    need_cli("claude-agent-acp")
+    (tmp_path / PROJECT).mkdir()
+    (tmp_path / PROJECT / "analysis.ipynb").write_text(notebook_file("data = [1, 2, 3]"))
+    path = f"{CLI_BIN}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    server = start_jupyter(tmp_path, {**lab_env(tmp_path), "PATH": path})
+    yield server
+    stop_jupyter(server)
+
+
+def test_claude_plots_x_squared_in_the_open_notebook(browser, claude_lab, vendor):
+    """The issue's user story: "add a cell that plots x² and run it", asked in the sidebar
+    with the notebook open; the approvals show, the user allows, the cell and its plot
+    appear in the open notebook, and the answer says what the run printed."""
+    vendor.side_request = lambda body: not (body or {}).get("tools")  # titles and the like
+    tool = "mcp__agenstra__"
+    vendor.script(
+        Reply(tool=ToolUse(f"{tool}read_notebook", {"path": "analysis.ipynb"})),
+        Reply(tool=ToolUse(f"{tool}insert_cell", {"path": "analysis.ipynb", "index": 1,
+                                                   "source": PLOT})),
+        Reply(tool=ToolUse(f"{tool}run_cells", {"path": "analysis.ipynb", "cells": [1]})),
+        Reply(answer=lambda body: "Done. The run said: " + " ".join(
+            last_tool_result(body).split())[-300:]),
+    )
+    with lab_page(browser, claude_lab, "notebook-tools-claude") as page:
+        page.locator(".jp-DirListing-item", has_text=PROJECT).dblclick()
+        page.locator(".jp-BreadCrumbs", has_text=PROJECT).wait_for()
+        page.locator(".jp-DirListing-item", has_text="analysis.ipynb").dblclick()
+        cell_text(page, "data = [1, 2, 3]").wait_for()
+        page.locator(".jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator"
+                     "[data-status=idle]").wait_for()
+
+        open_panel(page)
+        open_agent_form(page)
+        page.fill(f"{PANEL} input[aria-label='Agent name']", "claude")
+        page.select_option(f"{PANEL} select[aria-label=Provider]", "acp")
+        page.fill(f"{PANEL} input[aria-label='Loopback ports']", str(vendor.port))
+        page.fill(f"{PANEL} textarea[aria-label=Config]", json.dumps({
+            "command": ["claude-agent-acp"],
+            "env": {"ANTHROPIC_BASE_URL": vendor.url, "ANTHROPIC_API_KEY": SECRET,
+                    "CLAUDE_CODE_EXECUTABLE": str(CLI_BIN / "claude")}}))
+        page.click(f"{PANEL} button:has-text('Create')")
+        wait_selected(page, f"claude — {PROJECT}")
+
+        send(page, "Add a cell that plots x² and run it")
+        insert = page.locator(CARD)
+        insert.wait_for(timeout=CLAUDE_TIMEOUT_MS)
+        assert "Insert a code cell at position 1 of analysis.ipynb" in insert.inner_text()
+        assert page.locator(CARD).count() == 1  # asked once: by the tool, not by Claude too
+        snap(page, "notebook-tools-claude-insert")
+        allow(page, "Insert a code cell")
+        run = page.locator(CARD)
+        run.wait_for(timeout=CLAUDE_TIMEOUT_MS)
+        assert "Run cell 1 of analysis.ipynb" in run.inner_text()
+        allow(page, "Run cell 1")
+
+        answer = wait_answer(page, "Done. The run said:")
+        assert "plotted 11 points" in answer.inner_text()
+        page.locator(".lm-TabBar-tab", has_text="analysis.ipynb").click()
+        cell_text(page, "plt.title('x squared')").wait_for()
+        page.locator(".jp-Notebook:visible .jp-OutputArea-output img").wait_for()
+        page.locator(".jp-Notebook:visible .jp-OutputArea-output",
+                     has_text="plotted 11 points").wait_for()
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / "notebook-tools-claude-plot.png"))
+        assert SECRET not in page.content()

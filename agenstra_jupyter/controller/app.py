@@ -15,9 +15,9 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from .. import protocol
 from ..config import apply_env
 from ..db import sqlite_url
-from ..manager.approvals import DEFAULT_TIMEOUT as DEFAULT_PERMISSION_TIMEOUT
 from ..protocol import AgenstraError, ErrorCode
 from ..secrets import SecretBox, private_dir
+from . import provisioner
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
 from .links import Backoff
@@ -150,7 +150,7 @@ class ControllerApp(ExtensionApp):
         try:
             manager_timeout = float(os.environ.get("AGENSTRA_PERMISSION_TIMEOUT", ""))
         except ValueError:
-            manager_timeout = DEFAULT_PERMISSION_TIMEOUT  # the manager's own default
+            manager_timeout = protocol.DEFAULT_PERMISSION_TIMEOUT  # the manager's own default
         return manager_timeout + ASK_MARGIN
 
     @default("data_dir")
@@ -163,6 +163,7 @@ class ControllerApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         apply_env(self)
+        provisioner.use_as_default()  # kernels in agents' projects import nothing from them
         self.controller = Controller(self)
         self.settings["agenstra_controller"] = self.controller
 
@@ -282,6 +283,8 @@ class Controller:
         if not self._registry_open:  # once: a retried start must not open another engine
             await self.registry.open()
             self._registry_open = True
+            for project in await self.registry.granted_projects():
+                provisioner.add_project(project)
         if app.manager_url:
             await self.registry.set_local(app.manager_url.rstrip("/"), app.manager_api_key)
         elif app.local_manager:

@@ -19,6 +19,7 @@ from ..manager.projects import relative_project, resolve_relative
 from ..protocol import AgenstraError, ErrorCode
 from ..redact import redact
 from ..rest_errors import JSONErrors
+from . import provisioner
 from .manager_api import (
     is_agent,
     is_agents,
@@ -99,6 +100,13 @@ def agent_view(agent: dict[str, Any], credentials: bool,
     return {**view, "credentials": credentials}
 
 
+def note_projects(agents: list[dict[str, Any]]) -> None:
+    """The projects agents work in: kernels started there import nothing from them."""
+    for agent in agents:
+        if isinstance(agent.get("project"), str):
+            provisioner.add_project(agent["project"])
+
+
 def validate_endpoint(endpoint: str) -> str:
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -169,6 +177,7 @@ class AgentsHandler(ControllerHandler):
     async def get(self, client_id: str) -> None:
         client = await self.client(client_id)
         agents = await self.manager(client, "GET", "/api/agents", shape=is_agents)
+        note_projects(agents)
         known = await self.controller.registry.known_agents(client_id)
         self.send([self.view(agent, agent["id"] in known) for agent in agents])
 
@@ -181,6 +190,7 @@ class AgentsHandler(ControllerHandler):
         token = None
         if request.project is not None:
             body["project"] = await self.project(client, request.project)
+            provisioner.add_project(body["project"])  # before the agent can write there
             token = self.notebook_tools_token()
         if token is not None:  # the agent's own capability: sent once, never shown
             body = protocol.ManagerAgentCreateRequest(

@@ -44,9 +44,14 @@ class ManagerAPI:
         self.max_history_bytes = max_history_bytes
         self.allowed_hosts = parse_hosts(allowed_hosts)
         self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        # Calls that wait on a user (asks, up to the permission timeout) have a pool of
+        # their own: many of them never starve the short calls of connections.
+        self._waiting = httpx.AsyncClient(timeout=timeout, follow_redirects=False,
+                                          limits=httpx.Limits(max_connections=1000))
 
     async def close(self) -> None:
         await self._http.aclose()
+        await self._waiting.aclose()
 
     async def request(
         self,
@@ -108,7 +113,8 @@ class ManagerAPI:
             self.check_host(endpoint)
         limit = self.max_history_bytes if history else self.max_bytes
         total = timeout or self.timeout
-        request = self._http.build_request(
+        http = self._waiting if timeout else self._http
+        request = http.build_request(
             method, endpoint.rstrip("/") + path, json=json, params=params,
             # Uncompressed: a small compressed body may inflate far beyond the limit.
             headers={"Authorization": f"Bearer {api_key}", "Accept-Encoding": "identity"},
@@ -118,7 +124,7 @@ class ManagerAPI:
         )
         try:
             # httpx's timeout is per read; a server dripping a byte at a time never hits it.
-            status, raw = await asyncio.wait_for(self._read(request, limit), total)
+            status, raw = await asyncio.wait_for(self._read(http, request, limit), total)
         except asyncio.TimeoutError:
             raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE,
                                 f"The manager did not answer within {total:g} s",
@@ -132,9 +138,10 @@ class ManagerAPI:
         except ValueError:
             return status, None
 
-    async def _read(self, request: httpx.Request, limit: int) -> tuple[int, bytes]:
+    async def _read(self, http: httpx.AsyncClient, request: httpx.Request,
+                    limit: int) -> tuple[int, bytes]:
         """The body, stopped as soon as it is over `limit` bytes."""
-        response = await self._http.send(request, stream=True)
+        response = await http.send(request, stream=True)
         try:
             if response.headers.get("Content-Encoding", "identity").lower() != "identity":
                 raise unexpected()

@@ -271,6 +271,12 @@ class Registry(Database):
             row = (await conn.execute(query)).first()
         return GrantRecord(row.client_id, row.agent_id, row.project) if row else None
 
+    async def granted_projects(self) -> list[str]:
+        """The projects of the agents that hold a grant."""
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(grants.c.project).distinct())
+        return [row.project for row in rows]
+
     async def revoke_grant(self, client_id: str, agent_id: str) -> bool:
         where = and_(grants.c.client_id == client_id, grants.c.agent_id == agent_id)
         async with self.engine.begin() as conn:

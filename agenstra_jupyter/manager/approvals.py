@@ -30,7 +30,7 @@ from .permissions import (
 )
 from .store import Store
 
-DEFAULT_TIMEOUT = 600.0  # seconds a request waits for an answer (AGENSTRA_PERMISSION_TIMEOUT)
+DEFAULT_TIMEOUT = protocol.DEFAULT_PERMISSION_TIMEOUT
 MAX_PENDING = 16  # requests one agent may have waiting; more are rejected by policy
 MAX_TITLE = 1024
 MAX_OPTIONS = 8

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -83,12 +84,20 @@ class NotebookToolLimits(Configurable):
     max_listed_files = Int(
         500, help="Entries list_files returns at most. AGENSTRA_MCP_MAX_LISTED_FILES."
     ).tag(config=True, env="AGENSTRA_MCP_MAX_LISTED_FILES")
+    max_cells = Int(
+        10_000, help="Cells a notebook may have for the tools to open it (a notebook of "
+        "many tiny cells costs far more memory than its bytes). AGENSTRA_MCP_MAX_CELLS."
+    ).tag(config=True, env="AGENSTRA_MCP_MAX_CELLS")
+
+# Notebooks parsed at once in this server: each may take many times its size in memory.
+PARSING = asyncio.Semaphore(2)
 
 
 @dataclass
 class _ServerState:
     limits: NotebookToolLimits
-    locks: dict[str, asyncio.Lock]
+    # A lock lives while someone holds or awaits it: the paths ever touched are not kept.
+    locks: weakref.WeakValueDictionary[str, asyncio.Lock]
 
 
 _states: weakref.WeakKeyDictionary[Any, _ServerState] = weakref.WeakKeyDictionary()
@@ -99,7 +108,7 @@ def _state(serverapp: Any) -> _ServerState:
     if state is None:
         limits = NotebookToolLimits(parent=serverapp)
         apply_env(limits)
-        state = _states[serverapp] = _ServerState(limits, {})
+        state = _states[serverapp] = _ServerState(limits, weakref.WeakValueDictionary())
     return state
 
 
@@ -111,7 +120,10 @@ def limits_of(serverapp: Any) -> NotebookToolLimits:
 def lock_of(serverapp: Any, key: str) -> asyncio.Lock:
     """One lock per notebook (or kernel start): a read-modify-write is never interleaved."""
     locks = _state(serverapp).locks
-    return locks.setdefault(key, asyncio.Lock())
+    lock = locks.get(key)
+    if lock is None:
+        lock = locks[key] = asyncio.Lock()
+    return lock
 
 
 # -- paths --------------------------------------------------------------------------------
@@ -328,7 +340,9 @@ class NotebookStore:
 
     async def load(self, target: Target) -> nbformat.NotebookNode:
         # Reading and parsing (up to max_notebook_bytes of JSON) off the event loop.
-        notebook = await asyncio.to_thread(_parse, target, self.limits.max_notebook_bytes)
+        async with PARSING:
+            notebook = await asyncio.to_thread(_parse, target, self.limits.max_notebook_bytes,
+                                               self.limits.max_cells)
         problem = _shape_problem(notebook)
         if problem:
             raise ToolError(f"{target.shown} is not a usable notebook: {problem}")
@@ -354,10 +368,18 @@ class NotebookStore:
         self.contents.emit(data={"action": "save", "path": target.api_path})
 
 
-def _parse(target: Target, limit: int) -> nbformat.NotebookNode:
+def _parse(target: Target, limit: int, max_cells: int) -> nbformat.NotebookNode:
     data = read_file(target, limit)
     try:
-        return nbformat.reads(data.decode("utf-8"), as_version=4)
+        text = data.decode("utf-8")
+        cells = json.loads(text).get("cells")  # plain JSON first: the count is cheap there
+        if isinstance(cells, list) and len(cells) > max_cells:
+            raise ToolError(f"{target.shown} has {len(cells):,} cells: the tools open "
+                            f"notebooks of {max_cells:,} cells at most")
+        del cells
+        return nbformat.reads(text, as_version=4)
+    except ToolError:
+        raise
     except Exception as exc:  # bad UTF-8, bad JSON, not a notebook
         raise ToolError(f"{target.shown} cannot be read as a notebook: "
                         f"{_first_line(str(exc) or type(exc).__name__)}") from None

@@ -14,17 +14,20 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nbformat
 from jupyter_server.utils import ensure_async
 from mcp.types import ImageContent, TextContent, Tool, ToolAnnotations
 
+from ... import variables as variables_module
 from ...protocol import PERMISSION_DIFF_TEXT_BYTES, ToolPermissionRequest
-from ...redact import looks_secret, redact_string
+from ...redact import looks_secret, redact_text
 from . import kernels
 from .notebooks import (
     NotebookStore,
@@ -169,9 +172,12 @@ class _Call:
 
     async def ask(self, title: str, kind: str, target: Target, what: str,
                   diff: list[dict[str, Any]] | None = None,
-                  outside_sandbox: bool = False) -> None:
-        """Ask the user; ToolError unless allowed (nothing has been changed yet)."""
-        request = ToolPermissionRequest(title=cut_title(title), kind=kind, paths=[target.shown],
+                  outside_sandbox: bool = False, in_project: bool = True) -> None:
+        """Ask the user; ToolError unless allowed (nothing has been changed yet).
+        `in_project` False: what is asked for is not the project's files (no path is
+        given, so no policy counts it as inside the workspace)."""
+        request = ToolPermissionRequest(title=cut_title(title), kind=kind,
+                                        paths=[target.shown] if in_project else [],
                                         diff=diff, outsideSandbox=outside_sandbox)
         outcome = await self.caller.ask(request)
         if outcome == "allowed":
@@ -184,7 +190,13 @@ class _Call:
 
 
 def cut_title(title: str) -> str:
+    """One line (a file name may hold line breaks, and a card must not read as two
+    requests), at most 500 characters."""
+    title = CONTROL_CHARACTERS.sub(" ", title)
     return title if len(title) <= 500 else title[:499] + "…"
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def find_cell(notebook: nbformat.NotebookNode, ref: Any, shown: str) -> int:
@@ -495,24 +507,24 @@ async def _interrupt(call: _Call) -> list[Content]:
 
 # -- variables --------------------------------------------------------------------------------
 
-# Run silently in the kernel: summaries by agenstra_jupyter.variables (what `%%agent --with`
-# attaches) when the kernel's Python can import it, else names and types only. The function
-# removes itself, so the user's namespace is left as it was.
+# Run silently in the kernel: the summaries of agenstra_jupyter.variables (what `%%agent
+# --with` attaches), from that module's own source sent along, never imported: the kernel
+# imports from its working directory first, the notebook's folder, which the agent writes.
+# Only the standard library is imported, with the working directory off sys.path
+# meanwhile. The function removes itself: the user's namespace is left as it was.
 VARIABLES_CODE = f'''
-def _agenstra_variables():
-    import json
+def _agenstra_variables(source):
+    import json, os, sys, types
     globals().pop("_agenstra_variables", None)
     shell = get_ipython()
     namespace, hidden = shell.user_ns, getattr(shell, "user_ns_hidden", {{}})
+    saved = list(sys.path)
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", os.getcwd())]
     try:
-        from agenstra_jupyter import variables
-    except Exception as exc:
-        names = sorted(n for n, v in list(namespace.items()) if not n.startswith("_")
-                       and n not in hidden and type(v).__name__ != "module")
-        kinds = [n + ": " + type(namespace[n]).__module__ + "." + type(namespace[n]).__qualname__
-                 for n in names[:{VARIABLES_LISTED}]]
-        return json.dumps({{"degraded": type(exc).__name__ + ": " + str(exc)[:200],
-                           "variables": kinds, "total": len(names)}})
+        variables = types.ModuleType("_agenstra_variables_module")
+        exec(compile(source, "agenstra_jupyter/variables.py", "exec"), variables.__dict__)
+    finally:
+        sys.path[:] = saved
     names = variables.public_names(namespace, hidden)
     found, used = [], 0
     for name in names[:{VARIABLES_LISTED}]:
@@ -524,6 +536,7 @@ def _agenstra_variables():
         found.append(summary)
     return json.dumps({{"variables": found, "total": len(names)}})
 '''
+VARIABLES_SOURCE = Path(variables_module.__file__).read_text(encoding="utf-8")
 
 
 async def _variables(call: _Call) -> list[Content]:
@@ -534,16 +547,17 @@ async def _variables(call: _Call) -> list[Content]:
     language = await _language(call, kernel_id)
     if language and language.lower() != "python":
         raise ToolError(f"variables needs a Python kernel; {target.shown} runs {language}")
+    # The kernel's memory is the user's, not the project's files: a read outside the
+    # workspace, which the default policy asks for.
+    await call.ask(f"Read the variables of the kernel of {target.shown}", "read", target,
+                   f"reading the variables of the kernel of {target.shown}", in_project=False)
     run = await kernels.execute(call.serverapp, kernel_id, VARIABLES_CODE, VARIABLES_TIMEOUT,
                                 call.limits.max_kept_output_bytes,
-                                silent=True, user_expressions={"v": "_agenstra_variables()"})
+                                silent=True, user_expressions={
+                                    "v": f"_agenstra_variables({VARIABLES_SOURCE!r})"})
     found = _parse_variables(run)
     total, listed = found.get("total", 0), found.get("variables", [])
     lines = [f"Variables of the kernel of {target.shown}: {total}"]
-    if found.get("degraded"):
-        lines.append("(agenstra_jupyter is not importable in this kernel's Python "
-                     f"({found['degraded']}), so names and types only: install agenstra-"
-                     "jupyter in the kernel's environment for summaries)")
     lines.extend(_masked(summary) for summary in listed if isinstance(summary, str))
     if total > len(listed):
         lines.append(f"… {total - len(listed)} more variables not listed")
@@ -558,7 +572,7 @@ def _masked(summary: str) -> str:
     if looks_secret(name):
         kind = rest.split("\n", 1)[0].split(",", 1)[0]
         return f"{name}: {kind} (value hidden: its name looks secret)"
-    return redact_string(summary)
+    return redact_text(summary)
 
 
 async def _language(call: _Call, kernel_id: str) -> str | None:

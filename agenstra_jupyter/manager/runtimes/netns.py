@@ -73,11 +73,16 @@ def validate_network(config: dict[str, Any]) -> None:
                          "sandbox it leads to the notebook tools")
 
 
+def can_relay() -> bool:
+    """Whether ports can be relayed into a sandbox (nsenter enters its namespaces)."""
+    return shutil.which("nsenter") is not None
+
+
 def missing_tool(network: bool, ports: list[int]) -> str | None:
     """What must be installed for this network, or None."""
     if network and not shutil.which("slirp4netns"):
         return "slirp4netns"
-    if (network or ports) and not shutil.which("nsenter"):
+    if (network or ports) and not can_relay():
         return "nsenter (util-linux)"
     if network and not shutil.which("ip"):
         return "ip (iproute2)"

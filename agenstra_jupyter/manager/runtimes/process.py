@@ -24,7 +24,7 @@ from traitlets import Enum, Int, List, Unicode
 
 from ..models import AgentRecord
 from .base import STREAM_LIMIT, AgentProcess, Runtime, RuntimeFailure
-from .netns import SandboxNetwork, missing_tool, validate_network
+from .netns import SandboxNetwork, can_relay, missing_tool, validate_network
 from .sandbox import (
     SLIRP_DNS,
     Limits,
@@ -134,8 +134,11 @@ class ProcessRuntime(Runtime):
         validate_network(config)
 
     def mcp_sockets(self, agent: AgentRecord) -> dict[int, str]:
-        # Unsandboxed commands share the host's network: there is no inside port to relay.
-        return {} if self.sandbox == "none" else super().mcp_sockets(agent)
+        # Unsandboxed commands share the host's network: there is no inside port to relay;
+        # without nsenter there is no relay. Then no tools, and the agent still runs.
+        if self.sandbox == "none" or not can_relay():
+            return {}
+        return super().mcp_sockets(agent)
 
     def workspace(self, agent: AgentRecord) -> Path:
         """Its project (the user's folder), else its private workspace."""
