@@ -257,6 +257,21 @@ async def test_the_socket_answers_only_loopback_hosts(server, token):
     assert ok.status_code == 200, ok.text
 
 
+
+async def test_no_event_stream_is_held_open(server, token):
+    """Stateless, the endpoint never sends a message of its own: a GET (the spec's
+    stream) is answered 405 at once instead of holding a connection for nothing."""
+    for uds in (None, socket_of(server)):
+        transport = httpx.AsyncHTTPTransport(uds=str(uds)) if uds else None
+        async with httpx.AsyncClient(transport=transport, timeout=10) as http:
+            response = await http.get(SOCKET_URL if uds else mcp_url(server), headers={
+                "Authorization": f"Bearer {token}", "Accept": "text/event-stream"})
+            unauthorized = await http.get(SOCKET_URL if uds else mcp_url(server),
+                                          headers={"Authorization": "Bearer " + "x" * 43})
+        assert response.status_code == 405, response.text
+        assert "POST" in response.headers["Allow"]
+        assert unauthorized.status_code == 401  # the token is checked first
+
 async def test_request_bodies_are_bounded(server, token):
     async def post(content, headers: dict) -> int | None:
         """The status, or None when the server dropped the connection (read nothing)."""

@@ -163,7 +163,11 @@ class ControllerApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         apply_env(self)
-        provisioner.use_as_default()  # kernels in agents' projects import nothing from them
+        if not provisioner.use_as_default():  # kernels in agents' projects import nothing
+            self.log.warning("agenstra: kernels do not use %s (another default provisioner "
+                             "is configured, or it is not installed): a kernel started in "
+                             "an agent's project imports from the agent's files",
+                             provisioner.NAME)
         self.controller = Controller(self)
         self.settings["agenstra_controller"] = self.controller
 

@@ -51,12 +51,17 @@ class AgentProjectProvisioner(LocalProvisioner):  # type: ignore[misc]
         return kwargs
 
 
-def use_as_default() -> None:
+def use_as_default() -> bool:
     """Make it the provisioner of kernelspecs that name none, unless the operator chose
-    another default (KernelProvisionerFactory.default_provisioner_name)."""
+    another default (KernelProvisionerFactory.default_provisioner_name); whether it is."""
     from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
     factory = KernelProvisionerFactory.instance()
-    if factory.default_provisioner_name == "local-provisioner" and \
-            factory._check_availability(NAME):
-        factory.default_provisioner_name = NAME
+    if factory.default_provisioner_name == "local-provisioner":
+        try:
+            available = factory._check_availability(NAME)  # loads its entry point
+        except Exception:  # a jupyter_client without it: say so, start all the same
+            available = False
+        if available:
+            factory.default_provisioner_name = NAME
+    return factory.default_provisioner_name == NAME

@@ -272,7 +272,10 @@ class MCPHandler(ASGIHandler):
     # Jupyter's login does not apply here: the bearer token checked in prepare() does.
     @allow_unauthenticated
     async def get(self) -> None:
-        await super().get()
+        # Stateless: the server never sends a message of its own, so it offers no SSE
+        # stream (the spec's 405), rather than holding a connection open for nothing.
+        self.refuse(405, "This endpoint offers no event stream: POST requests",
+                    {"Allow": "POST, DELETE"})
 
     @allow_unauthenticated
     async def post(self) -> None:
