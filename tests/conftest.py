@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import os
 import secrets
 import shutil
@@ -245,9 +246,11 @@ class JupyterProcess:
 
 def start_jupyter(root: Path, extra_env: dict | None = None, port: int = 0,
                   token: str = "", args: list[str] | None = None,
-                  stdin: int | None = None) -> JupyterProcess:
+                  stdin: int | None = None, collaborative: bool = False) -> JupyterProcess:
     """A `jupyter server` subprocess in a process group of its own (as a terminal runs it);
-    `stdin` may be a terminal (a pty), for what Jupyter does only on one."""
+    `stdin` may be a terminal (a pty), for what Jupyter does only on one. Real-time
+    collaboration (jupyter-collaboration, installed for the tests) is off unless
+    `collaborative`: most tests are of JupyterLab as it is without it."""
     import socket
     import time
 
@@ -264,7 +267,7 @@ def start_jupyter(root: Path, extra_env: dict | None = None, port: int = 0,
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
          f"--port={port}", "--ServerApp.base_url=/jp/", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}", *(args or [])],
+         f"--ServerApp.root_dir={root}", *rtc_args(collaborative), *(args or [])],
         stdout=log, stderr=log, env=env, cwd=root, stdin=stdin, start_new_session=True,
     )
     server = JupyterProcess(f"http://127.0.0.1:{port}", "/jp/", token, data_dir, env, process)
@@ -282,6 +285,14 @@ def start_jupyter(root: Path, extra_env: dict | None = None, port: int = 0,
         time.sleep(0.3)
     process.kill()
     raise RuntimeError(f"jupyter server did not start:\n{(root / 'jupyter.log').read_text()}")
+
+
+def rtc_args(collaborative: bool) -> list[str]:
+    if importlib.util.find_spec("jupyter_server_ydoc") is None:
+        if collaborative:
+            pytest.fail("jupyter-collaboration is not installed (pip install -e '.[test]')")
+        return []
+    return [f"--YDocExtension.disable_rtc={not collaborative}"]
 
 
 def stop_jupyter(server: JupyterProcess) -> None:

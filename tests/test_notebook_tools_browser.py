@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,6 +67,29 @@ def cell_text(page, text: str):
     return page.locator(".jp-Notebook:visible .cm-content", has_text=text)
 
 
+def open_project_notebook(page) -> None:
+    """The project folder in the file browser; its notebook open with a running kernel."""
+    page.locator(".jp-DirListing-item", has_text=PROJECT).dblclick()
+    page.locator(".jp-BreadCrumbs", has_text=PROJECT).wait_for()
+    page.locator(".jp-DirListing-item", has_text="analysis.ipynb").dblclick()
+    cell_text(page, "data = [1, 2, 3]").wait_for()
+    page.locator(".jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator"
+                 "[data-status=idle]").wait_for()
+
+
+def create_acp_agent(page, name: str, config: dict, ports: int | None = None) -> None:
+    """An ACP agent on the project (the form is prefilled with the file browser's folder)."""
+    open_panel(page)
+    open_agent_form(page)
+    page.fill(f"{PANEL} input[aria-label='Agent name']", name)
+    page.select_option(f"{PANEL} select[aria-label=Provider]", "acp")
+    if ports is not None:
+        page.fill(f"{PANEL} input[aria-label='Loopback ports']", str(ports))
+    page.fill(f"{PANEL} textarea[aria-label=Config]", json.dumps(config))
+    page.click(f"{PANEL} button:has-text('Create')")
+    wait_selected(page, f"{name} — {PROJECT}")
+
+
 def allow(page, title_part: str) -> None:
     """Waits for the card asking `title_part…` and allows it once."""
     card = page.locator(CARD, has_text=title_part)
@@ -76,22 +100,9 @@ def allow(page, title_part: str) -> None:
 
 def test_an_agent_inserts_a_cell_and_runs_it_in_the_open_notebook(browser, lab):
     with lab_page(browser, lab, "notebook-tools") as page:
-        # The project folder in the file browser; its notebook open with a running kernel.
-        page.locator(".jp-DirListing-item", has_text=PROJECT).dblclick()
-        page.locator(".jp-BreadCrumbs", has_text=PROJECT).wait_for()
-        page.locator(".jp-DirListing-item", has_text="analysis.ipynb").dblclick()
-        cell_text(page, "data = [1, 2, 3]").wait_for()
-        page.locator(".jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator"
-                     "[data-status=idle]").wait_for()
+        open_project_notebook(page)
 
-        open_panel(page)
-        open_agent_form(page)
-        page.fill(f"{PANEL} input[aria-label='Agent name']", "helper")
-        page.select_option(f"{PANEL} select[aria-label=Provider]", "acp")
-        page.fill(f"{PANEL} textarea[aria-label=Config]",
-                  json.dumps({"command": ACP_AGENT_COMMAND}))
-        page.click(f"{PANEL} button:has-text('Create')")
-        wait_selected(page, f"helper — {PROJECT}")
+        create_acp_agent(page, "helper", {"command": ACP_AGENT_COMMAND})
 
         send(page, "notebook analysis.ipynb")
         # The insert asks first, showing the cell's source as added lines.
@@ -132,6 +143,53 @@ def test_an_agent_inserts_a_cell_and_runs_it_in_the_open_notebook(browser, lab):
         page.screenshot(path=str(ARTIFACTS / "notebook-tools-notebook.png"))
 
 
+@pytest.fixture
+def live_lab(tmp_path) -> Iterator[JupyterProcess]:
+    """JupyterLab with real-time collaboration (jupyter-collaboration's shared documents)."""
+    (tmp_path / PROJECT).mkdir()
+    (tmp_path / PROJECT / "analysis.ipynb").write_text(notebook_file("data = [1, 2, 3]"))
+    server = start_jupyter(tmp_path, lab_env(tmp_path), collaborative=True)
+    yield server
+    stop_jupyter(server)
+
+
+def test_with_collaboration_the_agents_cell_appears_live_and_the_users_typing_stays(
+        browser, live_lab):
+    with lab_page(browser, live_lab, "notebook-tools-live") as page:
+        open_project_notebook(page)
+        create_acp_agent(page, "helper", {"command": ACP_AGENT_COMMAND})
+        send(page, "notebook analysis.ipynb")
+        page.locator(CARD, has_text="Insert a code cell").wait_for()
+        # While the agent waits, the user types in the first cell and does not save.
+        page.locator(".lm-TabBar-tab", has_text="analysis.ipynb").click()
+        first = cell_text(page, "data = [1, 2, 3]")
+        first.click()
+        page.keyboard.press("End")
+        page.keyboard.type("  # typed meanwhile")
+        allow(page, "Insert a code cell")
+        # The agent's cell is in the open notebook at once: the turn has not even ended.
+        page.locator(CARD, has_text="Run").wait_for()
+        cell_text(page, CELL_SOURCE).wait_for()
+        snap(page, "notebook-tools-live-inserted")
+        allow(page, "Run")
+        wait_answer(page, "notebook: inserted cell 1 ran:")
+        page.locator(".jp-Notebook:visible .jp-OutputArea-output", has_text="14").wait_for()
+        # Nothing reverted the notebook: the user's typing is still there, unsaved by them.
+        cell_text(page, "data = [1, 2, 3]  # typed meanwhile").wait_for()
+        page.wait_for_timeout(300)
+        # The turn's filesChanged reloads no shared document, so no "unsaved changes" notice.
+        assert page.locator(".Toastify__toast", has_text="changed on disk").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "notebook-tools-live-notebook.png"))
+    # The room writes it to disk (a second after the last change, in place).
+    path = Path(live_lab.data_dir).parent / PROJECT / "analysis.ipynb"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and CELL_SOURCE not in path.read_text():
+        time.sleep(0.2)
+    saved = json.loads(path.read_text())
+    assert ["".join(c["source"]) for c in saved["cells"]] == ["data = [1, 2, 3]  # typed meanwhile",
+                                                     CELL_SOURCE]
+
+
 PLOT = ("import matplotlib.pyplot as plt\n"
         "xs = list(range(-5, 6))\n"
         "plt.plot(xs, [x ** 2 for x in xs])\n"
@@ -167,24 +225,12 @@ def test_claude_plots_x_squared_in_the_open_notebook(browser, claude_lab, vendor
             last_tool_result(body).split())[-300:]),
     )
     with lab_page(browser, claude_lab, "notebook-tools-claude") as page:
-        page.locator(".jp-DirListing-item", has_text=PROJECT).dblclick()
-        page.locator(".jp-BreadCrumbs", has_text=PROJECT).wait_for()
-        page.locator(".jp-DirListing-item", has_text="analysis.ipynb").dblclick()
-        cell_text(page, "data = [1, 2, 3]").wait_for()
-        page.locator(".jp-NotebookPanel:visible .jp-Notebook-ExecutionIndicator"
-                     "[data-status=idle]").wait_for()
+        open_project_notebook(page)
 
-        open_panel(page)
-        open_agent_form(page)
-        page.fill(f"{PANEL} input[aria-label='Agent name']", "claude")
-        page.select_option(f"{PANEL} select[aria-label=Provider]", "acp")
-        page.fill(f"{PANEL} input[aria-label='Loopback ports']", str(vendor.port))
-        page.fill(f"{PANEL} textarea[aria-label=Config]", json.dumps({
+        create_acp_agent(page, "claude", {
             "command": ["claude-agent-acp"],
             "env": {"ANTHROPIC_BASE_URL": vendor.url, "ANTHROPIC_API_KEY": SECRET,
-                    "CLAUDE_CODE_EXECUTABLE": str(CLI_BIN / "claude")}}))
-        page.click(f"{PANEL} button:has-text('Create')")
-        wait_selected(page, f"claude — {PROJECT}")
+                    "CLAUDE_CODE_EXECUTABLE": str(CLI_BIN / "claude")}}, ports=vendor.port)
 
         send(page, "Add a cell that plots x² and run it")
         insert = page.locator(CARD)

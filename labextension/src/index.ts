@@ -151,6 +151,7 @@ function openDocuments(app: JupyterFrontEnd, docs: IDocumentManager, edits: Edit
         path: context.path,
         dirty: context.model.dirty,
         edited: tracked ? tracked.edited : undefined, // a file: every change is the user's
+        collaborative: context.model.collaborative,
         revert: () => revertKeepingKernel(context)
       });
     }

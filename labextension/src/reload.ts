@@ -1,6 +1,10 @@
 /**
  * Live reload: after an agent's turn changed files (`filesChanged`), open documents of those
  * files show the agent's edit at once, unless the user has unsaved changes of their content.
+ * A document open with real-time collaboration is never reloaded: it shows the agent's edit
+ * already (the notebook tools write into its shared document, and the server reloads it
+ * from disk when a file changes under it), and a revert would put the file's older bytes
+ * over it.
  */
 
 import { ISignal } from '@lumino/signaling';
@@ -15,6 +19,8 @@ export interface IOpenDocument {
    * would throw them away. Unknown (undefined): every unsaved change counts.
    */
   readonly edited?: boolean;
+  /** Backed by a shared document (real-time collaboration): it updates by itself. */
+  readonly collaborative?: boolean;
   revert(): Promise<void>;
 }
 
@@ -23,6 +29,8 @@ export interface IReloadOutcome {
   reverted: string[];
   /** Documents left alone because they hold unsaved changes. */
   kept: string[];
+  /** Documents left alone because they are shared documents that update by themselves. */
+  live: string[];
 }
 
 /**
@@ -62,14 +70,16 @@ export async function reloadDocuments(
   paths: string[]
 ): Promise<IReloadOutcome> {
   const wanted = new Set(paths);
-  const outcome: IReloadOutcome = { reverted: [], kept: [] };
+  const outcome: IReloadOutcome = { reverted: [], kept: [], live: [] };
   const seen = new Set<IOpenDocument>();
   for (const document of documents) {
     if (seen.has(document) || !wanted.has(document.path)) {
       continue;
     }
     seen.add(document);
-    if (document.dirty && document.edited !== false) {
+    if (document.collaborative) {
+      outcome.live.push(document.path);
+    } else if (document.dirty && document.edited !== false) {
       outcome.kept.push(document.path);
     } else {
       await document.revert();

@@ -404,9 +404,24 @@ describe('live reload', () => {
     const shared = doc('proj/a.txt', false);
     const docs = [shared, shared, doc('proj/nb.ipynb', true), doc('proj/other.py', false)];
     const outcome = await reloadDocuments(docs, ['proj/a.txt', 'proj/nb.ipynb', 'proj/gone.md']);
-    expect(outcome).toEqual({ reverted: ['proj/a.txt'], kept: ['proj/nb.ipynb'] });
+    expect(outcome).toEqual({ reverted: ['proj/a.txt'], kept: ['proj/nb.ipynb'], live: [] });
     expect(reverted).toEqual(['proj/a.txt']); // once, though open in two views
     expect(keptNotice('proj/nb.ipynb')).toBe('proj/nb.ipynb changed on disk; you have unsaved changes');
+  });
+
+  it('never reverts a shared document (real-time collaboration): it is live already', async () => {
+    const reverted: string[] = [];
+    const live = (path: string, dirty: boolean): IOpenDocument => ({
+      path,
+      dirty,
+      edited: false,
+      collaborative: true,
+      revert: async () => void reverted.push(path)
+    });
+    const docs = [live('proj/nb.ipynb', false), live('proj/typed.ipynb', true)];
+    const outcome = await reloadDocuments(docs, ['proj/nb.ipynb', 'proj/typed.ipynb']);
+    expect(outcome).toEqual({ reverted: [], kept: [], live: ['proj/nb.ipynb', 'proj/typed.ipynb'] });
+    expect(reverted).toEqual([]);
   });
 });
 
@@ -504,7 +519,7 @@ describe('what counts as the user\'s edit of a notebook', () => {
       revert: async () => void reverted.push('proj/tagged.ipynb')
     };
     const outcome = await reloadDocuments([doc], ['proj/tagged.ipynb']);
-    expect(outcome).toEqual({ reverted: [], kept: ['proj/tagged.ipynb'] });
+    expect(outcome).toEqual({ reverted: [], kept: ['proj/tagged.ipynb'], live: [] });
     expect(reverted).toEqual([]);
     expect(keptNotice('proj/tagged.ipynb')).toBe(
       'proj/tagged.ipynb changed on disk; you have unsaved changes'
@@ -549,7 +564,8 @@ describe('what counts as the user\'s edit of a notebook', () => {
     const outcome = await reloadDocuments(docs, paths);
     expect(outcome).toEqual({
       reverted: ['proj/kernel.ipynb', 'proj/clean.ipynb'],
-      kept: ['proj/typed.ipynb', 'proj/a.txt']
+      kept: ['proj/typed.ipynb', 'proj/a.txt'],
+      live: []
     });
     expect(reverted).toEqual(outcome.reverted);
   });

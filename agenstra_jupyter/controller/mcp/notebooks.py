@@ -7,14 +7,15 @@ place outside the project or to a hidden one inside it; what remains is also nam
 Jupyter server sees it (relative to its root: sessions, the contents manager's hooks).
 Files are then opened without following any symlink (`open_folder`), so a path swapped
 for a symlink after the check fails instead of leading out. `NotebookStore` is the one
-place that loads and saves a notebook: a shared-document backend (jupyter_server_ydoc)
-can replace it.
+place that loads and saves a notebook: as a file, or, when the notebook is open with
+real-time collaboration, as the shared document (shared.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import re
@@ -326,19 +327,52 @@ class NotebookStore:
     a symlink between the check and the open.
 
     Tools change a notebook only as load → change → save under the notebook's lock, so
-    two tool calls never lose each other's edits. A shared-document backend (open
-    notebooks updating live) implements the same methods.
+    two tool calls never lose each other's edits. A notebook open with real-time
+    collaboration (jupyter-collaboration) is loaded from its shared document instead, and
+    a save replays the tool's change on that document (shared.apply): open views update
+    at once and the user's typing meanwhile is kept. One store serves one tool call.
     """
 
     def __init__(self, serverapp: Any) -> None:
         self.serverapp = serverapp
         self.contents = serverapp.contents_manager
         self.limits = limits_of(serverapp)
+        self.collaboration = _collaboration(serverapp)
+        self._read: dict[str, list[dict[str, Any]]] = {}  # cells as loaded, by path
 
     def lock(self, target: Target) -> asyncio.Lock:
         return lock_of(self.serverapp, f"notebook:{target.api_path}")
 
+    async def _shared(self, target: Target) -> Any | None:
+        if self.collaboration is None:
+            return None
+        from . import shared  # needs jupyter-collaboration's packages
+
+        return await shared.open_document(self.collaboration, target.api_path)
+
     async def load(self, target: Target) -> nbformat.NotebookNode:
+        document = await self._shared(target)
+        if document is not None:
+            return self._load_shared(target, document)
+        notebook = await self._load_file(target)
+        if self.collaboration is not None:  # a room may open before the save
+            self._read[target.api_path] = _plain(notebook.cells)
+        return notebook
+
+    def _load_shared(self, target: Target, document: Any) -> nbformat.NotebookNode:
+        from . import shared
+
+        if shared.cell_count(document) > self.limits.max_cells:
+            raise ToolError(f"{target.shown} has {shared.cell_count(document):,} cells: the "
+                            f"tools open notebooks of {self.limits.max_cells:,} cells at most")
+        content = shared.read(document)
+        problem = _shape_problem(content)
+        if problem:
+            raise ToolError(f"{target.shown} is not a usable notebook: {problem}")
+        self._read[target.api_path] = content["cells"]
+        return nbformat.from_dict(copy.deepcopy(content))
+
+    async def _load_file(self, target: Target) -> nbformat.NotebookNode:
         # Reading and parsing (up to max_notebook_bytes of JSON) off the event loop.
         async with PARSING:
             notebook = await asyncio.to_thread(_parse, target, self.limits.max_notebook_bytes,
@@ -351,6 +385,18 @@ class NotebookStore:
 
     async def save(self, target: Target, notebook: nbformat.NotebookNode) -> None:
         with_ids(notebook)
+        document = await self._shared(target)
+        before = self._read.get(target.api_path)
+        if document is not None and before is not None:
+            from . import shared
+
+            after = _plain(notebook.cells)
+            shared.apply(document, before, after)  # the room saves it, as the user's edits
+            self._read[target.api_path] = after
+            return
+        await self._save_file(target, notebook)
+
+    async def _save_file(self, target: Target, notebook: nbformat.NotebookNode) -> None:
         model = {"type": "notebook", "format": "json", "content": notebook,
                  "path": target.api_path, "name": target.real.name}
         try:
@@ -366,6 +412,25 @@ class NotebookStore:
         saved = {key: value for key, value in model.items() if key != "content"}
         self.contents.run_post_save_hooks(model=saved, os_path=str(target.real))
         self.contents.emit(data={"action": "save", "path": target.api_path})
+
+
+def _collaboration(serverapp: Any) -> Any | None:
+    """jupyter_server_ydoc's extension, when it runs with real-time collaboration on."""
+    settings = getattr(getattr(serverapp, "web_app", None), "settings", None) or {}
+    extension = settings.get("jupyter_server_ydoc")
+    if extension is None or getattr(extension, "disable_rtc", False):
+        return None
+    return extension if hasattr(extension, "get_document") else None
+
+
+def _plain(cells: list[Any]) -> list[dict[str, Any]]:
+    """Cells as plain JSON values, with sources as one string (as the shared document
+    holds them): what a save compares with what was loaded."""
+    plain = json.loads(json.dumps(cells))
+    for cell in plain:
+        if isinstance(cell.get("source"), list):
+            cell["source"] = "".join(cell["source"])
+    return plain
 
 
 def _parse(target: Target, limit: int, max_cells: int) -> nbformat.NotebookNode:
