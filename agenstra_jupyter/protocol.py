@@ -229,18 +229,24 @@ class LoginRequest(_Request):
         return self
 
 
+# `agentId` on chat, cancel, logout and permissionResponse names the agent when a manager
+# socket is logged into several; it may be left out while the socket holds exactly one.
+
+
 class ChatRequest(_Request):
     message: str = Field(min_length=1)
     correlationId: str | None = Field(default=None, min_length=1, max_length=128)
     stream: bool = True
+    agentId: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class CancelRequest(_Request):
     correlationId: str | None = Field(default=None, min_length=1, max_length=128)
+    agentId: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class LogoutRequest(_Request):
-    pass
+    agentId: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 class PermissionResponseRequest(_Request):

@@ -288,3 +288,46 @@ async def test_a_failing_turn_answers_with_an_error(manager):
     assert failed["response"]["type"] == "text"
     assert failed["response"]["exitCode"] == 3
     await client.close()
+
+
+async def test_one_socket_logged_into_several_agents_keeps_them_apart(manager):
+    """DESIGN.md "One manager socket, several agents": requests name their agent by
+    agentId (needed once the socket holds two), every event names its agent."""
+    first = await manager.create_agent(name="multi1", provider="echo")
+    second = await manager.create_agent(name="multi2", provider="echo")
+    client = await logged_in(manager, first)
+    await client.chat("before", correlationId="m0")  # one agent: agentId may be left out
+    await client.login(second)
+    await client.emit(ManagerEvent.CHAT, {"message": "whose?", "correlationId": "m1"})
+    error = await client.error()
+    assert error["code"] == ErrorCode.INVALID_PAYLOAD and "agentId" in error["message"]
+    one = await client.chat("to one", correlationId="m2", agentId=first["id"])
+    two = await client.chat("to two", correlationId="m3", agentId=second["id"])
+    assert one["agentId"] == first["id"] and one["response"]["result"] == "Echo: to one"
+    assert two["agentId"] == second["id"] and two["response"]["result"] == "Echo: to two"
+    for message in client.log.messages():  # each agent's history and turns, its own name
+        assert message["agentId"] == (second["id"] if message["correlationId"] == "m3"
+                                      else first["id"])
+    assert {e["agentId"] for e in client.log.of(ManagerEvent.CHAT_EVENT)
+            if e["correlationId"] == "m3"} == {second["id"]}
+    # An agent not logged into is refused; logging out of one leaves the other.
+    stranger = await manager.create_agent(name="multi3", provider="echo")
+    errors = len(client.log.of(ManagerEvent.ERROR))
+    await client.emit(ManagerEvent.CHAT, {"message": "x", "agentId": stranger["id"]})
+    await client.log.wait_count(ManagerEvent.ERROR, errors + 1)
+    assert client.log.of(ManagerEvent.ERROR)[-1]["code"] == ErrorCode.NOT_LOGGED_IN
+    await client.emit(ManagerEvent.LOGOUT, {"agentId": first["id"]})
+    assert (await client.log.wait_count(ManagerEvent.LOGOUT_SUCCESS, 1))[-1] == {
+        "agentId": first["id"]}
+    again = await client.chat("only two now", correlationId="m4")
+    assert again["agentId"] == second["id"]
+    # Logging in again to an agent replays its history after afterSeq, once.
+    before = len(client.log.messages())
+    await client.login(second, after_seq=two["seq"])
+    await client.log.wait_count(ManagerEvent.CHAT_MESSAGE, before + 2)
+    replayed = client.log.messages()[before:]
+    assert [m["correlationId"] for m in replayed] == ["m4", "m4"]
+    answer = await client.chat("still once", correlationId="m5")
+    assert [m["correlationId"] for m in client.log.messages()].count("m5") == 2  # user, agent
+    assert answer["agentId"] == second["id"]
+    await client.close()

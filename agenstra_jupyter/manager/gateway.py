@@ -1,5 +1,6 @@
 """Socket.IO namespace `/agents`: login, chat, cancel, logout, permissionResponse (see
-DESIGN.md)."""
+DESIGN.md). A socket may be logged into several agents ("One manager socket, several
+agents"): requests name theirs by `agentId`, which may be left out while it holds one."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ from .providers import ProviderError
 from .service import AgentService
 
 Handler = Callable[[str, Any], Awaitable[Any]]
+
+# Agents one socket may be logged into at once: a controller multiplexes its frontends'
+# agents over one socket per manager, and each costs the manager a room and a listener.
+MAX_AGENTS_PER_SOCKET = 10_000
 
 
 def agent_room(agent_id: str) -> str:
@@ -88,7 +93,8 @@ class AgentsNamespace(socketio.AsyncNamespace):
         self._history_limit = history_limit
         self._max_message_bytes = max_message_bytes
         self._log = log
-        self._logged_in: dict[str, str] = {}  # sid -> agent id
+        # sid -> the agents it is logged into (an ordered set), at most MAX_AGENTS_PER_SOCKET
+        self._logged_in: dict[str, dict[str, None]] = {}
         self._handlers: dict[str, Handler] = {
             ManagerEvent.LOGIN: self._login,
             ManagerEvent.CHAT: self._chat,
@@ -164,8 +170,14 @@ class AgentsNamespace(socketio.AsyncNamespace):
         if agent is None:
             await self.emit(ManagerEvent.LOGIN_ERROR, protocol.login_error(), to=sid)
             return
-        await self._leave_agent(sid)
-        self._logged_in[sid] = agent.id
+        agents = self._logged_in.setdefault(sid, {})
+        if agent.id in agents:  # logged in again: the history after afterSeq once more
+            await self._leave_agent(sid, agent.id)
+            agents = self._logged_in.setdefault(sid, {})
+        if len(agents) >= MAX_AGENTS_PER_SOCKET:
+            raise AgenstraError(ErrorCode.RATE_LIMITED, f"A socket is logged into at most "
+                                f"{MAX_AGENTS_PER_SOCKET} agents: log out of one first")
+        agents[agent.id] = None
         await self.emit(
             ManagerEvent.LOGIN_SUCCESS, protocol.login_success(agent.id, agent.name), to=sid
         )
@@ -178,7 +190,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
                 ErrorCode.PAYLOAD_TOO_LARGE,
                 f"Message is larger than {self._max_message_bytes} bytes",
             )
-        channel = self._current_channel(sid)
+        channel = self._current_channel(sid, request.agentId)
         try:
             message = await channel.submit(
                 request.message, request.correlationId or str(uuid.uuid4()), request.stream
@@ -191,36 +203,52 @@ class AgentsNamespace(socketio.AsyncNamespace):
 
     async def _cancel(self, sid: str, data: Any) -> None:
         request: protocol.CancelRequest = protocol.parse(protocol.CancelRequest, data)
-        self._current_channel(sid).cancel(request.correlationId)
+        self._current_channel(sid, request.agentId).cancel(request.correlationId)
 
     async def _logout(self, sid: str, data: Any) -> None:
-        protocol.parse(protocol.LogoutRequest, data)
-        agent_id = self._logged_in.get(sid)
-        if agent_id is None:
-            raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Not logged in")
-        await self._leave_agent(sid)
+        request: protocol.LogoutRequest = protocol.parse(protocol.LogoutRequest, data)
+        agent_id = self._agent_of(sid, request.agentId)
+        await self._leave_agent(sid, agent_id)
         await self.emit(ManagerEvent.LOGOUT_SUCCESS, {"agentId": agent_id}, to=sid)
 
     async def _permission_response(self, sid: str, data: Any) -> dict[str, Any]:
         request: protocol.PermissionResponseRequest = protocol.parse(
             protocol.PermissionResponseRequest, data)
-        channel = self._current_channel(sid)
-        if request.agentId is not None and request.agentId != channel.agent_id:
-            raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Not logged in to that agent")
+        channel = self._current_channel(sid, request.agentId)
         # `user` is who the controller says answered; it is stored and announced as given.
         await channel.approvals.respond(request.requestId, request.optionId, request.user)
         return protocol.ack_ok()
 
-    def _current_channel(self, sid: str) -> AgentChannel:
-        """The channel of the agent this socket is logged into (none once it is deleted)."""
-        agent_id = self._logged_in.get(sid)
-        channel = self.service.existing_channel(agent_id) if agent_id else None
+    def _agent_of(self, sid: str, agent_id: str | None) -> str:
+        """The agent a request is for: the one it names, or the socket's only one."""
+        agents = self._logged_in.get(sid) or {}
+        if agent_id is not None:
+            if agent_id not in agents:
+                raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Not logged in to that agent")
+            return agent_id
+        if not agents:
+            raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Log in to an agent first")
+        if len(agents) > 1:
+            raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "This socket is logged into "
+                                "several agents: name one with agentId")
+        return next(iter(agents))
+
+    def _current_channel(self, sid: str, agent_id: str | None = None) -> AgentChannel:
+        """The channel of the agent a request is for (none once it is deleted)."""
+        agent_id = self._agent_of(sid, agent_id)
+        channel = self.service.existing_channel(agent_id)
         if channel is None:
-            self._logged_in.pop(sid, None)
+            self._forget(sid, agent_id)
             raise AgenstraError(ErrorCode.NOT_LOGGED_IN, "Log in to an agent first")
         return channel
 
-    async def _leave_agent(self, sid: str) -> None:
-        agent_id = self._logged_in.pop(sid, None)
-        if agent_id is not None:
-            await self.leave(sid, agent_id)
+    def _forget(self, sid: str, agent_id: str) -> None:
+        agents = self._logged_in.get(sid)
+        if agents is not None:
+            agents.pop(agent_id, None)
+            if not agents:
+                del self._logged_in[sid]
+
+    async def _leave_agent(self, sid: str, agent_id: str) -> None:
+        self._forget(sid, agent_id)
+        await self.leave(sid, agent_id)
