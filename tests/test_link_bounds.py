@@ -118,11 +118,15 @@ async def test_deleting_an_agent_or_its_client_closes_every_link_to_it(jupyter, 
     for frontend in frontends:
         for agent in (first, second):
             assert await frontend.forward(ManagerEvent.LOGIN, agent["id"]) == {"ok": True}
-    await wait_sockets(remote, 4)
+    await wait_sockets(remote, 1)  # four links, one socket: the manager's, shared
     async with jupyter.http() as http:
         deleted = await http.delete(f"/clients/{client['id']}/agents/{first['id']}")
         assert deleted.status_code == 204
-        await wait_sockets(remote, 2)  # both sockets' links to `first`, and only those
+        sessions = list(jupyter.controller.gateway.sessions.values())
+        assert len(sessions) == 2
+        for session in sessions:  # both sockets' links to `first` closed, and only those
+            assert [key[1] for key in session.links] == [second["id"]]
+        await wait_sockets(remote, 1)
         answer = await frontends[0].chat(second["id"], "still", "s")
         assert answer["response"]["result"] == "Echo: still"
         gone = await frontends[1].forward(ManagerEvent.CHAT, first["id"], {"message": "x"})

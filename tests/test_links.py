@@ -17,15 +17,15 @@ import pytest
 import socketio
 
 from agenstra_jupyter.controller import links
-from agenstra_jupyter.controller.links import Backoff, ManagerLink
+from agenstra_jupyter.controller.links import Backoff, ConnectionPool, ManagerLink
 from agenstra_jupyter.protocol import AgenstraError, ControllerEvent, ErrorCode, ManagerEvent
 
 LOG = logging.getLogger("test_links")
 FAST = Backoff(0.001, 0.002)
 
 
-def chat_message(seq: int, sender: str = "agent") -> dict[str, Any]:
-    return {"id": f"m{seq}", "seq": seq, "agentId": "a1", "from": sender,
+def chat_message(seq: int, sender: str = "agent", agent: str = "a1") -> dict[str, Any]:
+    return {"id": f"m{seq}", "seq": seq, "agentId": agent, "from": sender,
             "correlationId": f"c{seq}", "timestamp": "t"}
 
 
@@ -87,12 +87,16 @@ class FakeSocket:
             return
         await self.from_manager(ManagerEvent.LOGIN_SUCCESS, {"agentId": request["agentId"]})
         for message in self.manager.history:
-            if message["seq"] > (request.get("afterSeq") or 0):
+            if message["agentId"] == request["agentId"] and \
+                    message["seq"] > (request.get("afterSeq") or 0):
                 await self.from_manager(ManagerEvent.CHAT_MESSAGE, message)
 
     async def call(self, event: str, data: Any = None, namespace: str | None = None,
                    timeout: float = 60) -> Any:
         self.manager.emitted.append((event, data))
+        if event == ManagerEvent.LOGIN:  # acknowledged once its history is out
+            await self._answer_login(data)
+            return None
         if self.manager.hang_calls:
             await asyncio.Event().wait()
         answer = self.manager.acks.pop(0) if self.manager.acks else {"ok": True}
@@ -121,7 +125,7 @@ class FakeSocket:
 class FakeRegistry:
     def __init__(self) -> None:
         self.clients = {"m1": SimpleNamespace(endpoint="http://manager:1", api_key="key-1")}
-        self.passwords = {("m1", "a1"): "pw"}
+        self.passwords = {("m1", "a1"): "pw", ("m1", "a2"): "pw"}
 
     async def get_client(self, client_id: str) -> Any:
         return self.clients.get(client_id)
@@ -307,9 +311,11 @@ async def test_chat_acks_carry_the_managers_code(manager, registry):
     assert codes == [ErrorCode.NOT_LOGGED_IN, ErrorCode.PAYLOAD_TOO_LARGE,
                      ErrorCode.INVALID_PAYLOAD, ErrorCode.INVALID_PAYLOAD,
                      ErrorCode.REMOTE_UNAVAILABLE]
-    # Other events are emitted as they are, without waiting for an ack.
+    # Other events are emitted without waiting for an ack; every request names its agent
+    # (the socket is the manager's, shared by every link to it).
     await link.send(ManagerEvent.CANCEL, {"correlationId": "c"})
-    assert manager.emitted[-1] == (ManagerEvent.CANCEL, {"correlationId": "c"})
+    assert manager.emitted[-1] == (ManagerEvent.CANCEL, {"correlationId": "c", "agentId": "a1"})
+    assert {p["agentId"] for e, p in manager.emitted if e == ManagerEvent.CHAT} == {"a1"}
     await link.close()
 
 
@@ -343,6 +349,86 @@ async def test_close_stops_the_link_for_good(manager, registry):
     assert len(manager.connects) == 1 and len(frontend.events) == delivered
     # Closing says nothing to the frontend: it is the one that went away.
     assert ControllerEvent.REMOTE_DISCONNECTED not in frontend.names()
+
+
+# -- one socket per manager ------------------------------------------------------------------
+
+
+def pooled(registry: FakeRegistry, pool: ConnectionPool,
+           agent: str) -> tuple[ManagerLink, Frontend]:
+    frontend = Frontend()
+    return ManagerLink("m1", agent, registry, frontend.deliver, FAST, LOG, pool=pool), frontend
+
+
+async def test_the_links_to_one_manager_share_its_socket_and_keep_agents_apart(manager,
+                                                                              registry):
+    pool = ConnectionPool(registry, FAST, LOG)
+    one, first = pooled(registry, pool, "a1")
+    two, second = pooled(registry, pool, "a2")
+    await one.open()
+    await two.open()
+    assert len(manager.sockets) == 1 and len(pool) == 1
+    await one.login(None)
+    await two.login(None)
+    await manager.socket.from_manager(ManagerEvent.CHAT_MESSAGE, chat_message(7, agent="a2"))
+    assert first.seqs() == [] and second.seqs() == [7]
+    # An event naming no agent (an `error`) is nobody's on a socket holding two agents.
+    await manager.socket.from_manager(ManagerEvent.ERROR, {"code": "X", "message": "?"})
+    assert ManagerEvent.ERROR not in first.names() + second.names()
+    assert [e for e in first.names() if e == ManagerEvent.LOGIN_SUCCESS] == [
+        ManagerEvent.LOGIN_SUCCESS]  # its own welcome only, not the other agent's
+    await one.close()  # nobody wants a1 here any more: logged out upstream
+    assert manager.emitted[-1] == (ManagerEvent.LOGOUT, {"agentId": "a1"})
+    assert manager.socket.connected
+    await two.close()
+    assert not manager.socket.connected and len(pool) == 0
+
+
+async def test_a_second_frontend_of_an_agent_gets_its_history_and_the_first_loses_nothing(
+        manager, registry):
+    manager.history = [chat_message(n) for n in (1, 2, 3)]
+    pool = ConnectionPool(registry, FAST, LOG)
+    one, first = pooled(registry, pool, "a1")
+    await one.open()
+    await one.login(None)
+    await first.until(lambda f: f.seqs() == [1, 2, 3])
+    manager.history.append(chat_message(4))
+    await manager.socket.from_manager(ManagerEvent.CHAT_MESSAGE, chat_message(4))
+    two, second = pooled(registry, pool, "a1")
+    await two.open()
+    await two.login(2)
+    # Logged in again after the lower position: the second gets 3 and 4, the first no repeat.
+    assert manager.logins()[-1]["afterSeq"] == 2
+    await second.until(lambda f: f.seqs() == [3, 4])
+    assert first.seqs() == [1, 2, 3, 4]
+    assert first.names().count(ManagerEvent.LOGIN_SUCCESS) == 1
+    await manager.socket.from_manager(ManagerEvent.CHAT_MESSAGE, chat_message(5))
+    assert first.seqs()[-1] == second.seqs()[-1] == 5
+    # One logs out: the other keeps the agent, and nothing is sent upstream.
+    sent = len(manager.emitted)
+    await two.send(ManagerEvent.LOGOUT, {})
+    assert second.names()[-1] == ManagerEvent.LOGOUT_SUCCESS and len(manager.emitted) == sent
+    two.logged_out()
+    await manager.socket.from_manager(ManagerEvent.CHAT_MESSAGE, chat_message(6))
+    assert first.seqs()[-1] == 6 and second.seqs()[-1] == 5
+    await one.close()
+    await two.close()
+
+
+async def test_a_reconnect_logs_each_wanted_agent_in_once(manager, registry):
+    pool = ConnectionPool(registry, FAST, LOG)
+    links = [pooled(registry, pool, agent) for agent in ("a1", "a1", "a2")]
+    for link, _ in links:
+        await link.open()
+        await link.login(None)
+    before = len(manager.logins())
+    manager.socket.drop()
+    await links[0][1].until(lambda f: ControllerEvent.REMOTE_RECONNECTED in f.names())
+    assert sorted(p["agentId"] for p in manager.logins()[before:]) == ["a1", "a2"]
+    for _, frontend in links:
+        await frontend.until(lambda f: ControllerEvent.REMOTE_RECONNECTED in f.names())
+    for link, _ in links:
+        await link.close()
 
 
 # -- Backoff -------------------------------------------------------------------------------

@@ -94,8 +94,8 @@ class ControllerApp(ExtensionApp):
         "limits), and malformed ones (0: no limit). AGENSTRA_EVENT_RATE."
     ).tag(config=True, env="AGENSTRA_EVENT_RATE")
     max_links_per_socket = Int(
-        32, help="Agents one frontend socket may have open at once; each is a manager "
-        "connection (0: no limit). AGENSTRA_MAX_LINKS_PER_SOCKET."
+        32, help="Agents one frontend socket may have open at once; each is logged in on "
+        "its manager's one shared connection (0: no limit). AGENSTRA_MAX_LINKS_PER_SOCKET."
     ).tag(config=True, env="AGENSTRA_MAX_LINKS_PER_SOCKET")
     max_links_per_user = Int(
         128, help="Agents one user may have open at once over all their sockets (0: no "

@@ -16,7 +16,7 @@ from jupyter_core.utils import ensure_async
 from .. import protocol
 from ..protocol import AgenstraError, ControllerEvent, ErrorCode, ManagerEvent
 from . import metrics
-from .links import Backoff, ManagerLink
+from .links import Backoff, ConnectionPool, ManagerLink
 from .ratelimit import RateLimiter
 from .registry import Registry
 
@@ -30,7 +30,7 @@ class Limits:
     max_message_bytes: int = 256 * 1024
     sockets_per_user: int = 64
     events_per_minute: int = 600  # any other event a socket sends, junk included
-    links_per_socket: int = 32  # each link is a connection (an fd) in both tiers
+    links_per_socket: int = 32  # each link logs an agent in, and replays its history
     links_per_user: int = 128
 
 
@@ -110,6 +110,7 @@ class ClientsNamespace(socketio.AsyncNamespace):
         self._limits = limits
         self._log = log
         self.sessions: dict[str, FrontendSession] = {}
+        self._pool = ConnectionPool(registry, backoff, log)  # one socket per manager
 
     # -- connection ----------------------------------------------------------------------
 
@@ -260,7 +261,8 @@ class ClientsNamespace(socketio.AsyncNamespace):
         async def deliver(event: str, payload: dict[str, Any]) -> None:
             await self.emit(event, payload, to=session.sid)
 
-        link = ManagerLink(client_id, agent_id, self._registry, deliver, self._backoff, self._log)
+        link = ManagerLink(client_id, agent_id, self._registry, deliver, self._backoff, self._log,
+                           pool=self._pool)
         session.links[(client_id, agent_id)] = link  # counted from now on, before any await
         await link.open()
         if self.sessions.get(session.sid) is not session:  # the socket closed meanwhile

@@ -172,9 +172,8 @@ class AgentsNamespace(socketio.AsyncNamespace):
             return
         agents = self._logged_in.setdefault(sid, {})
         if agent.id in agents:  # logged in again: the history after afterSeq once more
-            await self._leave_agent(sid, agent.id)
-            agents = self._logged_in.setdefault(sid, {})
-        if len(agents) >= MAX_AGENTS_PER_SOCKET:
+            await self.leave(sid, agent.id)  # still logged in: its chats go on meanwhile
+        elif len(agents) >= MAX_AGENTS_PER_SOCKET:
             raise AgenstraError(ErrorCode.RATE_LIMITED, f"A socket is logged into at most "
                                 f"{MAX_AGENTS_PER_SOCKET} agents: log out of one first")
         agents[agent.id] = None
