@@ -208,15 +208,16 @@ class AgentProjectProvisioner(LocalProvisioner):  # type: ignore[misc]
                       "and the project are off its sys.path now", self.kernel_id)
         return "done"
 
-
     def _own_client(self) -> Any:
-        """A client of the kernel with a session (socket identity) of its own: one sharing
-        the manager's would take over the replies of another client's running request."""
-        if self.parent is None:
-            return None
-        session = self.parent.session.clone()
-        session.session = new_id()
-        return self.parent.client(session=session)
+        return None if self.parent is None else own_client(self.parent)
+
+
+def own_client(manager: Any) -> Any:
+    """A client of a kernel with a session (socket identity) of its own: one sharing the
+    kernel manager's would take over the replies of another client's running request."""
+    session = manager.session.clone()
+    session.session = new_id()
+    return manager.client(session=session)
 
 
 async def _reply_status(client: AsyncKernelClient, msg_id: str) -> str:

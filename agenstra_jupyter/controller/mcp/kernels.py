@@ -20,6 +20,7 @@ from typing import Any
 import nbformat
 from jupyter_server.utils import ensure_async
 
+from ..provisioner import own_client
 from .notebooks import Target, ToolError, lock_of
 
 READY_TIMEOUT = 60.0  # a kernel that does not answer kernel_info in this long is not used
@@ -113,7 +114,7 @@ async def execute(serverapp: Any, kernel_id: str, code: str, timeout: float,
         manager = serverapp.kernel_manager.get_kernel(kernel_id)
     except KeyError:
         raise ToolError("The notebook's kernel is gone (shut down or restarted)") from None
-    client = manager.client()
+    client = own_client(manager)  # its replies its own, whoever else runs code
     channels = {"shell": True, "iopub": True, "stdin": False, "hb": False, "control": False}
     client.start_channels(**channels)
     deadline = time.monotonic() + timeout
