@@ -40,6 +40,7 @@ class FakeManager:
         self.connects: list[dict[str, Any]] = []
         self.acks: list[Any] = []  # what the next chat calls answer (default {ok: True})
         self.hang_calls = False
+        self.login_gate: asyncio.Event | None = None  # logins wait for it when set
         self.sockets: list[FakeSocket] = []
 
     @property
@@ -95,6 +96,8 @@ class FakeSocket:
                    timeout: float = 60) -> Any:
         self.manager.emitted.append((event, data))
         if event == ManagerEvent.LOGIN:  # acknowledged once its history is out
+            if self.manager.login_gate is not None:
+                await self.manager.login_gate.wait()
             await self._answer_login(data)
             return None
         if self.manager.hang_calls:
@@ -413,6 +416,31 @@ async def test_a_second_frontend_of_an_agent_gets_its_history_and_the_first_lose
     assert first.seqs()[-1] == 6 and second.seqs()[-1] == 5
     await one.close()
     await two.close()
+
+
+async def test_a_link_waiting_its_turn_to_log_in_takes_no_live_traffic(manager, registry):
+    """Else live messages would move its position past the history it is about to get."""
+    manager.history = [chat_message(n) for n in (1, 2, 3)]
+    pool = ConnectionPool(registry, FAST, LOG)
+    one, first = pooled(registry, pool, "a1")
+    busy, _ = pooled(registry, pool, "a2")
+    two, second = pooled(registry, pool, "a1")
+    for link in (one, busy, two):
+        await link.open()
+    await one.login(None)
+    manager.login_gate = asyncio.Event()
+    other_login = asyncio.ensure_future(busy.login(None))  # holds the socket's login turn
+    joining = asyncio.ensure_future(two.login(0))
+    await asyncio.sleep(0)
+    manager.history.append(chat_message(4))
+    await manager.socket.from_manager(ManagerEvent.CHAT_MESSAGE, chat_message(4))
+    assert first.seqs() == [1, 2, 3, 4] and second.seqs() == []
+    manager.login_gate.set()
+    await other_login
+    await joining
+    assert second.seqs() == [1, 2, 3, 4]
+    for link in (one, busy, two):
+        await link.close()
 
 
 async def test_a_reconnect_logs_each_wanted_agent_in_once(manager, registry):
