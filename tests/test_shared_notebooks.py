@@ -12,6 +12,7 @@ as JupyterLab's websocket opens them (`get_document(create=True)`).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 from jupyter_ydoc import YNotebook
 
 from agenstra_jupyter.controller.mcp import shared
+from agenstra_jupyter.controller.mcp.notebooks import NotebookStore, ToolError, resolve
 from agenstra_jupyter.controller.mcp.tools import Caller, call_tool
 
 from .test_notebook_tools import Asks, text, write_notebook
@@ -209,3 +211,47 @@ async def test_a_notebook_nobody_has_open_is_a_file_and_opens_no_room(jp_servera
     assert await extension(jp_serverapp).get_document(
         path="proj/closed.ipynb", content_type="notebook", file_format="json",
         copy=False) is None
+
+
+def test_a_replay_by_repeated_ids_is_refused():
+    book = document("a", "b")
+    before = shared.read(book)["cells"]
+    twins = [before[0], {**before[1], "id": before[0]["id"]}]
+    with pytest.raises(ValueError, match="repeated ids"):
+        shared.apply(book, twins, twins)
+    assert sources(book) == ["a", "b"]
+
+
+async def test_cells_of_repeated_ids_are_renamed_never_copied(jp_serverapp, tools, project):
+    """An agent writes a file whose cells share an id; the room loads it as it is."""
+    cells = [{"cell_type": "code", "id": "twin", "metadata": {}, "outputs": [],
+              "execution_count": None, "source": source} for source in ("a", "b")]
+    (project / "twins.ipynb").write_text(json.dumps({
+        "cells": cells, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    live = await open_in_lab(jp_serverapp, "proj/twins.ipynb")
+    for _ in range(2):
+        await tools("insert_cell", path="twins.ipynb", index=2, source="new")
+    assert sources(live) == ["a", "b", "new", "new"]
+    assert len(set(ids(live))) == 4
+
+
+async def test_a_room_opened_between_read_and_write_refuses_the_write(jp_serverapp, project):
+    write_notebook(project / "late.ipynb", "1")
+    target = await resolve(jp_serverapp, str(project.resolve()), "late.ipynb")
+    store = NotebookStore(jp_serverapp)
+    notebook = await store.load(target)  # the file: nobody has it open
+    live = await open_in_lab(jp_serverapp, "proj/late.ipynb")
+    notebook.cells.append(nbformat.v4.new_code_cell("2"))
+    with pytest.raises(ToolError, match="opened in JupyterLab meanwhile"):
+        await store.save(target, notebook)
+    assert sources(live) == ["1"]
+
+
+async def test_a_shared_document_over_the_byte_limit_is_not_opened(jp_serverapp, tools, project,
+                                                                   monkeypatch):
+    monkeypatch.setenv("AGENSTRA_MCP_MAX_NOTEBOOK_BYTES", "100000")
+    write_notebook(project / "small.ipynb", "1")
+    live = await open_in_lab(jp_serverapp, "proj/small.ipynb")
+    live.set_cell(0, source="x" * 200_000)  # grown in the room, never written to disk
+    with pytest.raises(ToolError, match="larger than the 100,000 bytes"):
+        await tools("read_notebook", path="small.ipynb")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import os
 import re
@@ -338,7 +337,8 @@ class NotebookStore:
         self.contents = serverapp.contents_manager
         self.limits = limits_of(serverapp)
         self.collaboration = _collaboration(serverapp)
-        self._read: dict[str, list[dict[str, Any]]] = {}  # cells as loaded, by path
+        # Cells as loaded, by path, and whether from the shared document.
+        self._read: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
 
     def lock(self, target: Target) -> asyncio.Lock:
         return lock_of(self.serverapp, f"notebook:{target.api_path}")
@@ -355,8 +355,7 @@ class NotebookStore:
         if document is not None:
             return self._load_shared(target, document)
         notebook = await self._load_file(target)
-        if self.collaboration is not None:  # a room may open before the save
-            self._read[target.api_path] = _plain(notebook.cells)
+        self._read[target.api_path] = (False, [])
         return notebook
 
     def _load_shared(self, target: Target, document: Any) -> nbformat.NotebookNode:
@@ -365,12 +364,16 @@ class NotebookStore:
         if shared.cell_count(document) > self.limits.max_cells:
             raise ToolError(f"{target.shown} has {shared.cell_count(document):,} cells: the "
                             f"tools open notebooks of {self.limits.max_cells:,} cells at most")
+        if shared.size(document) > self.limits.max_notebook_bytes:
+            raise ToolError(f"{target.shown} is larger than the "
+                            f"{self.limits.max_notebook_bytes:,} bytes the tools open")
+        shared.repair_ids(document)
         content = shared.read(document)
         problem = _shape_problem(content)
         if problem:
             raise ToolError(f"{target.shown} is not a usable notebook: {problem}")
-        self._read[target.api_path] = content["cells"]
-        return nbformat.from_dict(copy.deepcopy(content))
+        self._read[target.api_path] = (True, content["cells"])
+        return nbformat.from_dict(shared.read(document))  # a copy the tool may change
 
     async def _load_file(self, target: Target) -> nbformat.NotebookNode:
         # Reading and parsing (up to max_notebook_bytes of JSON) off the event loop.
@@ -386,13 +389,19 @@ class NotebookStore:
     async def save(self, target: Target, notebook: nbformat.NotebookNode) -> None:
         with_ids(notebook)
         document = await self._shared(target)
-        before = self._read.get(target.api_path)
-        if document is not None and before is not None:
+        from_shared, before = self._read.get(target.api_path, (False, []))
+        if document is not None:
+            if not from_shared:  # its room opened after the tool read the file
+                raise ToolError(f"{target.shown} was opened in JupyterLab meanwhile: nothing "
+                                "was changed; try again")
             from . import shared
 
             after = _plain(notebook.cells)
-            shared.apply(document, before, after)  # the room saves it, as the user's edits
-            self._read[target.api_path] = after
+            try:
+                shared.apply(document, before, after)  # the room saves it, as the user's edits
+            except ValueError as exc:
+                raise ToolError(f"{target.shown}: {exc}") from None
+            self._read[target.api_path] = (True, after)
             return
         await self._save_file(target, notebook)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from jupyter_ydoc import YNotebook
 from jupyter_ydoc.utils import cast_all
+from nbformat.v4.nbbase import random_cell_id
 from pycrdt import Array, Map, Text
 
 # What a tool may change in a cell (its id names it).
@@ -55,21 +56,59 @@ def cell_count(document: YNotebook) -> int:
 
 def apply(document: YNotebook, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> None:
     """Replay on `document` what changed from `before` (the cells the tool read) to `after`
-    (the cells it wants), in one transaction: one update reaches every open view."""
-    old = {cell["id"]: cell for cell in before}
-    new = {cell["id"]: cell for cell in after}
+    (the cells it wants), in one transaction: one update reaches every open view. Both
+    name each cell by a unique id (ValueError otherwise: a replay by ambiguous ids would
+    copy cells)."""
+    old, new = _by_id(before), _by_id(after)
     with document.ydoc.transaction():
+        moved = _moved(before, after)
+        changed = [cell_id for cell_id in old.keys() & new.keys()
+                   if cell_id not in moved and old[cell_id] != new[cell_id]]
+        if changed:  # in place: positions stay, so one index serves them all
+            positions = _positions(document)
+            for cell_id in changed:
+                if cell_id in positions:  # else the user deleted it meanwhile
+                    _update(document, positions[cell_id], old[cell_id], new[cell_id])
         for cell_id in old.keys() - new.keys():
             at = _index(document, cell_id)
             if at is not None:
                 del document.ycells[at]
-        moved = _moved(before, after)
-        for cell_id in old.keys() & new.keys():
-            if cell_id not in moved:
-                _update(document, cell_id, old[cell_id], new[cell_id])
         for position, cell in enumerate(after):
             if cell["id"] not in old or cell["id"] in moved:
                 _place(document, after, position, old.get(cell["id"]))
+
+
+def repair_ids(document: YNotebook) -> bool:
+    """Give every cell without a usable id, or with one an earlier cell has, a new one (an
+    agent can write a file of duplicate ids, which the room loads as they are); whether
+    any changed."""
+    seen: set[str] = set()
+    repaired = False
+    with document.ydoc.transaction():
+        for ycell in document.ycells:
+            cell_id = ycell.get("id")
+            if not isinstance(cell_id, str) or not cell_id or cell_id in seen:
+                ycell["id"] = cell_id = random_cell_id()
+                repaired = True
+            seen.add(cell_id)
+    return repaired
+
+
+def size(document: YNotebook) -> int:
+    """Bytes of the shared document's state (encoded in Rust, without converting cells)."""
+    return len(document.ydoc.get_update())
+
+
+def _by_id(cells: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found = {cell.get("id"): cell for cell in cells}
+    if len(found) != len(cells) or not all(isinstance(i, str) and i for i in found):
+        raise ValueError("The notebook's cells have missing or repeated ids: nothing was "
+                         "changed")
+    return found  # type: ignore[return-value]
+
+
+def _positions(document: YNotebook) -> dict[str, int]:
+    return {ycell.get("id"): at for at, ycell in enumerate(document.ycells)}
 
 
 def _moved(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> set[str]:
@@ -104,11 +143,8 @@ def _index(document: YNotebook, cell_id: str) -> int | None:
     return None
 
 
-def _update(document: YNotebook, cell_id: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """The fields the tool changed, into the cell as the user has it now."""
-    at = _index(document, cell_id)
-    if at is None:  # the user deleted it meanwhile
-        return
+def _update(document: YNotebook, at: int, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """The fields the tool changed, into the cell (at `at`) as the user has it now."""
     ycell = document.ycells[at]
     for field in FIELDS:
         if old.get(field) == new.get(field):
