@@ -99,6 +99,36 @@ async def test_killing_a_docker_command_at_once_ends_it():
 
 @pytest.mark.docker
 @pytest.mark.usefixtures("docker_available")
+@pytest.mark.parametrize("image", [TEST_IMAGE, "agenstra-agent:latest"])
+async def test_killing_a_docker_command_kills_its_session_only(image):
+    """Debian's /usr/bin/kill reads `kill -KILL -PID` as kill(-1): killing one command
+    must not kill the agent's other processes (busybox and the Debian agent image)."""
+    from agenstra_jupyter.manager.models import AgentRecord
+    from agenstra_jupyter.manager.runtimes import DockerRuntime
+
+    runtime = DockerRuntime(image=image, pull_policy="never")
+    agent = AgentRecord(id=uuid.uuid4().hex, name="kill", provider="shell",
+                        runtime="docker", password_hash="-", created_at="", updated_at="")
+    try:
+        await runtime.container(agent)
+        bystander = await runtime.spawn(agent, ["sh", "-c", "sleep 600"])
+        bystander_ended = asyncio.ensure_future(bystander.wait())
+        target = await runtime.spawn(agent, ["sh", "-c", "echo started; sleep 601"])
+        assert await asyncio.wait_for(target.stdout.readline(), 10) == b"started\n"
+        await target.kill()
+        assert await asyncio.wait_for(target.wait(), 10) == -9
+        await asyncio.sleep(0.5)
+        assert not bystander_ended.done()  # still running
+        check = await runtime.exec(agent, ["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"])
+        assert "sleep 600" in check.stdout and "sleep 601" not in check.stdout
+        await bystander.kill()
+    finally:
+        await runtime.remove(agent)
+        await runtime.shutdown()
+
+
+@pytest.mark.docker
+@pytest.mark.usefixtures("docker_available")
 async def test_cancelling_a_docker_spawn_while_the_exec_starts_leaves_nothing():
     from agenstra_jupyter.manager.models import AgentRecord
     from agenstra_jupyter.manager.runtimes import DockerRuntime

@@ -38,7 +38,7 @@ from .providers import (
     ShellProvider,
 )
 from .rest import api_routes
-from .runtimes import DockerRuntime, ProcessRuntime, Runtime
+from .runtimes import DockerRuntime, ProcessRuntime, Runtime, SwarmRuntime
 from .service import AgentService
 from .store import Store
 
@@ -143,7 +143,8 @@ class ManagerApp(Application):
         "(<base_url>agenstra/mcp). AGENSTRA_MCP_BASE_URL."
     ).tag(config=True, env="AGENSTRA_MCP_BASE_URL")
     runtime_classes = List(
-        Type(klass=Runtime), [ProcessRuntime, DockerRuntime], help="Runtimes this manager offers."
+        Type(klass=Runtime), [ProcessRuntime, DockerRuntime, SwarmRuntime],
+        help="Runtimes this manager offers.",
     ).tag(config=True)
     provider_classes = List(
         Type(klass=Provider),
@@ -211,7 +212,7 @@ class ManagerApp(Application):
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
-        self.update_config(env_config([ManagerApp, ProcessRuntime, DockerRuntime]))
+        self.update_config(env_config([ManagerApp, ProcessRuntime, DockerRuntime, SwarmRuntime]))
         self.parse_command_line(argv)
         # Plug-in classes named on the command line can carry env options of their own.
         self.update_config(env_config(self.classes))

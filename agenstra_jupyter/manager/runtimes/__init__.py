@@ -3,6 +3,7 @@
 from .base import AgentProcess, ExecResult, Runtime, RuntimeFailure
 from .docker import DockerRuntime
 from .process import ProcessRuntime
+from .swarm import SwarmRuntime
 
 __all__ = [
     "AgentProcess",
@@ -11,4 +12,5 @@ __all__ = [
     "ProcessRuntime",
     "Runtime",
     "RuntimeFailure",
+    "SwarmRuntime",
 ]
