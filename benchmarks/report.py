@@ -3,98 +3,79 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from run import table  # noqa: E402 (the same target table run.py prints)
 
-
-def row(label: str, d: dict) -> str:
-    return f"| {label} | {d['p50_ms']:.2f} | {d['p95_ms']:.2f} | {d['p99_ms']:.2f} |"
+LABELS = {"bare": "bare python-socketio echo server (the floor)", "direct": "client → manager",
+          "controller": "client → controller → manager", "relay": "client → Node relay → manager"}
 
 
 def main() -> None:
     r = json.loads((HERE / "results.json").read_text())
-    m, lat = r["machine"], {k: r[f"latency_{k}"] for k in ("bare", "direct", "controller")}
-    tp = "\n".join(f"| {t['frontends']} | {t['events_per_s']:.0f} | {t['turns_per_s']:.0f} |"
-                   for t in r["throughput"])
-    idle = "\n".join(f"| {s['sockets']:,} | {s['connect_s']:.1f} | {s['rss_delta_mb']:.0f} | "
-                     f"{s['kb_per_socket']:.0f} |" for s in r["idle_sockets"])
-    rec, hist, ratios = r["recovery"], r["history_replay"], r["ratios_p50"]
-    added = lat["controller"]["p50_ms"] - lat["direct"]["p50_ms"]
+    m = r["machine"]
+    latency = "\n".join(f"| {LABELS[k]} | {d['p50_ms']:.2f} | {d['p95_ms']:.2f} | "
+                        f"{d['p99_ms']:.2f} |" for k, d in r["latency"].items())
+    throughput = "\n".join(f"| {t['path']} | {t['frontends']} | {'yes' if t['stream'] else 'no'} "
+                           f"| {t['turns_per_s']:.0f} | {t['events_per_s']:.0f} |"
+                           for t in r["throughput"])
+    fan = r["fan_in"]
     text = f"""# Benchmarks
 
-`python benchmarks/run.py` (about two minutes; `--quick` for one) starts everything it needs
-on 127.0.0.1, prints these tables and writes `benchmarks/results.json`;
-`python benchmarks/report.py` turns that file into this page.
+`python benchmarks/run.py` (a few minutes; `--quick` for about one) starts everything it
+needs on 127.0.0.1, prints the target table below and writes `benchmarks/results.json`;
+`python benchmarks/report.py` turns that file into this page. It installs
+`benchmarks/node` (socket.io and socket.io-client, pinned) on its first run.
 
-Machine: {m['cpus']} CPUs, Python {m['python']}, {m['platform']}
-(the project's machine kind: 2 cores, 24 GiB).
+Machine: {m['cpus']} CPUs, Python {m['python']}, Node {m.get('node', '?')}, {m['platform']}.
+The figures below are from one run on a 2-core machine that other people were using at
+the same time: they are noisy; the ratios (same run, same manager) are what to read.
+
+## Method
+
+One standalone manager serves every path; the controller (a Jupyter server with the
+extension) has it registered as a client, and the Node relay (`benchmarks/node/relay.js`,
+Agenstra-shaped: a socket.io server speaking the controller's `/clients` contract and one
+socket.io-client to the manager's `/agents` per frontend socket and agent) sits in front of
+it too. The load generator is the official socket.io-client (`benchmarks/node/loadgen.js`)
+for every path, so the client never biases a comparison. Echo agents; every run uses
+fresh agents (a login replays an agent's history). Every frontend checks that each answer
+arrived exactly once and in order (answers by correlation id, messages by `seq`, stream
+events by `sequence`); a non-zero count fails the run.
+
+- latency: one frontend, {r['latency']['bare']['n']} turns after 20 warm-up turns, p50/p95/p99;
+- throughput: F frontends (one agent each) chat in a closed loop, unstreamed, or streamed
+  (4-word answers: 2 messages and 4 deltas per turn);
+- fan-in: {fan['frontends']} frontends through the controller, each logged into its own
+  agent and held; the controller's established TCP connections to the manager's port
+  (`/proc/<pid>/fd` matched against `/proc/<pid>/net/tcp`), its RSS growth per frontend and
+  the manager's RSS growth per logged-in agent.
+
+## Targets (issue #17)
+
+{table(r)}
 
 ## Chat round trip (echo agent, no streaming)
 
-From sending a chat to receiving the agent's answer, 300 turns after 20 warm-up turns.
-
 | path | p50 ms | p95 ms | p99 ms |
 |---|---|---|---|
-{row("bare python-socketio echo server (the floor)", lat["bare"])}
-{row("client → manager", lat["direct"])}
-{row("client → controller → manager", lat["controller"])}
+{latency}
 
-Ratios at p50: controller / direct **{ratios['controller_vs_direct']:.2f}**, controller / bare
-**{ratios['controller_vs_bare']:.1f}**. The controller adds about {added:.1f} ms (one more
-Socket.IO hop, and it acknowledges a chat only once the manager has stored it). The
-manager's own {lat['direct']['p50_ms']:.1f} ms are a whole turn: three small SQLite
-transactions (idempotency check, user message, answer) through aiosqlite, the turn queue,
-and two broadcasts.
+## Throughput
 
-Profiling the first runs found two costs, both fixed:
-- every turn sends several small frames in a row, and Nagle's algorithm held the second
-  until the peer's delayed ACK: a round trip took 48 ms (p50). TCP_NODELAY on the
-  Socket.IO websockets of both tiers (`agenstra_jupyter/socketio_tornado.py`) made it ten
-  times faster;
-- a database lookup of the agent on every chat: the logged-in agent's live channel is used
-  instead (about 0.3 ms a turn).
+| path | frontends | streamed | turns / s | events / s |
+|---|---|---|---|---|
+{throughput}
 
-Rules the hot path keeps: one pooled database engine per process (no connection per
-message), one JSON encoding per broadcast (room emits), blocking calls (Docker SDK,
-bcrypt) in threads.
+## Fan-in
 
-## Forwarded-event throughput through one controller
-
-Each frontend is logged into its own echo agent and chats in a closed loop (4-word
-streamed answers: 2 messages and 4 deltas per turn) for 5 s.
-
-| frontends | forwarded events / s | turns / s |
-|---|---|---|
-{tp}
-
-Throughput is bound by the one local manager (its event loop and serialised SQLite commits,
-about 6 ms of work per turn), not by the controller: ten times the frontends give the same
-total.
-
-## Idle frontend sockets
-
-Raw engine.io websockets joined to `/clients` (token-authenticated) and held open; the
-controller's (Jupyter server's) resident memory before and after.
-
-| sockets | connect time s | RSS growth MB | KB per socket |
-|---|---|---|---|
-{idle}
-
-## Recovery after the manager is killed
-
-{rec['agents']} frontends, each logged into its own agent; the local manager is killed with
-SIGKILL. The supervisor restarts it on the same port, the links reconnect with backoff and
-log every agent in again: all logged in after **{rec['all_logged_in_s']:.2f} s**, the next chat
-answered after **{rec['next_answer_s']:.2f} s** (mostly the manager's Python start-up and the
-first backoff step).
-
-## History replay
-
-An agent with {hist['messages']:,} stored messages: a login without `afterSeq` receives all
-of them in **{hist['full_s']:.2f} s**; with `afterSeq` at the last tenth, {hist['messages'] // 10:,}
-messages in **{hist['last_tenth_s']:.2f} s** (pages of 500 read through the `(agent_id, seq)`
-index).
+{fan['frontends']} frontends logged in in {fan['connect_s']:.1f} s: the controller held
+**{fan['controller_connections']}** connections to the manager, grew by
+**{fan['controller_kb_per_frontend']:.0f} KB** per frontend; the manager by
+**{fan['manager_kb_per_agent']:.1f} KB** per logged-in agent.
 """
     (HERE.parent / "BENCHMARKS.md").write_text(text)
 

@@ -141,99 +141,6 @@ async def create_agent(server: Any, name: str) -> str:
 # -- the measurements ----------------------------------------------------------------------
 
 
-async def latency_controller(server: Any, n: int) -> dict[str, float]:
-    frontend = await Frontend(server).connect(await create_agent(server, "lat"))
-    figures = await sample(n, frontend.chat)
-    await frontend.sio.disconnect()
-    return figures
-
-
-async def latency_direct(n: int) -> dict[str, float]:
-    key = secrets.token_urlsafe(24)
-    data = tempfile.mkdtemp(prefix="agenstra-bench-")
-    manager = subprocess.Popen(
-        [sys.executable, "-m", "agenstra_jupyter.manager.app", "--data-dir", data],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "AGENSTRA_API_KEY": key,
-                                                 "AGENSTRA_BCRYPT_ROUNDS": "4"})
-    url = manager.stdout.readline().split()[-1]
-    try:
-        async with httpx.AsyncClient() as http:
-            agent = (await http.post(f"{url}/api/agents", json={"name": "d", "provider": "echo"},
-                                     headers={"Authorization": f"Bearer {key}"})).json()
-        sio = socketio.AsyncClient()
-        waiting: dict[str, asyncio.Future[None]] = {}
-
-        async def message(payload: dict[str, Any]) -> None:
-            if payload["from"] == "agent" and payload["correlationId"] in waiting:
-                waiting.pop(payload["correlationId"]).set_result(None)
-
-        sio.on("chatMessage", message, namespace="/agents")
-        await sio.connect(url, namespaces=["/agents"], auth={"apiKey": key},
-                          transports=["websocket"])
-        await sio.emit("login", {"agentId": agent["id"], "password": agent["password"]},
-                       namespace="/agents")
-
-        async def round_trip() -> None:
-            correlation = uuid.uuid4().hex
-            answered = waiting[correlation] = asyncio.get_running_loop().create_future()
-            await sio.emit("chat", {"message": "ping", "correlationId": correlation,
-                                    "stream": False}, namespace="/agents")
-            await answered
-
-        figures = await sample(n, round_trip)
-        await sio.disconnect()
-        return figures
-    finally:
-        manager.terminate()
-        manager.wait(30)
-
-
-async def latency_bare(n: int) -> dict[str, float]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port)],
-                              stdout=subprocess.PIPE, text=True)
-    server.stdout.readline()
-    try:
-        sio = socketio.AsyncClient()
-        received: asyncio.Queue[Any] = asyncio.Queue()
-        sio.on("echoed", received.put, namespace="/bench")
-        await sio.connect(f"http://127.0.0.1:{port}", namespaces=["/bench"],
-                          transports=["websocket"])
-
-        async def round_trip() -> None:
-            await sio.emit("echo", {"message": "ping"}, namespace="/bench")
-            await received.get()
-
-        figures = await sample(n, round_trip)
-        await sio.disconnect()
-        return figures
-    finally:
-        server.terminate()
-        server.wait(30)
-
-
-async def throughput(server: Any, frontends: int, seconds: float) -> dict[str, float]:
-    agents = await asyncio.gather(*(create_agent(server, f"tp{frontends}-{i}")
-                                    for i in range(frontends)))
-    clients = await asyncio.gather(*(Frontend(server).connect(a) for a in agents))
-    stop = time.perf_counter() + seconds
-    turns = 0
-
-    async def loop(frontend: Frontend) -> None:
-        nonlocal turns
-        while time.perf_counter() < stop:
-            await frontend.chat("one two three four", stream=True)
-            turns += 1
-
-    before = sum(c.events for c in clients)
-    started = time.perf_counter()
-    await asyncio.gather(*(loop(c) for c in clients))
-    took = time.perf_counter() - started
-    events = sum(c.events for c in clients) - before
-    await asyncio.gather(*(c.sio.disconnect() for c in clients))
-    return {"frontends": frontends, "events_per_s": events / took, "turns_per_s": turns / took}
-
-
 async def idle_sockets(server: Any, count: int) -> dict[str, float]:
     """Raw engine.io websockets joined to /clients, as cheap as a client can be."""
     import aiohttp
@@ -271,7 +178,9 @@ async def recovery(server: Any, frontends: int) -> dict[str, float]:
     clients = await asyncio.gather(*(Frontend(server).connect(a) for a in agents))
     await asyncio.gather(*(c.chat() for c in clients))
     logins = [c.logins for c in clients]
-    found = subprocess.run(["pgrep", "-f", "agenstra_jupyter.manager.app.*agenstra-bench"],
+    # The controller's own (local) manager: a child of the Jupyter server.
+    found = subprocess.run(["pgrep", "-P", str(server.process.pid), "-f",
+                            "agenstra_jupyter.manager"],
                            capture_output=True, text=True).stdout.split()
     started = time.perf_counter()
     os.kill(int(found[0]), signal.SIGKILL)
@@ -351,66 +260,287 @@ async def history_replay(messages: int) -> dict[str, float]:
     return {"messages": messages, **results}
 
 
+# -- the Node peer and load generator -------------------------------------------------------
+
+NODE = Path(__file__).parent / "node"
+# Forwarded events/s through one controller with 100 streaming frontends before issue #17
+# (BENCHMARKS.md at commit 27fdb28: 1248/s, Python client; this harness's JS client
+# measured 1213/s on the same code): the streaming target's base.
+TODAY_STREAM_EVENTS_PER_S = float(os.environ.get("AGENSTRA_BENCH_STREAM_BASE", "1248"))
+MANAGER_ENV = {"AGENSTRA_CHAT_RATE": "0", "AGENSTRA_LOGIN_RATE": "0",
+               "AGENSTRA_MAX_SOCKETS_PER_USER": "0", "AGENSTRA_MAX_LINKS_PER_USER": "0",
+               "AGENSTRA_BCRYPT_ROUNDS": "4",
+               "AGENSTRA_DEFAULT_PROVIDER": ""}
+
+
+def node_ready() -> None:
+    if not (NODE / "node_modules").is_dir():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(NODE)],
+                       check=True, stdout=subprocess.DEVNULL)
+
+
+def private_json(data: Any) -> str:
+    """A 0600 file for secrets (passwords, keys): never on a command line."""
+    fd, path = tempfile.mkstemp(prefix="agenstra-bench-", suffix=".json")
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+    return path
+
+
+async def loadgen(config: dict[str, Any]) -> dict[str, Any]:
+    path = private_json(config)
+    try:
+        node = await asyncio.create_subprocess_exec(
+            "node", str(NODE / "loadgen.js"), path, stdout=asyncio.subprocess.PIPE)
+        out, _ = await node.communicate()
+    finally:
+        os.unlink(path)
+    if node.returncode:
+        raise RuntimeError(f"loadgen {config['path']} {config['mode']} failed")
+    return json.loads(out.decode().splitlines()[-1])
+
+
+class Hold:
+    """A loadgen in hold mode: `frontends` logged in until stop()."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = {**config, "mode": "hold"}
+
+    async def start(self) -> dict[str, Any]:
+        self.path = private_json(self.config)
+        self.node = await asyncio.create_subprocess_exec(
+            "node", str(NODE / "loadgen.js"), self.path, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        return json.loads(await self.node.stdout.readline())
+
+    async def stop(self) -> dict[str, Any]:
+        self.node.stdin.close()
+        out = await self.node.stdout.read()
+        await self.node.wait()
+        os.unlink(self.path)
+        return json.loads(out.decode().splitlines()[-1])
+
+
+class Manager:
+    """A standalone manager: the one manager every path of the comparison reaches."""
+
+    def __init__(self) -> None:
+        self.key = secrets.token_urlsafe(24)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agenstra_jupyter.manager.app", "--data-dir",
+             tempfile.mkdtemp(prefix="agenstra-peer-")],
+            stdout=subprocess.PIPE, text=True,
+            env={**os.environ, **MANAGER_ENV, "AGENSTRA_API_KEY": self.key})
+        self.url = self.process.stdout.readline().split()[-1]
+        self.port = int(self.url.rsplit(":", 1)[1].strip("/"))
+
+    async def agents(self, count: int, name: str) -> list[dict[str, str]]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            async def one(index: int) -> dict[str, str]:
+                made = (await http.post(f"{self.url}/api/agents",
+                                        json={"name": f"{name}-{index}", "provider": "echo"},
+                                        headers={"Authorization": f"Bearer {self.key}"})).json()
+                return {"id": made["id"], "password": made["password"]}
+            return await gather_limited([one(i) for i in range(count)])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+async def gather_limited(jobs: list[Awaitable[Any]], limit: int = 20) -> list[Any]:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(job: Awaitable[Any]) -> Any:
+        async with semaphore:
+            return await job
+    return await asyncio.gather(*(run(job) for job in jobs))
+
+
+async def register(server: Any, manager: Manager) -> str:
+    """Register the standalone manager with the controller; its client id."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        response = await http.post(f"{server.url}agenstra/api/clients",
+                                   headers={"Authorization": f"token {server.token}"},
+                                   json={"name": "bench", "endpoint": manager.url,
+                                         "apiKey": manager.key})
+        response.raise_for_status()
+        return response.json()["id"]
+
+
+async def controller_agents(server: Any, client_id: str, count: int,
+                            name: str) -> list[dict[str, str]]:
+    async with httpx.AsyncClient(timeout=60) as http:
+        async def one(index: int) -> dict[str, str]:
+            response = await http.post(
+                f"{server.url}agenstra/api/clients/{client_id}/agents",
+                headers={"Authorization": f"token {server.token}"},
+                json={"name": f"{name}-{index}", "provider": "echo"})
+            return {"id": response.json()["id"]}
+        return await gather_limited([one(i) for i in range(count)])
+
+
+def established_to(pid: int, port: int) -> int:
+    """The process's established TCP connections to 127.0.0.1:`port`."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if fields[3] == "01" and remote_port == port and fields[9] in inodes:
+            count += 1
+    return count
+
+
+async def fan_in(server: Any, client_id: str, manager: Manager, frontends: int,
+                 controller_cfg: dict[str, Any]) -> dict[str, Any]:
+    agents = await controller_agents(server, client_id, frontends, f"fan{frontends}")
+    await asyncio.sleep(1)
+    controller_before, manager_before = rss_kb(server.process.pid), rss_kb(manager.process.pid)
+    hold = Hold({**controller_cfg, "agents": agents, "frontends": frontends})
+    ready = await hold.start()
+    await asyncio.sleep(2)
+    connections = established_to(server.process.pid, manager.port)
+    controller_after, manager_after = rss_kb(server.process.pid), rss_kb(manager.process.pid)
+    done = await hold.stop()
+    return {"frontends": frontends, "connect_s": ready["connect_s"],
+            "controller_connections": connections,
+            "controller_kb_per_frontend": (controller_after - controller_before) / frontends,
+            "manager_kb_per_agent": (manager_after - manager_before) / frontends,
+            "checks": done["checks"]}
+
+
 async def main(quick: bool) -> dict[str, Any]:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the server inherits it
-    n = 100 if quick else 300
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the servers inherit it
+    node_ready()
+    n, seconds, fan = (100, 2, 200) if quick else (300, 5, 1000)
+    node_version = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout
     results: dict[str, Any] = {"machine": {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpus": os.cpu_count(), "nofile": hard}}
-    print("latency: bare python-socketio echo ...", file=sys.stderr)
-    results["latency_bare"] = await latency_bare(n)
-    print("latency: straight to the manager ...", file=sys.stderr)
-    results["latency_direct"] = await latency_direct(n)
-    env = {"AGENSTRA_CHAT_RATE": "0", "AGENSTRA_LOGIN_RATE": "0",
-           "AGENSTRA_MAX_SOCKETS_PER_USER": "0", "AGENSTRA_BCRYPT_ROUNDS": "4",
-           "AGENSTRA_DEFAULT_PROVIDER": ""}
-    server = start_server(Path(tempfile.mkdtemp(prefix="agenstra-bench-")), env)
+        "python": platform.python_version(), "node": node_version.strip(),
+        "platform": platform.platform(), "cpus": os.cpu_count(), "nofile": hard,
+        "quick": quick}}
+    bare_port, relay_port = free_port(), free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)],
+                            stdout=subprocess.PIPE, text=True)
+    bare.stdout.readline()
+    manager = Manager()
+    server = start_server(Path(tempfile.mkdtemp(prefix="agenstra-bench-")), MANAGER_ENV)
+    # Fresh agents for every run: a login replays an agent's history, which would mix
+    # one run's answers into the next one's checks. 221 = latency 1 + 10 + 100 + 100 streamed.
+    pool = 1 + 10 + 100 + 100
+    relay_agents = await manager.agents(pool, "relay")
+    credentials = private_json({a["id"]: a["password"] for a in relay_agents})
+    relay = subprocess.Popen(["node", str(NODE / "relay.js"), str(relay_port), manager.url],
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "RELAY_API_KEY": manager.key,
+                                  "RELAY_CREDENTIALS": credentials})
+    relay.stdout.readline()
     try:
-        print("latency: through the controller ...", file=sys.stderr)
-        results["latency_controller"] = await latency_controller(server, n)
+        client_id = await register(server, manager)
+        clients = {"bare": {"url": f"http://127.0.0.1:{bare_port}", "agents": [
+                       {"id": f"bare-{i}"} for i in range(pool)]},
+                   "direct": {"url": manager.url, "apiKey": manager.key,
+                              "agents": await manager.agents(pool, "direct")},
+                   "controller": {"url": server.url.rstrip("/"), "token": server.token,
+                                  "socketPath": "/agenstra/socket.io",
+                                  "clientId": client_id,
+                                  "agents": await controller_agents(server, client_id, pool, "c")},
+                   "relay": {"url": f"http://127.0.0.1:{relay_port}", "agents": relay_agents}}
+        cfg = {name: {**c, "path": name} for name, c in clients.items()}
+        used = dict.fromkeys(cfg, 0)
+
+        def take(name: str, count: int) -> list[dict[str, str]]:
+            used[name] += count
+            return cfg[name]["agents"][used[name] - count:used[name]]
+
+        results["latency"] = {}
+        for name in cfg:
+            print(f"latency: {name} ...", file=sys.stderr)
+            results["latency"][name] = await loadgen(
+                {**cfg[name], "agents": take(name, 1), "mode": "latency", "n": n})
         results["throughput"] = []
-        for frontends in (1, 10, 100):
-            print(f"throughput: {frontends} frontends ...", file=sys.stderr)
-            results["throughput"].append(await throughput(server, frontends, 3 if quick else 5))
-        results["idle_sockets"] = []
-        for count in ((1000,) if quick else (1000, 10000)):
-            print(f"idle sockets: {count} ...", file=sys.stderr)
-            results["idle_sockets"].append(await idle_sockets(server, count))
-        print("recovery after a manager kill ...", file=sys.stderr)
-        results["recovery"] = await recovery(server, 10)
+        runs = [(name, f, False) for f in (10, 100) for name in cfg] + [("controller", 100, True)]
+        for name, frontends, stream in runs:
+            print(f"throughput: {name}, {frontends} frontends, stream={stream} ...",
+                  file=sys.stderr)
+            results["throughput"].append(await loadgen(
+                {**cfg[name], "agents": take(name, frontends), "mode": "throughput",
+                 "frontends": frontends, "seconds": seconds, "stream": stream}))
+        print(f"fan-in: {fan} frontends ...", file=sys.stderr)
+        results["fan_in"] = await fan_in(server, client_id, manager, fan, cfg["controller"])
+        if not quick:
+            results["idle_sockets"] = [await idle_sockets(server, 1000)]
+            print("recovery after a manager kill ...", file=sys.stderr)
+            results["recovery"] = await recovery(server, 10)
     finally:
+        relay.terminate()
+        bare.terminate()
         server.stop()
-    print("history replay ...", file=sys.stderr)
-    results["history_replay"] = await history_replay(2000 if quick else 10000)
-    controller, direct, bare = (results[f"latency_{k}"] for k in ("controller", "direct", "bare"))
-    results["ratios_p50"] = {"controller_vs_direct": controller["p50_ms"] / direct["p50_ms"],
-                             "controller_vs_bare": controller["p50_ms"] / bare["p50_ms"]}
+        manager.stop()
+        os.unlink(credentials)
+    if not quick:
+        print("history replay ...", file=sys.stderr)
+        results["history_replay"] = await history_replay(10000)
+    results["targets"] = targets(results)
     return results
 
 
+def find(results: dict[str, Any], path: str, frontends: int, stream: bool = False) -> float:
+    return next(t["turns_per_s"] if not stream else t["events_per_s"]
+                for t in results["throughput"]
+                if t["path"] == path and t["frontends"] == frontends and t["stream"] == stream)
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #17's targets: (name, figure, ratio, goal, met)."""
+    lat = {name: figures["p50_ms"] for name, figures in r["latency"].items()}
+    rows = [("direct p50 / bare p50", f"{lat['direct']:.2f} ms", lat["direct"] / lat["bare"],
+             "<= 3", lambda x: x <= 3),
+            ("controller p50 / direct p50", f"{lat['controller']:.2f} ms",
+             lat["controller"] / lat["direct"], "<= 1.2", lambda x: x <= 1.2)]
+    for f in (10, 100):
+        controller, relay = find(r, "controller", f), find(r, "relay", f)
+        direct, bare = find(r, "direct", f), find(r, "bare", f)
+        rows.append((f"controller / Node relay turns/s, {f} frontends", f"{controller:.0f}/s",
+                     controller / relay, ">= 0.95", lambda x: x >= 0.95))
+        rows.append((f"manager / bare floor turns/s, {f} frontends", f"{direct:.0f}/s",
+                     direct / bare, ">= 0.5", lambda x: x >= 0.5))
+    stream = find(r, "controller", 100, stream=True)
+    base = TODAY_STREAM_EVENTS_PER_S
+    rows.append(("streamed events/s, controller, 100 frontends / today's",
+                 f"{stream:.0f}/s", stream / base if base else None, ">= 4",
+                 lambda x: x >= 4))
+    fan = r["fan_in"]
+    rows.append((f"controller→manager connections, {fan['frontends']} frontends",
+                 str(fan["controller_connections"]), fan["controller_connections"], "small fixed",
+                 lambda x: x <= 4))
+    rows.append(("controller KB per logged-in frontend", f"{fan['controller_kb_per_frontend']:.0f}",
+                 fan["controller_kb_per_frontend"], "<= 50", lambda x: x <= 50))
+    rows.append(("manager KB per logged-in agent", f"{fan['manager_kb_per_agent']:.0f}",
+                 fan["manager_kb_per_agent"], "measured", lambda x: True))
+    failures = sum(sum(run["checks"].values()) for run in
+                   [*r["latency"].values(), *r["throughput"], fan])
+    rows.append(("answers exactly once, in order (failures)", str(failures), failures, "0",
+                 lambda x: x == 0))
+    return [{"target": name, "figure": figure, "ratio": ratio, "goal": goal,
+             "met": None if ratio is None else bool(check(ratio))}
+            for name, figure, ratio, goal, check in rows]
+
+
 def table(results: dict[str, Any]) -> str:
-    rows = ["| measurement | p50 ms | p95 ms | p99 ms |", "|---|---|---|---|"]
-    for key, label in (("latency_bare", "bare python-socketio echo (floor)"),
-                       ("latency_direct", "client → manager (echo agent)"),
-                       ("latency_controller", "client → controller → manager (echo)")):
-        r = results[key]
-        rows.append(f"| {label} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} |")
-    ratios = results["ratios_p50"]
-    rows += ["", f"p50 ratio controller/direct: {ratios['controller_vs_direct']:.2f}, "
-                 f"controller/bare: {ratios['controller_vs_bare']:.2f}", "",
-             "| frontends | forwarded events/s | turns/s |", "|---|---|---|"]
-    rows += [f"| {t['frontends']} | {t['events_per_s']:.0f} | {t['turns_per_s']:.0f} |"
-             for t in results["throughput"]]
-    rows += ["", "| idle sockets | connect s | RSS +MB | KB per socket |", "|---|---|---|---|"]
-    rows += [f"| {s['sockets']} | {s['connect_s']:.1f} | {s['rss_delta_mb']:.1f} | "
-             f"{s['kb_per_socket']:.1f} |" for s in results["idle_sockets"]]
-    rec, hist = results["recovery"], results["history_replay"]
-    rows += ["", f"recovery after SIGKILL of the manager ({rec['agents']} agents): all logged in "
-                 f"again in {rec['all_logged_in_s']:.2f} s, next answer after "
-                 f"{rec['next_answer_s']:.2f} s",
-             f"history replay of {hist['messages']} messages: full {hist['full_s']:.2f} s, "
-             f"last tenth (afterSeq) {hist['last_tenth_s']:.2f} s"]
+    rows = ["| target | figure | ratio | goal | met? |", "|---|---|---|---|---|"]
+    for t in results["targets"]:
+        ratio = "n/a" if t["ratio"] is None else f"{t['ratio']:.2f}"
+        met = {True: "yes", False: "NO", None: "no base"}[t["met"]]
+        rows.append(f"| {t['target']} | {t['figure']} | {ratio} | {t['goal']} | {met} |")
     return "\n".join(rows)
 
 
@@ -423,3 +553,4 @@ if __name__ == "__main__":
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(figures, indent=2))
     print(table(figures))
+    sys.exit(0 if figures["targets"][-1]["met"] else 1)  # a lost or doubled answer fails
