@@ -29,7 +29,8 @@ except ModuleNotFoundError:
     found = None
 print(json.dumps({"cwd": os.getcwd(), "path": sys.path, "found": found,
                   "startup": os.environ.get("PYTHONSTARTUP"),
-                  "agenstra_env": sorted(k for k in os.environ if k.startswith("AGENSTRA_")),
+                  "agenstra_env": sorted(k for k in os.environ if k in (
+                      "AGENSTRA_KERNEL_PROJECTS", "AGENSTRA_USER_PYTHONSTARTUP")),
                   "leaked": [n for n in globals() if "agenstra" in n.lower()],
                   "user_startup_ran": globals().get("user_startup_ran", False)}))
 """
