@@ -73,7 +73,9 @@ events by `sequence`); a non-zero count fails the run.
 ## Fan-in
 
 {fan['frontends']} frontends logged in in {fan['connect_s']:.1f} s: the controller held
-**{fan['controller_connections']}** connections to the manager, grew by
+**{fan['controller_connections']}** Socket.IO connection(s) to the manager for them (besides
+{fan.get('controller_rest_connections', 0)} REST keep-alive connections left from creating
+the agents), grew by
 **{fan['controller_kb_per_frontend']:.0f} KB** per frontend; the manager by
 **{fan['manager_kb_per_agent']:.1f} KB** per logged-in agent.
 """

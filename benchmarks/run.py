@@ -404,14 +404,16 @@ async def fan_in(server: Any, client_id: str, manager: Manager, frontends: int,
     agents = await controller_agents(server, client_id, frontends, f"fan{frontends}")
     await asyncio.sleep(1)
     controller_before, manager_before = rss_kb(server.process.pid), rss_kb(manager.process.pid)
+    # Creating the agents left REST keep-alive connections to the manager: not links.
+    rest = established_to(server.process.pid, manager.port)
     hold = Hold({**controller_cfg, "agents": agents, "frontends": frontends})
     ready = await hold.start()
     await asyncio.sleep(2)
-    connections = established_to(server.process.pid, manager.port)
+    connections = established_to(server.process.pid, manager.port) - rest
     controller_after, manager_after = rss_kb(server.process.pid), rss_kb(manager.process.pid)
     done = await hold.stop()
     return {"frontends": frontends, "connect_s": ready["connect_s"],
-            "controller_connections": connections,
+            "controller_connections": connections, "controller_rest_connections": rest,
             "controller_kb_per_frontend": (controller_after - controller_before) / frontends,
             "manager_kb_per_agent": (manager_after - manager_before) / frontends,
             "checks": done["checks"]}
