@@ -18,8 +18,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from jupyter_server.utils import ensure_async
 from jupyter_ydoc import YNotebook
+from tornado.web import HTTPError
 
+from agenstra_jupyter.controller import provisioner, saves
 from agenstra_jupyter.controller.mcp import shared
 from agenstra_jupyter.controller.mcp.notebooks import NotebookStore, ToolError, resolve
 from agenstra_jupyter.controller.mcp.tools import Caller, call_tool
@@ -255,3 +258,26 @@ async def test_a_shared_document_over_the_byte_limit_is_not_opened(jp_serverapp,
     live.set_cell(0, source="x" * 200_000)  # grown in the room, never written to disk
     with pytest.raises(ToolError, match="larger than the 100,000 bytes"):
         await tools("read_notebook", path="small.ipynb")
+
+
+async def test_a_save_never_writes_through_a_link_the_agent_swapped_in(
+        jp_serverapp, project, jp_root_dir, monkeypatch):
+    """The user has a notebook of the project open; the agent swaps its file for a link to
+    the user's notebook elsewhere. Saving it (JupyterLab's save, a room's delayed save: the
+    contents manager writes through links) is refused; saves elsewhere are not."""
+    monkeypatch.setattr(provisioner, "_projects", set())
+    provisioner.add_project(project)
+    contents = jp_serverapp.contents_manager
+    contents.register_pre_save_hook(saves.refuse_symlinked_saves)
+    mine = Path(jp_root_dir) / "mine.ipynb"
+    write_notebook(mine, "the user's own")
+    (project / "n.ipynb").symlink_to(mine)
+    model = {"type": "notebook", "format": "json",
+             "content": nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x")])}
+    with pytest.raises(HTTPError) as refused:
+        await ensure_async(contents.save(model, "proj/n.ipynb"))
+    assert refused.value.status_code == 400 and "symbolic link" in refused.value.log_message
+    assert [c.source for c in nbformat.read(mine, as_version=4).cells] == ["the user's own"]
+    await ensure_async(contents.save(model, "proj/plain.ipynb"))  # in the project: saved
+    await ensure_async(contents.save(model, "mine.ipynb"))  # outside any project: as before
+    assert [c.source for c in nbformat.read(mine, as_version=4).cells] == ["x"]

@@ -17,7 +17,7 @@ from ..config import apply_env
 from ..db import sqlite_url
 from ..protocol import AgenstraError, ErrorCode
 from ..secrets import SecretBox, private_dir
-from . import provisioner
+from . import provisioner, saves
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
 from .links import Backoff
@@ -168,6 +168,8 @@ class ControllerApp(ExtensionApp):
                              "is configured, or it is not installed): a kernel started in "
                              "an agent's project imports from the agent's files",
                              provisioner.NAME)
+        # Saves in agents' projects never write through a link the agent put there.
+        self.serverapp.contents_manager.register_pre_save_hook(saves.refuse_symlinked_saves)
         self.controller = Controller(self)
         self.settings["agenstra_controller"] = self.controller
 
