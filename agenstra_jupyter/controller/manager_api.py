@@ -28,6 +28,7 @@ from ..protocol import (
 MIB = 1024 * 1024
 PARSE_IN_THREAD = MIB  # bodies larger than this are parsed off the event loop
 UNEXPECTED = "The manager sent an unexpected answer"
+UNREACHABLE = "Manager unreachable"
 _ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 _MAX_ERROR_TEXT = 500  # a manager's error message is shown to the user, not a document
 
@@ -130,7 +131,7 @@ class ManagerAPI:
                                 f"The manager did not answer within {total:g} s",
                                 504) from None
         except httpx.HTTPError:
-            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unreachable") from None
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, UNREACHABLE) from None
         try:
             if len(raw) > PARSE_IN_THREAD:  # a big page of history: keep the loop free
                 return status, await asyncio.to_thread(jsonlib.loads, raw)

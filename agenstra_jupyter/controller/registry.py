@@ -4,9 +4,10 @@ grants; secrets encrypted."""
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import (
@@ -14,6 +15,7 @@ from sqlalchemy import (
     Column,
     Connection,
     ForeignKey,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -74,6 +76,17 @@ grants = Table(
 )
 
 
+# Many managers (docs/many-hosts.md): the labels users place agents by, and a capacity.
+placement = Table(
+    "client_placement",
+    metadata,
+    Column("client_id", String(64), ForeignKey("clients.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("labels", String(4096), nullable=False, default="[]"),  # a JSON list
+    Column("capacity", Integer, nullable=True),  # None: no limit
+)
+
+
 def _v1_initial(conn: Connection) -> None:
     metadata.create_all(conn)
 
@@ -82,7 +95,11 @@ def _v2_notebook_grants(conn: Connection) -> None:
     grants.create(conn, checkfirst=True)  # a new registry has it from v1's create_all
 
 
-MIGRATIONS: list[Migration] = [_v1_initial, _v2_notebook_grants]
+def _v3_client_placement(conn: Connection) -> None:
+    placement.create(conn, checkfirst=True)
+
+
+MIGRATIONS: list[Migration] = [_v1_initial, _v2_notebook_grants, _v3_client_placement]
 
 
 class ClientNameTaken(Exception):
@@ -98,6 +115,15 @@ class GrantRecord:
     project: str
 
 
+def _labels(stored: str | None) -> tuple[str, ...]:
+    try:
+        labels = json.loads(stored or "[]")
+    except ValueError:
+        return ()
+    return tuple(label for label in labels if isinstance(label, str)) \
+        if isinstance(labels, list) else ()
+
+
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -110,6 +136,8 @@ class ClientRecord:
     api_key: str  # decrypted; never leaves the controller
     local: bool
     created_at: str
+    labels: tuple[str, ...] = ()
+    capacity: int | None = None  # registered limit on its agents; None: none
 
     def to_wire(self) -> dict[str, Any]:
         """The client as REST shows it: never its API key, nor credentials in its endpoint."""
@@ -119,6 +147,8 @@ class ClientRecord:
             "endpoint": redact_string(self.endpoint),
             "local": self.local,
             "createdAt": self.created_at,
+            "labels": list(self.labels),
+            "capacity": self.capacity,
         }
 
 
@@ -144,22 +174,30 @@ class Registry(Database):
 
     # -- clients -------------------------------------------------------------------------
 
+    _with_placement = select(clients, placement.c.labels, placement.c.capacity).outerjoin(
+        placement, placement.c.client_id == clients.c.id)
+
     async def list_clients(self) -> list[ClientRecord]:
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(clients).order_by(clients.c.created_at))
+            rows = await conn.execute(self._with_placement.order_by(clients.c.created_at))
             return [self._own(self._client(row)) for row in rows]
 
     async def get_client(self, client_id: str) -> ClientRecord | None:
+        query = self._with_placement.where(clients.c.id == client_id)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(select(clients).where(clients.c.id == client_id))).first()
+            row = (await conn.execute(query)).first()
             return self._own(self._client(row)) if row else None
 
     def _own(self, client: ClientRecord) -> ClientRecord:
         """Client `local` is always this server's own manager, whatever another server that
-        shares the database wrote into its row."""
-        return self._local if client.local and self._local is not None else client
+        shares the database wrote into its row (its labels and capacity are the row's)."""
+        if client.local and self._local is not None:
+            return replace(self._local, labels=client.labels, capacity=client.capacity)
+        return client
 
-    async def add_client(self, name: str, endpoint: str, api_key: str) -> ClientRecord:
+    async def add_client(self, name: str, endpoint: str, api_key: str,
+                         labels: list[str] | None = None,
+                         capacity: int | None = None) -> ClientRecord:
         values = {
             "id": str(uuid.uuid4()), "name": name, "endpoint": endpoint,
             "api_key": self._box.encrypt(api_key), "local": False,
@@ -168,9 +206,21 @@ class Registry(Database):
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(insert(clients).values(**values))
+                await conn.execute(insert(placement).values(
+                    client_id=values["id"], labels=json.dumps(labels or []), capacity=capacity))
         except IntegrityError:
             raise ClientNameTaken(name) from None
-        return self._client(values)
+        return self._client({**values, "labels": json.dumps(labels or []), "capacity": capacity})
+
+    async def set_placement(self, client_id: str, labels: list[str],
+                            capacity: int | None) -> None:
+        """A manager's labels and capacity, replaced."""
+        values = {"labels": json.dumps(labels), "capacity": capacity}
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                update(placement).where(placement.c.client_id == client_id).values(**values))
+            if changed.rowcount == 0:
+                await conn.execute(insert(placement).values(client_id=client_id, **values))
 
     async def set_local(self, endpoint: str, api_key: str) -> ClientRecord:
         """Register (or point again) client `local` at this server's own manager."""
@@ -196,6 +246,7 @@ class Registry(Database):
         async with self.engine.begin() as conn:
             await conn.execute(delete(credentials).where(credentials.c.client_id == client_id))
             await conn.execute(delete(grants).where(grants.c.client_id == client_id))
+            await conn.execute(delete(placement).where(placement.c.client_id == client_id))
             result = await conn.execute(delete(clients).where(clients.c.id == client_id))
             return result.rowcount > 0
 
@@ -204,7 +255,8 @@ class Registry(Database):
         return ClientRecord(
             id=data["id"], name=data["name"], endpoint=data["endpoint"],
             api_key=self._box.decrypt(data["api_key"]), local=bool(data["local"]),
-            created_at=data["created_at"],
+            created_at=data["created_at"], labels=_labels(data.get("labels")),
+            capacity=data.get("capacity"),
         )
 
     # -- agent credentials ---------------------------------------------------------------
@@ -235,6 +287,13 @@ class Registry(Database):
         async with self.engine.connect() as conn:
             return (await conn.execute(select(credentials.c.agent_id).where(where))).first() \
                 is not None
+
+    async def known_agent_names(self, client_id: str) -> dict[str, str]:
+        """The agents of `client_id` the controller holds a password for: id -> name."""
+        query = select(credentials.c.agent_id, credentials.c.agent_name).where(
+            credentials.c.client_id == client_id).order_by(credentials.c.created_at)
+        async with self.engine.connect() as conn:
+            return {row.agent_id: row.agent_name for row in await conn.execute(query)}
 
     async def known_agents(self, client_id: str) -> set[str]:
         query = select(credentials.c.agent_id).where(credentials.c.client_id == client_id)

@@ -3,6 +3,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import { IPlacement } from './hosts';
 import {
   API_PATH,
   HISTORY_PAGE,
@@ -43,6 +44,15 @@ export class ControllerApi {
     return this._request(`clients/${enc(clientId)}/agents`, {
       method: 'POST',
       body: JSON.stringify(agent)
+    });
+  }
+
+  /** Creates an agent where `placement` says: a manager, a label, or the controller's
+   * placement policy (neither). */
+  placeAgent(agent: IAgentCreate, placement: IPlacement): Promise<IAgent> {
+    return this._request('agents', {
+      method: 'POST',
+      body: JSON.stringify({ ...agent, ...placement })
     });
   }
 

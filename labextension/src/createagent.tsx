@@ -13,16 +13,23 @@ import {
   DEFAULT_PERMISSION_POLICY,
   IAgentCreate,
   ICatalog,
+  IClient,
   PERMISSION_POLICIES
 } from './protocol';
+import { AUTOMATIC, canTake, hostOptions, IPlacement, placementOf } from './hosts';
 import { NETWORK_HINT, runtimeLabel, withNetwork } from './sandbox';
 
 export interface ICreateAgentProps {
   catalog: ICatalog;
   /** The file browser's folder when the form opened: the project it offers. */
   folder?: string;
-  /** Creates the agent; what went wrong (the manager's refusal), or null. */
-  onCreate: (request: IAgentCreate) => Promise<string | null>;
+  /** The managers (hosts) with their health; the form offers them and "automatic". */
+  clients?: IClient[];
+  /** The selected manager: the host chosen at first, whose catalogue the form shows. */
+  clientId?: string | null;
+  /** Creates the agent (elsewhere than `clientId` when `placement` says so); what went
+   * wrong (the manager's refusal), or null. */
+  onCreate: (request: IAgentCreate, placement?: IPlacement) => Promise<string | null>;
   onCancel: () => void;
 }
 
@@ -52,6 +59,14 @@ export function CreateAgentForm(props: ICreateAgentProps): JSX.Element {
   const [project, setProject] = React.useState(props.folder ?? '');
   const [permissions, setPermissions] = React.useState<string>(DEFAULT_PERMISSION_POLICY);
   const [problem, setProblem] = React.useState<string | null>(null);
+  const clients = props.clients ?? [];
+  const current = clients.find(c => c.id === props.clientId);
+  // The selected manager, unless it cannot take one now (down, full): then automatic.
+  const [host, setHost] = React.useState(
+    current && canTake(current) ? current.id : clients.length > 1 ? AUTOMATIC : props.clientId ?? ''
+  );
+  const hosts = hostOptions(clients);
+  const elsewhere = clients.length > 1 && host !== props.clientId;
   const described = catalog.providers.find(p => p.name === provider);
   const chosen = catalog.runtimes.find(r => r.name === runtime);
   const placeholder = configPlaceholder(described);
@@ -75,7 +90,7 @@ export function CreateAgentForm(props: ICreateAgentProps): JSX.Element {
       setProblem(request);
       return;
     }
-    setProblem(await onCreate(request));
+    setProblem(await onCreate(request, elsewhere ? placementOf(host) : undefined));
   };
   return (
     <form className="jp-AgenstraChat-create" onSubmit={e => void submit(e)}>
@@ -92,6 +107,22 @@ export function CreateAgentForm(props: ICreateAgentProps): JSX.Element {
           onChange={field(setProvider)} />
       </label>
       {described && <div className="jp-AgenstraChat-hint">{described.description}</div>}
+      {clients.length > 1 && (
+        <>
+          <label>
+            Host
+            <HTMLSelect aria-label="Host" value={host} options={hosts}
+              title={hosts.find(h => h.value === host)?.label}
+              onChange={field(setHost)} />
+          </label>
+          {elsewhere && (
+            <div className="jp-AgenstraChat-hint">
+              Providers and runtimes listed are the selected manager's; another host may
+              offer others.
+            </div>
+          )}
+        </>
+      )}
       <label>
         Project folder
         <input className="jp-mod-styled" value={project} aria-label="Project"

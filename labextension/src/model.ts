@@ -8,6 +8,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 
 import { ControllerApi } from './api';
 import { ChatConnection, IConnectionStatus } from './connection';
+import { IPlacement } from './hosts';
 import {
   IAgent,
   IAgentCreate,
@@ -209,23 +210,44 @@ export class SidebarModel {
     await this.openSelected();
   }
 
+  /** Reloads the managers' list and health only (the create form's hosts). */
+  async refreshHosts(): Promise<void> {
+    try {
+      this.clients = await this.api.clients();
+      this._emit();
+    } catch {
+      // the list shown stays; a failure here is the next load's to report
+    }
+  }
+
   /** Reloads managers and agents, keeping the selection where it still exists. */
   refresh(): Promise<void> {
     // Before the first load (the panel restored open at start-up) there is nothing to refresh.
     return this._started ? this.load() : Promise.resolve();
   }
 
-  /** Creates an agent and selects it; what went wrong (for the form to show), or null. */
-  async createAgent(request: IAgentCreate): Promise<string | null> {
+  /** Creates an agent and selects it; what went wrong (for the form to show), or null.
+   * Without `placement` it goes to the selected manager; with one, where it says (another
+   * manager, a label, or the controller's choice), and that manager is selected. */
+  async createAgent(request: IAgentCreate, placement?: IPlacement): Promise<string | null> {
     const clientId = this.selection.clientId;
-    if (!clientId) {
+    if (!clientId && !placement) {
       return 'Choose a manager first';
     }
     let problem: string | null = null;
     await this._guard(
       async () => {
-        const agent = await this.api.createAgent(clientId, request);
-        this._setAgents(clientId, await this.api.agents(clientId));
+        if (placement && placement.clientId !== clientId) {
+          const agent = await this.api.placeAgent(request, placement);
+          const where = agent.clientId ?? placement.clientId ?? clientId;
+          this._picks++;
+          this.clients = await this.api.clients(); // its counts changed
+          await this._useClient(where ?? null, agent.id);
+          this._selected.emit(this.selection);
+          return;
+        }
+        const agent = await this.api.createAgent(clientId!, request);
+        this._setAgents(clientId!, await this.api.agents(clientId!));
         await this.selectAgent(agent.id); // the new agent, selected, is the confirmation
       },
       error => (problem = error?.message ?? String(error))

@@ -101,15 +101,21 @@ function Sidebar({ model, rendermime, actions }: ISidebarProps): JSX.Element {
       <div className="jp-AgenstraChat-header">
         <StatusLine status={model.status} refused={model.connection.status.socket === 'refused'}
           onRetry={() => model.connection.reconnect()} />
-        <AgentActions model={model} onCreate={() => setCreating(!creating)} />
+        <AgentActions model={model} onCreate={() => {
+          if (!creating) {
+            void model.refreshHosts(); // the form shows each host's state: a fresh one
+          }
+          setCreating(!creating);
+        }} />
       </div>
       <Pickers model={model} />
       <SandboxStrip model={model} />
       {creating && model.catalog && (
         <CreateAgentForm catalog={model.catalog} folder={model.currentFolder()}
+          clients={model.clients} clientId={model.selection.clientId}
           onCancel={() => setCreating(false)}
-          onCreate={async request => {
-            const problem = await model.createAgent(request);
+          onCreate={async (request, placement) => {
+            const problem = await model.createAgent(request, placement);
             if (!problem) {
               setCreating(false);
             }

@@ -184,6 +184,22 @@ export interface IClient {
   name: string;
   endpoint?: string;
   local?: boolean;
+  /** What users may place agents by (docs/many-hosts.md). */
+  labels?: string[];
+  /** Registered limit on its agents; null: none. */
+  capacity?: number | null;
+  health?: IClientHealth;
+}
+
+/** A manager's last health check, as the controller's `GET clients` shows it. */
+export interface IClientHealth {
+  state: 'up' | 'down';
+  agents: number | null;
+  /** The tighter of the registered and the advertised capacity; null: no limit. */
+  capacity: number | null;
+  /** Why it is down, in the controller's words. */
+  error: string | null;
+  checkedAt: string;
 }
 
 export interface IAgent {
@@ -196,6 +212,8 @@ export interface IAgent {
   credentials?: boolean;
   /** The folder it works in, relative to the Jupyter root; null: a private workspace. */
   project?: string | null;
+  /** Where it is (`POST agents`, `GET agents`). */
+  clientId?: string;
 }
 
 export interface IProviderInfo {
