@@ -99,7 +99,10 @@ def discover_server() -> ServerInfo:
             "AGENSTRA_URL (and AGENSTRA_TOKEN)",
         )
     server = mine[0]
-    return _split(server["url"], os.environ.get("AGENSTRA_TOKEN") or server.get("token", ""))
+    # In a JupyterHub single-user server the kernel has the server's own Hub token.
+    token = os.environ.get("AGENSTRA_TOKEN") or server.get("token") or \
+        os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    return _split(server["url"], token)
 
 
 def _split(url: str, token: str) -> ServerInfo:
@@ -107,6 +110,10 @@ def _split(url: str, token: str) -> ServerInfo:
     base = parsed.path if parsed.path.endswith("/") else parsed.path + "/"
     origin = f"{parsed.scheme}://{parsed.host}" + (f":{parsed.port}" if parsed.port else "")
     return ServerInfo(origin, base, parsed.params.get("token") or token)
+
+
+def _auth_header(token: str) -> dict[str, str]:
+    return {"Authorization": f"token {token}"} if token else {}
 
 
 def _ancestor_pids() -> set[int]:
@@ -626,7 +633,9 @@ class AgenstraClient:
     async def _dial(self) -> None:
         assert self._sio is not None
         path = (self.server.base_url + CONTROLLER_SOCKETIO_PATH).strip("/")
+        # The header too: a JupyterHub server reads a URL token only from browsers.
         await self._sio.connect(f"{self.server.url}?token={self.server.token}",
+                                headers=_auth_header(self.server.token),
                                 socketio_path=path, namespaces=[CLIENTS_NAMESPACE],
                                 transports=["websocket"], wait_timeout=30)
 

@@ -40,6 +40,16 @@ done
 export AGENSTRA_TEST_CLI_BIN="$cli_prefix/node_modules/.bin"
 export AGENSTRA_REQUIRE_CLIS=1
 
+# JupyterHub's proxy, for the JupyterHub test (jupyterhub itself is a test extra).
+hub_prefix=${AGENSTRA_HUB_PREFIX:-/var/tmp/agenstra-hub}
+if [[ ! -x "$hub_prefix/node_modules/.bin/configurable-http-proxy" ]]; then
+  mkdir -p "$hub_prefix"
+  npm install --prefix "$hub_prefix" --no-audit --no-fund --loglevel=error \
+    configurable-http-proxy@5
+fi
+export AGENSTRA_TEST_CHP="$hub_prefix/node_modules/.bin/configurable-http-proxy"
+export AGENSTRA_REQUIRE_JUPYTERHUB=1
+
 DOCKER_HOST=$(scripts/start-dockerd.sh)
 export DOCKER_HOST
 scripts/make-test-image.sh >/dev/null

@@ -92,7 +92,10 @@ class LocalManager:
             "--data-dir", str(self.data_dir), "--parent-pid", str(os.getpid()),
             *self._extra_args,
         ]
-        env = {**os.environ, "AGENSTRA_API_KEY": self.api_key}
+        # Its key, whatever the server's environment says (a server run as a Hub service
+        # would otherwise turn the manager's Hub authentication on).
+        env = {**os.environ, "AGENSTRA_API_KEY": self.api_key, "AGENSTRA_HUB_AUTH": "0",
+               "AGENSTRA_AUTHENTICATOR_CLASS": "agenstra_jupyter.manager.auth.KeyGate"}
         if self.project_roots:
             env["AGENSTRA_PROJECT_ROOTS"] = os.pathsep.join(self.project_roots)
         if self.mcp_socket:

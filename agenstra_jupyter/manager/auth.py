@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .. import protocol
@@ -34,7 +35,42 @@ def handshake_key(environ: Mapping[str, Any], auth: Any) -> str | None:
     return bearer_token(environ.get("HTTP_AUTHORIZATION"))
 
 
-class KeyGate:
+@dataclass(frozen=True)
+class Caller:
+    """Who a REST request or a socket comes from (DESIGN.md threat model, ownership).
+
+    `user` None is the API key's holder, the operator of this manager: it sees every agent
+    and the agents it creates have no owner. A Hub user sees the agents it owns, every
+    agent when `admin`.
+    """
+
+    user: str | None = None
+    admin: bool = True
+
+    def may_use(self, owner: str | None) -> bool:
+        return self.admin or (self.user is not None and owner == self.user)
+
+
+KEY_HOLDER = Caller()
+
+
+class Authenticator:
+    """Tells who a token belongs to; pluggable (ManagerApp.authenticator_class)."""
+
+    @classmethod
+    def from_app(cls, app: Any) -> Authenticator:
+        """The authenticator a ManagerApp uses, built from its settings."""
+        raise NotImplementedError
+
+    async def identify(self, peer: str, token: Any) -> Caller:
+        """The caller `token` names; raises AgenstraError (401/429/503) when it names none."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release what the authenticator holds (HTTP clients)."""
+
+
+class KeyGate(Authenticator):
     """The API key check, with failed attempts limited per peer address.
 
     A peer may fail `failures_per_second` times a second (in bursts of as many); over that
@@ -50,10 +86,28 @@ class KeyGate:
         self._rate = failures_per_second
         self._peers: dict[str, tuple[float, float]] = {}  # address -> (budget left, when)
 
+    @classmethod
+    def from_app(cls, app: Any) -> KeyGate:
+        return cls(app.api_key or app.generated_key(), app.auth_failures_per_second)
+
+    async def identify(self, peer: str, token: Any) -> Caller:
+        refusal = self.check(peer, token)
+        if refusal is not None:
+            raise refusal
+        return KEY_HOLDER
+
     def check(self, peer: str, given: Any) -> AgenstraError | None:
         """None when `given` is the key; else the refusal to answer with."""
         if key_matches(self._key, given):
             return None
+        return self.refuse(peer)
+
+    def throttled(self, peer: str) -> bool:
+        """True while `peer` has spent its budget of failures."""
+        return self._budget(peer) < 1
+
+    def refuse(self, peer: str) -> AgenstraError:
+        """A failure of `peer`, counted: 401, or 429 once its budget is spent."""
         budget = self._budget(peer)
         if budget < 1:
             return AgenstraError(ErrorCode.RATE_LIMITED, THROTTLED_MESSAGE, 429)

@@ -5,7 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    literal_column,
+)
 
 from ..redact import redact
 
@@ -15,7 +27,8 @@ agents = Table(
     "agents",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("name", String(64), nullable=False, unique=True),
+    # Unique per owner (the index below): users of a shared manager name agents freely.
+    Column("name", String(64), nullable=False),
     Column("provider", String(64), nullable=False),
     Column("runtime", String(64), nullable=False),
     Column("image", String(256)),
@@ -33,6 +46,12 @@ agents = Table(
     Column("project", Text),
     # The controller's notebook-tools token, sealed like config (never in a view).
     Column("notebook_token", Text),
+    # The Hub user who created it (hub mode); NULL: the API key's holder.
+    Column("owner", String(256)),
+)
+OWNER_NAME_INDEX = Index(
+    "ix_agents_owner_name", func.coalesce(agents.c.owner, literal_column("''")), agents.c.name,
+    unique=True,
 )
 
 messages = Table(
@@ -98,6 +117,7 @@ class AgentRecord:
     project: str | None = None
     # Plaintext here (the store seals it); never in to_wire, never in a repr.
     notebook_token: str | None = field(default=None, repr=False)
+    owner: str | None = None
 
     @classmethod
     def from_row(cls, row: Any, **overrides: Any) -> AgentRecord:
@@ -115,6 +135,7 @@ class AgentRecord:
             "description": self.description,
             "state": self.state,
             "project": self.project,
+            "owner": self.owner,
             "createdAt": self.created_at,
             "updatedAt": self.updated_at,
         }

@@ -13,8 +13,9 @@ from .. import protocol
 from .._version import __version__
 from ..protocol import AgenstraError, ErrorCode
 from ..rest_errors import JSONErrors
-from .auth import KeyGate, bearer_token
+from .auth import Authenticator, Caller, bearer_token
 from .bounds import MAX_STORED_MESSAGE, wire_size
+from .models import AgentRecord
 from .service import AgentService
 
 MAX_PAGE = 1000
@@ -27,15 +28,22 @@ MAX_PAGE_BYTES = 4 * MAX_STORED_MESSAGE
 class ApiHandler(JSONErrors, web.RequestHandler):
     """JSON in, JSON out; every error is `{message, code}` with a 4xx/5xx status."""
 
-    def initialize(self, service: AgentService, gate: KeyGate) -> None:
+    caller: Caller
+
+    def initialize(self, service: AgentService, gate: Authenticator) -> None:
         self.service = service
         self._gate = gate
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         given = bearer_token(self.request.headers.get("Authorization"))
-        refusal = self._gate.check(self.request.remote_ip or "", given)
-        if refusal is not None:
-            raise refusal
+        self.caller = await self._gate.identify(self.request.remote_ip or "", given)
+
+    async def agent(self, agent_id: str) -> AgentRecord:
+        """The caller's agent: another user's is NOT_FOUND, as if it did not exist."""
+        agent = await self.service.get_agent(agent_id)
+        if not self.caller.may_use(agent.owner):
+            raise AgenstraError(ErrorCode.NOT_FOUND, "No such agent")
+        return agent
 
     def check_xsrf_cookie(self) -> None:
         """API-key authenticated; no cookies are involved."""
@@ -45,6 +53,10 @@ class ApiHandler(JSONErrors, web.RequestHandler):
             return json.loads(self.request.body or b"{}")
         except (ValueError, UnicodeDecodeError):
             raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "Body must be JSON") from None
+
+    async def _visible_agents(self) -> list[AgentRecord]:
+        return [agent for agent in await self.service.list_agents()
+                if self.caller.may_use(agent.owner)]
 
     def send(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -62,13 +74,15 @@ def _int_argument(handler: ApiHandler, name: str, default: int, maximum: int | N
 
 class MetricsHandler(ApiHandler):
     async def get(self) -> None:
+        if not self.caller.admin:  # the whole manager's figures: its operator's, not a user's
+            raise AgenstraError(ErrorCode.NOT_FOUND, "Not found")
         self.set_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
         self.finish(prometheus_client.generate_latest(prometheus_client.REGISTRY))
 
 
 class HealthHandler(ApiHandler):
     async def get(self) -> None:
-        agents = await self.service.list_agents()
+        agents = await self._visible_agents()
         self.send({"status": "ok", "service": protocol.MANAGER_SERVICE, "version": __version__,
                    "agents": len(agents), "projects": self.service.projects.enabled,
                    "notebookTools": self.service.notebook_tools is not None})
@@ -81,19 +95,20 @@ class ProvidersHandler(ApiHandler):
 
 class AgentsHandler(ApiHandler):
     async def get(self) -> None:
-        self.send([agent.to_wire() for agent in await self.service.list_agents()])
+        self.send([agent.to_wire() for agent in await self._visible_agents()])
 
     async def post(self) -> None:
         request = protocol.parse(protocol.ManagerAgentCreateRequest, self.json_body())
-        agent, password = await self.service.create_agent(request)
+        agent, password = await self.service.create_agent(request, owner=self.caller.user)
         self.send({**agent.to_wire(), "password": password}, status=201)
 
 
 class AgentHandler(ApiHandler):
     async def get(self, agent_id: str) -> None:
-        self.send((await self.service.get_agent(agent_id)).to_wire())
+        self.send((await self.agent(agent_id)).to_wire())
 
     async def delete(self, agent_id: str) -> None:
+        await self.agent(agent_id)
         await self.service.delete_agent(agent_id)
         self.set_status(204)
         self.finish()
@@ -106,6 +121,7 @@ class AgentActionHandler(ApiHandler):
             "stop": self.service.stop_agent,
             "restart": self.service.restart_agent,
         }
+        await self.agent(agent_id)
         self.send((await actions[action](agent_id)).to_wire())
 
 
@@ -117,6 +133,7 @@ class PermissionsHandler(ApiHandler):
 
     async def post(self, agent_id: str) -> None:
         request = protocol.parse(protocol.ToolPermissionRequest, self.json_body())
+        await self.agent(agent_id)
         self._asking = asyncio.ensure_future(
             self.service.ask_tool_permission(agent_id, request))
         try:
@@ -133,7 +150,7 @@ class PermissionsHandler(ApiHandler):
 
 class MessagesHandler(ApiHandler):
     async def get(self, agent_id: str) -> None:
-        await self.service.get_agent(agent_id)
+        await self.agent(agent_id)
         after = _int_argument(self, "after", 0)
         limit = _int_argument(self, "limit", MAX_PAGE, MAX_PAGE)
         self.send(_fill(await self.service.store.messages(agent_id, after, limit)))
@@ -149,7 +166,8 @@ def _fill(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
-def api_routes(service: AgentService, gate: KeyGate) -> list[tuple[str, type, dict[str, Any]]]:
+def api_routes(service: AgentService,
+               gate: Authenticator) -> list[tuple[str, type, dict[str, Any]]]:
     args = {"service": service, "gate": gate}
     agent = r"/api/agents/([A-Za-z0-9-]{1,64})"
     return [
@@ -166,6 +184,6 @@ def api_routes(service: AgentService, gate: KeyGate) -> list[tuple[str, type, di
 
 
 class NotFoundHandler(ApiHandler):
-    def prepare(self) -> None:
-        super().prepare()
+    async def prepare(self) -> None:
+        await super().prepare()
         raise AgenstraError(ErrorCode.NOT_FOUND, "Not found")

@@ -88,7 +88,8 @@ class AgentService:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def create_agent(
-        self, request: protocol.AgentCreateRequest | protocol.ManagerAgentCreateRequest
+        self, request: protocol.AgentCreateRequest | protocol.ManagerAgentCreateRequest,
+        owner: str | None = None,
     ) -> tuple[AgentRecord, str]:
         provider = self.providers.get(request.provider)
         if provider is None:
@@ -126,6 +127,7 @@ class AgentService:
             updated_at=now,
             project=project,
             notebook_token=_notebook_token(request) if project else None,
+            owner=owner,
         )
         try:
             await self.store.create_agent(record)
@@ -233,16 +235,18 @@ class AgentService:
     # -- sessions ------------------------------------------------------------------------
 
     async def authenticate(
-        self, agent_id: str | None, agent_name: str | None, password: str
+        self, agent_id: str | None, agent_name: str | None, password: str,
+        owner: str | None = None,
     ) -> AgentRecord | None:
-        """The agent if the password is right; None for every kind of failure."""
+        """The agent if the password is right; None for every kind of failure. A name is
+        looked up among `owner`'s agents (None: those of the API key's holder)."""
         agent = None
         if agent_id:
             agent = await self.store.get_agent(agent_id)
             if agent is not None and agent_name and agent.name != agent_name:
                 agent = None
         elif agent_name:
-            agent = await self.store.get_agent_by_name(agent_name)
+            agent = await self.store.get_agent_by_name(agent_name, owner)
         stored = agent.password_hash.encode() if agent else self._decoy_hash
         candidate = password.encode()
         if len(candidate) > 72:  # bcrypt's limit; longer can never be one of ours
