@@ -30,7 +30,7 @@ def sqlite_url(path: Path | str) -> str:
     return f"sqlite:///{path}"
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")  # durable against process crashes in WAL mode
@@ -63,7 +63,7 @@ async def open_engine(url: str, migrations: Sequence[Migration]) -> AsyncEngine:
         private_sqlite_file(Path(parsed.database))
     engine = create_async_engine(url)
     if sqlite:
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", sqlite_pragmas)
     async with engine.begin() as conn:
         await conn.run_sync(_migrate, migrations)
     if sqlite:

@@ -14,6 +14,51 @@ LABELS = {"bare": "bare python-socketio echo server (the floor)", "direct": "cli
           "controller": "client → controller → manager", "relay": "client → Node relay → manager"}
 
 
+# Where the time goes: sampled with py-spy (`py-spy record -f raw -r 200`) on the manager and
+# the controller while the loadgen ran, 2026-12-02; kept here as text, not measured per run.
+COSTS = """
+## Where a turn's time goes
+
+What issue #17 changed, each measured before and after on the same machine:
+
+- **Group commit** (`manager/message_log.py`): every message waiting while one write runs
+  goes into the next transaction, on one thread with one connection: one thread hop per
+  batch instead of about a dozen per turn through the async engine. The idempotency check
+  of a chat is in the same write. A message is still committed before it is announced,
+  and a chat acknowledged only after its commit. Direct turns: 135 → 650 per second at
+  10 frontends; p50 6.3 → 2.4 ms.
+- **Events ordered per agent, not per socket** (`manager/ordering.py`): the controller
+  multiplexes every agent over one socket, and a manager handling that socket's events one
+  at a time let one agent's store wait hold all the others. Controller turns at 100
+  frontends: 250 → 790-900 per second.
+- **No permessage-deflate** unless the server's `websocket_compression_options` ask for
+  it, as for Jupyter's own websockets: a deflate context per socket was most of the
+  controller's memory per frontend (132 → 30 KB) and CPU on every small frame.
+- **No task per event sent** (`InlineManager`), **no binary walk of every payload**
+  (`JSONPacket`), **no two tasks and a wait per acknowledged request** in the controller's
+  manager link, one urandom call per 256 message ids, no workspace scan around the turns
+  of providers that cannot change files (echo, OpenAI-compatible), the per-turn and
+  per-chat log lines at debug level.
+
+What is left, from the profiles (share of the busy event loop, echo turns):
+
+| where | manager | controller |
+|---|---|---|
+| writing frames to sockets (`write_to_fd`, one syscall per frame) | ~22% | ~12-25% |
+| engine.io/Socket.IO framing, parsing, JSON | ~25% | ~35% |
+| tasks the libraries create per received message | ~5% | ~8% |
+| agenstra's own code (channels, links, store calls, checks) | ~20% | ~15% |
+
+A turn costs the manager four frames (the chat in; the acknowledgement, the user's message
+and the answer out) where the bare echo costs two, and python-socketio pays roughly the
+same per frame whatever it carries. So `direct / bare` cannot fall much below 2-3, and the
+manager's turns per second stay well under half the bare floor's echoes per second. The
+Node relay does the controller's work with a cheaper runtime per frame. Streaming is
+bounded the same way: each delta is a frame in on the controller and one out.
+Deltas are not coalesced when a frontend reads slowly: that is not done.
+"""
+
+
 def main() -> None:
     r = json.loads((HERE / "results.json").read_text())
     m = r["machine"]
@@ -78,7 +123,7 @@ events by `sequence`); a non-zero count fails the run.
 the agents), grew by
 **{fan['controller_kb_per_frontend']:.0f} KB** per frontend; the manager by
 **{fan['manager_kb_per_agent']:.1f} KB** per logged-in agent.
-"""
+{COSTS}"""
     (HERE.parent / "BENCHMARKS.md").write_text(text)
 
 

@@ -75,7 +75,11 @@ class FakeSocket:
         self.connected = True
         self._gone.clear()
 
-    async def emit(self, event: str, data: Any = None, namespace: str | None = None) -> None:
+    async def emit(self, event: str, data: Any = None, namespace: str | None = None,
+                   callback: Any = None) -> None:
+        if callback is not None:  # acknowledged, as python-socketio calls it back
+            await self._acknowledged(event, data, callback)
+            return
         assert self.connected
         self.manager.emitted.append((event, data))
         if event == ManagerEvent.LOGIN:
@@ -92,20 +96,24 @@ class FakeSocket:
                     message["seq"] > (request.get("afterSeq") or 0):
                 await self.from_manager(ManagerEvent.CHAT_MESSAGE, message)
 
-    async def call(self, event: str, data: Any = None, namespace: str | None = None,
-                   timeout: float = 60) -> Any:
+    async def _acknowledged(self, event: str, data: Any, callback: Any) -> None:
         self.manager.emitted.append((event, data))
+        answer = self.manager.acks[0] if self.manager.acks else {"ok": True}
+        if event != ManagerEvent.LOGIN and isinstance(answer, Exception):  # the emit fails
+            self.manager.acks.pop(0)
+            raise answer
+        asyncio.get_running_loop().create_task(self._ack(event, data, callback))
+
+    async def _ack(self, event: str, data: Any, callback: Any) -> None:
         if event == ManagerEvent.LOGIN:  # acknowledged once its history is out
             if self.manager.login_gate is not None:
                 await self.manager.login_gate.wait()
             await self._answer_login(data)
-            return None
+            callback()
+            return
         if self.manager.hang_calls:
-            await asyncio.Event().wait()
-        answer = self.manager.acks.pop(0) if self.manager.acks else {"ok": True}
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+            return  # never acknowledged
+        callback(self.manager.acks.pop(0) if self.manager.acks else {"ok": True})
 
     async def wait(self) -> None:
         await self._gone.wait()

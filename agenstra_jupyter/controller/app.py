@@ -10,13 +10,14 @@ from typing import Any
 import socketio
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Float, Int, List, Unicode, default
+from traitlets import Bool, Dict, Enum, Float, Int, List, Type, Unicode, default
 
 from .. import protocol
 from ..config import apply_env
 from ..db import sqlite_url
 from ..protocol import AgenstraError, ErrorCode
 from ..secrets import SecretBox, private_dir
+from ..socketio_tornado import InlineManager, JSONPacket
 from . import provisioner, saves
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
@@ -24,6 +25,7 @@ from .links import Backoff
 from .local import LocalManager
 from .manager_api import ManagerAPI, is_agents, is_created_agent, is_providers
 from .mcp.endpoint import MCPEndpoint
+from .placement import HealthMonitor, LeastAgents, PlacementPolicy
 from .registry import LOCAL_CLIENT_ID, Registry
 from .socketio_handler import jupyter_socketio_handler
 
@@ -52,6 +54,13 @@ class ControllerApp(ExtensionApp):
     manager_api_key = Unicode("", help="API key of manager_url.").tag(
         config=True, env="AGENSTRA_MANAGER_API_KEY"
     )
+    manager_auth = Enum(
+        ["key", "hub"], "key",
+        help="How this server proves itself to manager_url: 'key' (manager_api_key) or "
+        "'hub' (this JupyterHub single-user server's own Hub token, JUPYTERHUB_API_TOKEN, "
+        "for a manager shared as a Hub service: docs/deploy/jupyterhub.md). "
+        "AGENSTRA_MANAGER_AUTH.",
+    ).tag(config=True, env="AGENSTRA_MANAGER_AUTH")
     manager_args = List(
         Unicode(), help="Extra command-line arguments for the local manager."
     ).tag(config=True)
@@ -124,6 +133,22 @@ class ControllerApp(ExtensionApp):
         "the Jupyter server can reach what its users cannot. The local manager is exempt. "
         "AGENSTRA_ALLOWED_MANAGER_HOSTS."
     ).tag(config=True, env="AGENSTRA_ALLOWED_MANAGER_HOSTS")
+
+    placement_policy = Type(
+        LeastAgents, klass=PlacementPolicy,
+        help="Where an agent created without a manager goes (POST agents): a PlacementPolicy "
+        "class, by default the manager with the fewest agents among those up and with room; "
+        "agenstra_jupyter.controller.placement.MostRoom picks the most free capacity. "
+        "AGENSTRA_PLACEMENT_POLICY."
+    ).tag(config=True, env="AGENSTRA_PLACEMENT_POLICY")
+    health_timeout = Float(
+        3.0, help="Longest a manager's health check may take (s): a host that does not "
+        "answer within it is shown down. AGENSTRA_HEALTH_TIMEOUT."
+    ).tag(config=True, env="AGENSTRA_HEALTH_TIMEOUT")
+    health_cache_seconds = Float(
+        5.0, help="How long a manager's health check is reused before the next one (s). "
+        "AGENSTRA_HEALTH_CACHE_SECONDS."
+    ).tag(config=True, env="AGENSTRA_HEALTH_CACHE_SECONDS")
 
     notebook_tools = Bool(
         True, help="Give agents that have a project the notebook tools: an MCP endpoint at "
@@ -217,6 +242,9 @@ class Controller:
             max_history_bytes=app.max_manager_history_bytes,
             allowed_hosts=app.allowed_manager_hosts,
         )
+        self.health = HealthMonitor(self.api, timeout=app.health_timeout,
+                                    ttl=app.health_cache_seconds)
+        self.placement = app.placement_policy(parent=app)
         self.local: LocalManager | None = None
         self.mcp = (
             MCPEndpoint(self, data_dir=data_dir,
@@ -228,6 +256,8 @@ class Controller:
         self.sio = socketio.AsyncServer(
             async_mode="tornado",
             cors_allowed_origins=[],  # origins are checked by Jupyter (JupyterHandler)
+            client_manager=InlineManager(),  # no task per event sent
+            serializer=JSONPacket,
             async_handlers=False,  # one socket's events in order: a chat never overtakes a login
             # One limit for every tier's frames; forward payloads are then held to
             # max_message_bytes.
@@ -292,7 +322,7 @@ class Controller:
             for project in await self.registry.granted_projects():
                 provisioner.add_project(project)
         if app.manager_url:
-            await self.registry.set_local(app.manager_url.rstrip("/"), app.manager_api_key)
+            await self.registry.set_local(app.manager_url.rstrip("/"), self._manager_key())
         elif app.local_manager:
             if self.local is None:  # kept only once started: a retry starts it again
                 local = LocalManager(Path(app.data_dir) / "local-manager", app.manager_args,
@@ -309,6 +339,16 @@ class Controller:
         except Exception as exc:  # best effort: never a reason to refuse the user's requests
             self.log.warning("agenstra: the default agent was not created: %s", exc)
 
+    def _manager_key(self) -> str:
+        """What manager_url is sent as its key: the API key, or the Hub token (hub mode)."""
+        if self.app.manager_auth == "key":
+            return self.app.manager_api_key
+        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        if not token:
+            raise RuntimeError("AGENSTRA_MANAGER_AUTH=hub needs JUPYTERHUB_API_TOKEN: run "
+                               "inside a JupyterHub single-user server")
+        return token
+
     async def _ensure_default_agent(self) -> None:
         app = self.app
         if not app.default_agent_provider or not app.default_agent_name:
@@ -317,7 +357,10 @@ class Controller:
         assert client is not None
         agents = await self.api.request(client.endpoint, client.api_key, "GET", "/api/agents",
                                         shape=is_agents, local=True)
-        if any(agent["name"] == app.default_agent_name for agent in agents):
+        # A Hub admin lists everyone's agents: only its own `assistant` counts.
+        me = os.environ.get("JUPYTERHUB_USER") if app.manager_auth == "hub" else None
+        if any(agent["name"] == app.default_agent_name and agent.get("owner") == me
+               for agent in agents):
             return
         provider, config = await self._default_provider(client)
         created = await self.api.request(

@@ -233,7 +233,7 @@ class ClientsNamespace(socketio.AsyncNamespace):
         if request.event == ManagerEvent.PERMISSION_RESPONSE:
             payload["user"] = _name_of(session)  # who answered: Jupyter says, not the frontend
         if request.event == ManagerEvent.CHAT:
-            self._log.info("forward chat client=%s agent=%s correlationId=%s", link.client_id,
+            self._log.debug("forward chat client=%s agent=%s correlationId=%s", link.client_id,
                            link.agent_id, payload.get("correlationId"))
         await link.send(request.event, payload)
         if request.event == ManagerEvent.LOGOUT:

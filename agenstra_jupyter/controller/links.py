@@ -31,6 +31,7 @@ import socketio
 
 from .. import protocol
 from ..protocol import AgenstraError, ControllerEvent, ErrorCode, ManagerEvent
+from ..socketio_tornado import JSONPacket
 from . import metrics
 from .registry import Registry
 
@@ -95,7 +96,7 @@ class ManagerLink:
         self.wanted = True
         self.last_seq = after_seq or 0
         if not self.connected:
-            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Host unavailable; retrying")
         assert self._connection is not None
         # From now: while it waits its turn to log in, live traffic would move last_seq
         # past the history it is about to be sent.
@@ -109,7 +110,7 @@ class ManagerLink:
 
     async def send(self, event: str, payload: Any) -> None:
         if not self.connected:
-            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Manager unavailable; retrying")
+            raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, "Host unavailable; retrying")
         assert self._connection is not None
         payload = {**payload, "agentId": self.agent_id} if isinstance(payload, dict) else payload
         if event == ManagerEvent.PERMISSION_RESPONSE:
@@ -219,13 +220,13 @@ class ManagerConnection:
         # handle_sigint=False: the client's own SIGINT handler cancels every task of the
         # loop and stops it, i.e. a Ctrl-C answered "n" would end the Jupyter server.
         self._sio = socketio.AsyncClient(
-            reconnection=False, handle_sigint=False,
+            reconnection=False, handle_sigint=False, serializer=JSONPacket,
             websocket_extra_options={"max_msg_size": protocol.MAX_FRAME_BYTES},
         )
         self._sio.on("*", self._on_event, namespace=protocol.AGENTS_NAMESPACE)
         self._links: dict[str, dict[ManagerLink, None]] = {}  # agent id -> its links
         self._connected = asyncio.Event()
-        self._disconnected = asyncio.Event()
+        self._awaiting_acks: set[asyncio.Future[Any]] = set()  # failed when the socket drops
         self._first_attempt = asyncio.Event()
         self.closed = False
         self._task: asyncio.Task[None] | None = None
@@ -292,9 +293,7 @@ class ManagerConnection:
             # Acknowledged once the manager has replayed the history and made the socket
             # live: only then may the next login on this socket start (its replay would
             # interleave with this one's).
-            await self._until_disconnected(self._sio.call(
-                ManagerEvent.LOGIN, request, namespace=protocol.AGENTS_NAMESPACE,
-                timeout=LOGIN_TIMEOUT))
+            await self._acked(ManagerEvent.LOGIN, request, LOGIN_TIMEOUT)
         except (asyncio.TimeoutError, socketio.exceptions.SocketIOError, ConnectionError):
             pass  # welcomed all the same when its loginSuccess came (a long history)
         finally:
@@ -321,8 +320,7 @@ class ManagerConnection:
     async def call(self, event: str, payload: Any, unconfirmed: str, refused: str) -> None:
         """An acknowledged request; the manager's refusal (its code) raised unchanged."""
         try:
-            ack = await self._until_disconnected(self._sio.call(
-                event, payload, namespace=protocol.AGENTS_NAMESPACE, timeout=ACK_TIMEOUT))
+            ack = await self._acked(event, payload, ACK_TIMEOUT)
         except (socketio.exceptions.SocketIOError, asyncio.TimeoutError, ConnectionError):
             raise AgenstraError(ErrorCode.REMOTE_UNAVAILABLE, unconfirmed) from None
         if not (isinstance(ack, dict) and ack.get("ok")):
@@ -330,18 +328,30 @@ class ManagerConnection:
             raise AgenstraError.from_payload(error) or AgenstraError(
                 ErrorCode.INVALID_PAYLOAD, refused)
 
-    async def _until_disconnected(self, awaitable: Awaitable[Any]) -> Any:
-        """Await `awaitable`, failing with ConnectionError as soon as the link drops."""
-        call = asyncio.ensure_future(awaitable)
-        dropped = asyncio.ensure_future(self._disconnected.wait())
+    async def _acked(self, event: str, payload: Any, timeout: float) -> Any:
+        """Emit and await the manager's acknowledgement: TimeoutError after `timeout`,
+        ConnectionError as soon as the socket drops. One future per request, no task."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+
+        def acked(*args: Any) -> None:
+            if not answer.done():
+                answer.set_result(args[0] if args else None)
+
+        timer = loop.call_later(timeout, _fail, answer, asyncio.TimeoutError())
+        self._awaiting_acks.add(answer)
         try:
-            await asyncio.wait({call, dropped}, return_when=asyncio.FIRST_COMPLETED)
+            await self._sio.emit(event, payload, namespace=protocol.AGENTS_NAMESPACE,
+                                 callback=acked)
+            return await answer
         finally:
-            dropped.cancel()
-        if not call.done():
-            call.cancel()
-            raise ConnectionError("link dropped")
-        return call.result()
+            timer.cancel()
+            self._awaiting_acks.discard(answer)
+
+    def _dropped(self) -> None:
+        self._connected.clear()
+        for answer in self._awaiting_acks:
+            _fail(answer, ConnectionError("link dropped"))
 
     async def close(self) -> None:
         self.closed = True
@@ -373,7 +383,6 @@ class ManagerConnection:
                                      {"clientId": self.client_id, "attempt": attempt})
                     await asyncio.sleep(self._backoff.delay(attempt))
                     continue
-                self._disconnected.clear()
                 await self._relogin()  # ready only once the wanted agents are logged in again
                 if attempt or dropped:
                     metrics.RECONNECTS.inc()
@@ -385,8 +394,7 @@ class ManagerConnection:
                 self._connected.set()
                 self._first_attempt.set()
                 await self._sio.wait()
-                self._connected.clear()
-                self._disconnected.set()
+                self._dropped()
                 self._resolve_login(False)
                 if not self.closed:
                     dropped = True
@@ -394,8 +402,7 @@ class ManagerConnection:
                                      {"clientId": self.client_id})
         finally:
             self._set_state(None)
-            self._connected.clear()
-            self._disconnected.set()
+            self._dropped()
             self._first_attempt.set()
 
     async def _tell(self, event: str, payload: dict[str, Any]) -> None:
@@ -467,3 +474,8 @@ class ManagerConnection:
                 await link.on_event(event, payload)
             elif link.wanted and not link.joining:
                 await link.on_event(event, payload)
+
+
+def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)

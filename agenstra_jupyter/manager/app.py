@@ -14,17 +14,19 @@ import socketio
 from jupyter_core.paths import jupyter_data_dir
 from sqlalchemy.engine import make_url
 from tornado import httpserver, netutil, web
-from traitlets import Float, Int, List, Type, Unicode, default, validate
+from traitlets import Bool, Float, Int, List, Type, Unicode, default, validate
 from traitlets.config import Application, catch_config_error
 
 from .. import protocol
 from .._version import __version__
 from ..config import env_config
 from ..secrets import SecretBox, SecretKeyError, private_dir
-from .auth import KeyGate
+from ..socketio_tornado import InlineManager, JSONPacket
+from .auth import Authenticator, KeyGate
 from .bounds import MAX_STORED_MESSAGE, QueueLimits, TurnLimits
 from .changes import FileWatch
 from .gateway import AgentsNamespace, bounded_socketio_handler
+from .hub_auth import HubAuthenticator
 from .lock import DataDirInUse, hold
 from .notebook_tools import NotebookTools
 from .projects import PathList, ProjectPolicy
@@ -63,6 +65,17 @@ class ManagerApp(Application):
     api_key = Unicode(
         "", help="Key clients must present (generated and printed once when empty)."
     ).tag(config=True, env="AGENSTRA_API_KEY")
+    hub_auth = Bool(
+        help="Authenticate controllers by their users' JupyterHub tokens (a manager shared "
+        "as a Hub service, docs/deploy/jupyterhub.md) instead of the API key; each user then "
+        "sees only their own agents. Default: on when run as a Hub service "
+        "(JUPYTERHUB_SERVICE_NAME set). AGENSTRA_HUB_AUTH."
+    ).tag(config=True, env="AGENSTRA_HUB_AUTH")
+    authenticator_class = Type(
+        klass=Authenticator,
+        help="Who a token names: KeyGate (the API key; the default) or HubAuthenticator "
+        "(the default with hub_auth). AGENSTRA_AUTHENTICATOR_CLASS.",
+    ).tag(config=True, env="AGENSTRA_AUTHENTICATOR_CLASS")
     data_dir = Unicode(help="Directory for the database and agent workspaces.").tag(
         config=True, env="AGENSTRA_DATA_DIR"
     )
@@ -165,6 +178,14 @@ class ManagerApp(Application):
         "parent-pid": "ManagerApp.parent_pid",
     }
 
+    @default("hub_auth")
+    def _default_hub_auth(self) -> bool:
+        return bool(os.environ.get("JUPYTERHUB_SERVICE_NAME"))
+
+    @default("authenticator_class")
+    def _default_authenticator_class(self) -> type[Authenticator]:
+        return HubAuthenticator if self.hub_auth else KeyGate
+
     @default("data_dir")
     def _default_data_dir(self) -> str:
         return str(Path(jupyter_data_dir()) / "agenstra" / "manager")
@@ -208,7 +229,8 @@ class ManagerApp(Application):
 
     @property
     def classes(self) -> list[type]:  # type: ignore[override]
-        return [ManagerApp, FileWatch, *self.runtime_classes, *self.provider_classes]
+        return [ManagerApp, FileWatch, HubAuthenticator, *self.runtime_classes,
+                *self.provider_classes]
 
     @catch_config_error
     def initialize(self, argv: list[str] | None = None) -> None:
@@ -244,17 +266,18 @@ class ManagerApp(Application):
             permission_timeout=self.permission_timeout,
             notebook_tools=self._notebook_tools(),
         )
-        key = self.api_key or self._generated_key()
         sio = self.sio = socketio.AsyncServer(
             async_mode="tornado",
-            # Handle each socket's events one after another: chats keep their arrival order.
-            async_handlers=False,
+            client_manager=InlineManager(),  # no task per event sent
+            serializer=JSONPacket,
+            # Each event in a task of its own; the gateway orders them per agent (ordering.py).
+            async_handlers=True,
             # One limit for every tier's frames; chats are held to max_message_bytes once read.
             max_http_buffer_size=protocol.MAX_FRAME_BYTES,
             logger=False,
             engineio_logger=False,
         )
-        gate = KeyGate(key, self.auth_failures_per_second)
+        gate = self.authenticator_class.from_app(self)
         sio.register_namespace(
             AgentsNamespace(service, gate, self.history_limit, self.max_message_bytes, self.log)
         )
@@ -288,6 +311,7 @@ class ManagerApp(Application):
             await sio.shutdown()
             await server.close_all_connections()
             await store.close()
+            await gate.close()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -373,7 +397,7 @@ class ManagerApp(Application):
                               *runtime.protected_paths]
         return ProjectPolicy(list(self.project_roots), protected)
 
-    def _generated_key(self) -> str:
+    def generated_key(self) -> str:
         key = secrets.token_urlsafe(32)
         print(f"agenstra-manager API key (generated for this run): {key}", flush=True)
         return key

@@ -394,7 +394,7 @@ class FileWatch(LoggingConfigurable):
             self._last = None
 
     def _root(self, provider: Provider) -> Path | None:
-        if self.max_entries <= 0:
+        if self.max_entries <= 0 or not provider.changes_files:
             return None
         try:
             runtime, agent = provider.runtime, provider.agent

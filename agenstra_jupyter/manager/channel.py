@@ -157,16 +157,26 @@ class AgentChannel:
             raise ProviderError(self._closing)
         size = len(message.encode())
         async with self._lock:
-            existing = await self._store.user_message(self.agent_id, correlation_id)
-            if existing is not None:
-                return existing
-            self._queue_limits.admit(len(self._waiting), size)
             try:
-                announced = await self._persist_and_announce("user", correlation_id,
-                                                             text=message)
+                self._queue_limits.admit(len(self._waiting), size)
+            except AgenstraError:
+                # Full; but a chat sent again is answered with what is stored, full or not.
+                existing = await self._store.user_message(self.agent_id, correlation_id)
+                if existing is not None:
+                    return existing
+                raise
+            try:
+                # One write checks the idempotency key and stores.
+                announced, new = await self._store.append_user_message_once(
+                    self.agent_id, correlation_id, message)
             except BaseException:
                 self._queue_limits.release(size)
                 raise
+            if not new:
+                self._queue_limits.release(size)
+                return announced
+            metrics.MESSAGES.labels("user").inc()
+            await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_MESSAGE, announced)
             queued = _QueuedTurn(message, correlation_id, stream, time.monotonic(), size,
                                  cancelled=self._held)
             self._waiting[correlation_id] = queued
@@ -205,7 +215,7 @@ class AgentChannel:
         while (queued := await self._queue.get()) is not None:
             self._waiting.pop(queued.correlation_id, None)
             self._queue_limits.release(queued.size)
-            self._log.info("turn start agent=%s correlationId=%s", self.agent_id,
+            self._log.debug("turn start agent=%s correlationId=%s", self.agent_id,
                            queued.correlation_id)
             try:
                 # Capped whatever the provider returned: the message must fit every frame.

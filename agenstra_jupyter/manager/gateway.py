@@ -1,6 +1,7 @@
 """Socket.IO namespace `/agents`: login, chat, cancel, logout, permissionResponse (see
 DESIGN.md). A socket may be logged into several agents ("One manager socket, several
-agents"): requests name theirs by `agentId`, which may be left out while it holds one."""
+agents"): requests name theirs by `agentId`, which may be left out while it holds one.
+Events run concurrently, in the order of their agent's lane (ordering.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from .. import protocol
 from ..protocol import AgenstraError, ErrorCode, ManagerEvent
 from ..socketio_tornado import socketio_handler
 from . import metrics
-from .auth import KeyGate, handshake_key
+from .auth import Authenticator, Caller, handshake_key
 from .channel import AgentChannel
+from .ordering import SocketOrder
 from .providers import ProviderError
 from .service import AgentService
 
@@ -31,6 +33,12 @@ MAX_AGENTS_PER_SOCKET = 10_000
 
 def agent_room(agent_id: str) -> str:
     return f"agent:{agent_id}"
+
+
+def _lane_of(data: Any) -> str | None:
+    """The agent an event names (its lane), or None: it is ordered with the whole socket."""
+    agent_id = data.get("agentId") if isinstance(data, dict) else None
+    return agent_id if isinstance(agent_id, str) and agent_id else None
 
 
 def _peer(environ: dict[str, Any]) -> str:
@@ -82,7 +90,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
     def __init__(
         self,
         service: AgentService,
-        gate: KeyGate,
+        gate: Authenticator,
         history_limit: int,
         max_message_bytes: int,
         log: logging.Logger,
@@ -95,6 +103,8 @@ class AgentsNamespace(socketio.AsyncNamespace):
         self._log = log
         # sid -> the agents it is logged into (an ordered set), at most MAX_AGENTS_PER_SOCKET
         self._logged_in: dict[str, dict[str, None]] = {}
+        self._callers: dict[str, Caller] = {}  # sid -> who its handshake named
+        self._orders: dict[str, SocketOrder] = {}  # sid -> the order its events run in
         self._handlers: dict[str, Handler] = {
             ManagerEvent.LOGIN: self._login,
             ManagerEvent.CHAT: self._chat,
@@ -113,7 +123,8 @@ class AgentsNamespace(socketio.AsyncNamespace):
         await self.emit(event, payload, to=sid)
 
     async def join(self, sid: str, agent_id: str) -> None:
-        await self.enter_room(sid, agent_room(agent_id))
+        if self.server.manager.is_connected(sid, self.namespace):  # not gone meanwhile
+            await self.enter_room(sid, agent_room(agent_id))
 
     async def leave(self, sid: str, agent_id: str) -> None:
         await self.leave_room(sid, agent_room(agent_id))
@@ -121,18 +132,23 @@ class AgentsNamespace(socketio.AsyncNamespace):
     # -- dispatch ------------------------------------------------------------------------
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        refusal = self._gate.check(_peer(environ), handshake_key(environ, auth))
-        if refusal is not None:
+        try:
+            caller = await self._gate.identify(_peer(environ), handshake_key(environ, auth))
+        except AgenstraError as refusal:
             metrics.ERRORS.labels(refusal.code).inc()
             if refusal.code == ErrorCode.UNAUTHORIZED:  # one message, nothing more
-                raise socketio.exceptions.ConnectionRefusedError(refusal.message)
-            raise socketio.exceptions.ConnectionRefusedError(refusal.message,
-                                                             {"code": refusal.code})
+                raise socketio.exceptions.ConnectionRefusedError(refusal.message) from None
+            raise socketio.exceptions.ConnectionRefusedError(
+                refusal.message, {"code": refusal.code}) from None
+        self._callers[sid] = caller
+        self._orders[sid] = SocketOrder()
         metrics.SOCKETS.inc()
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         metrics.SOCKETS.dec()
+        self._orders.pop(sid, None)
         self._logged_in.pop(sid, None)
+        self._callers.pop(sid, None)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event in ("connect", "disconnect"):
@@ -144,7 +160,10 @@ class AgentsNamespace(socketio.AsyncNamespace):
                 raise AgenstraError(ErrorCode.UNKNOWN_EVENT, "Unknown event")
             if len(args) > 2:
                 raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "Send one payload object")
-            return await handler(sid, args[1] if len(args) > 1 else None)
+            data = args[1] if len(args) > 1 else None
+            # Taken now, as it arrives: see ordering.py.
+            async with self._order(sid).turn(_lane_of(data)):
+                return await handler(sid, data)
         except AgenstraError as exc:
             metrics.ERRORS.labels(exc.code).inc()
             await self.emit(ManagerEvent.ERROR, exc.payload(), to=sid)
@@ -159,13 +178,21 @@ class AgentsNamespace(socketio.AsyncNamespace):
             )
         return None
 
+    def _order(self, sid: str) -> SocketOrder:
+        # A socket gone already (its events may still run): an order of its own, dropped.
+        return self._orders.get(sid) or SocketOrder()
+
     # -- events --------------------------------------------------------------------------
 
     async def _login(self, sid: str, data: Any) -> None:
         request: protocol.LoginRequest = protocol.parse(protocol.LoginRequest, data)
+        caller = self._callers.get(sid)
         agent = await self.service.authenticate(
-            request.agentId, request.agentName, request.password
+            request.agentId, request.agentName, request.password,
+            caller.user if caller else None,
         )
+        if agent is not None and (caller is None or not caller.may_use(agent.owner)):
+            agent = None  # another user's agent: the same refusal as a wrong password
         metrics.LOGINS.labels("success" if agent else "failure").inc()
         if agent is None:
             await self.emit(ManagerEvent.LOGIN_ERROR, protocol.login_error(), to=sid)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import uuid
+import warnings
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -15,18 +15,23 @@ from sqlalchemy import (
     func,
     insert,
     inspect,
-    literal,
     select,
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SAWarning
 
 from .. import protocol
 from ..db import Database, Migration
 from ..secrets import SecretBox, SecretKeyError
-from .bounds import fit_stored
-from .models import AgentRecord, agents, messages, permission_requests, permission_rules
+from .message_log import MessageLog, wire_message
+from .models import (
+    AgentRecord,
+    agents,
+    messages,
+    permission_requests,
+    permission_rules,
+)
 
 
 class NameTaken(Exception):
@@ -69,10 +74,50 @@ def _v5_notebook_tokens(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE agents ADD COLUMN notebook_token TEXT"))
 
 
+def _v6_owners(conn: Connection) -> None:
+    # Agents of a shared (Hub) manager belong to a user; older ones to the key's holder.
+    # Names become unique per owner: one user's name must not tell another it is taken.
+    if "owner" not in {column["name"] for column in inspect(conn).get_columns("agents")}:
+        conn.execute(text("ALTER TABLE agents ADD COLUMN owner VARCHAR(256)"))
+    with warnings.catch_warnings():  # SQLAlchemy cannot reflect the expression index
+        warnings.simplefilter("ignore", SAWarning)
+        unique = [c for c in inspect(conn).get_unique_constraints("agents")
+                  if c["column_names"] == ["name"]]
+    if unique and conn.dialect.name == "sqlite":
+        _rebuild_agents(conn)  # SQLite cannot drop a column's UNIQUE
+    elif unique:
+        conn.execute(text(f'ALTER TABLE agents DROP CONSTRAINT "{unique[0]["name"]}"'))
+    # As OWNER_NAME_INDEX (which SQLAlchemy cannot find again by reflection to skip it).
+    conn.execute(text("CREATE UNIQUE INDEX IF NOT EXISTS ix_agents_owner_name "
+                      "ON agents (coalesce(owner, ''), name)"))
+
+
+def _rebuild_agents(conn: Connection) -> None:
+    """`agents` made again from today's table, its rows and its children's kept.
+
+    Inside the migration's transaction foreign keys stay on, so the children are set aside
+    first: dropping `agents` then cascades into nothing.
+    """
+    tables = [messages, permission_requests, permission_rules, agents]
+    kept: dict[str, list[str]] = {}
+    for table in tables:
+        kept[table.name] = [column["name"] for column in inspect(conn).get_columns(table.name)]
+        copy = f"CREATE TABLE v6_{table.name} AS SELECT * FROM {table.name}"  # noqa: S608
+        conn.execute(text(copy))  # our own tables' names, as below
+        conn.execute(text(f"DROP TABLE {table.name}"))
+    for table in reversed(tables):
+        table.create(conn)  # with its indexes
+        names = ", ".join(f'"{c.name}"' for c in table.columns if c.name in kept[table.name])
+        conn.execute(text(f"INSERT INTO {table.name} ({names}) "  # noqa: S608
+                          f"SELECT {names} FROM v6_{table.name}"))
+        conn.execute(text(f"DROP TABLE v6_{table.name}"))
+    _v2_correlation_index(conn)
+
+
 def migrations(box: SecretBox) -> list[Migration]:
     """The schema's steps; sealing the configs of older databases needs the key."""
     return [_v1_initial, _v2_correlation_index, partial(_v3_seal_configs, box),
-            _v4_projects_and_approvals, _v5_notebook_tokens]
+            _v4_projects_and_approvals, _v5_notebook_tokens, _v6_owners]
 
 
 def seal_config(box: SecretBox, config: dict[str, Any]) -> dict[str, str]:
@@ -96,15 +141,23 @@ class Store(Database):
         super().__init__(url)
         self._box = box
         self.migrations = migrations(box)
+        self._message_log: MessageLog | None = None
 
     async def open(self) -> None:
         """Open and migrate; SecretKeyError if the stored configs need another key."""
         await super().open()
+        self._message_log = MessageLog(self.url)
         try:
             await self.list_agents()
         except SecretKeyError:
             await self.close()
             raise
+
+    async def close(self) -> None:
+        log, self._message_log = self._message_log, None
+        if log is not None:
+            await log.close()
+        await super().close()
 
     # -- agents --------------------------------------------------------------------------
 
@@ -132,8 +185,10 @@ class Store(Database):
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
         return await self._one_agent(agents.c.id == agent_id)
 
-    async def get_agent_by_name(self, name: str) -> AgentRecord | None:
-        return await self._one_agent(agents.c.name == name)
+    async def get_agent_by_name(self, name: str, owner: str | None = None) -> AgentRecord | None:
+        """`owner`'s agent of that name (names are unique per owner; None: the key's)."""
+        mine = agents.c.owner.is_(None) if owner is None else agents.c.owner == owner
+        return await self._one_agent(and_(agents.c.name == name, mine))
 
     async def _one_agent(self, where: Any) -> AgentRecord | None:
         async with self.engine.connect() as conn:
@@ -169,44 +224,23 @@ class Store(Database):
         response: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Persist a message with the agent's next `seq` and return it in wire form."""
-        message_id = str(uuid.uuid4())
-        timestamp = protocol.utc_now()
-        # One statement picks the next seq and inserts, so no two writers share a seq.
-        next_seq = select(
-            literal(message_id),
-            literal(agent_id),
-            func.coalesce(func.max(messages.c.seq), 0) + 1,
-            literal(sender),
-            literal(text, messages.c.text.type),
-            literal(response, messages.c.response.type),
-            literal(correlation_id),
-            literal(timestamp),
-        ).where(messages.c.agent_id == agent_id)
-        columns = [
-            "id",
-            "agent_id",
-            "seq",
-            "sender",
-            "text",
-            "response",
-            "correlation_id",
-            "created_at",
-        ]
-        async with self.engine.begin() as conn:
-            result = await conn.execute(
-                insert(messages).from_select(columns, next_seq).returning(messages.c.seq)
-            )
-            seq = result.scalar_one()
-        return protocol.chat_message(
-            id=message_id,
-            seq=seq,
-            agent_id=agent_id,
-            sender=sender,
-            timestamp=timestamp,
-            correlation_id=correlation_id,
-            text=text,
-            response=response,
-        )
+        message, _ = await self.message_log.append(agent_id, sender, correlation_id,
+                                                   text=text, response=response)
+        return message
+
+    async def append_user_message_once(
+        self, agent_id: str, correlation_id: str, text: str
+    ) -> tuple[dict[str, Any], bool]:
+        """The user's message stored, and True; or, when one is stored under
+        `correlation_id` already (a chat sent again), that one and False."""
+        return await self.message_log.append(agent_id, "user", correlation_id, text=text,
+                                             once=True)
+
+    @property
+    def message_log(self) -> MessageLog:
+        if self._message_log is None:
+            raise RuntimeError("Store is not open")
+        return self._message_log
 
     async def messages(
         self, agent_id: str, after: int = 0, limit: int | None = None
@@ -218,7 +252,7 @@ class Store(Database):
             .limit(limit)
         )
         async with self.engine.connect() as conn:
-            return [_wire(row) for row in await conn.execute(query)]
+            return [wire_message(row) for row in await conn.execute(query)]
 
     async def iter_messages(
         self, agent_id: str, after: int = 0, page: int = 500
@@ -238,7 +272,7 @@ class Store(Database):
         )
         async with self.engine.connect() as conn:
             row = (await conn.execute(query)).first()
-        return _wire(row) if row else None
+        return wire_message(row) if row else None
 
     async def recent_messages(self, agent_id: str, limit: int) -> list[dict[str, Any]]:
         """The last `limit` messages, oldest first."""
@@ -249,7 +283,7 @@ class Store(Database):
             .limit(limit)
         )
         async with self.engine.connect() as conn:
-            return [_wire(row) for row in reversed((await conn.execute(query)).all())]
+            return [wire_message(row) for row in reversed((await conn.execute(query)).all())]
 
     async def last_seq(self, agent_id: str) -> int:
         query = select(func.coalesce(func.max(messages.c.seq), 0)).where(
@@ -278,7 +312,7 @@ class Store(Database):
             .order_by(messages.c.agent_id, messages.c.seq)
         )
         async with self.engine.connect() as conn:
-            return [_wire(row) for row in await conn.execute(query)]
+            return [wire_message(row) for row in await conn.execute(query)]
 
     # -- approvals (used through manager/approvals.py only) --------------------------------
 
@@ -336,18 +370,3 @@ class Store(Database):
             await conn.execute(delete(permission_rules).where(and_(
                 permission_rules.c.agent_id == agent_id, permission_rules.c.kind == kind)))
             await conn.execute(insert(permission_rules).values(**values))
-
-
-def _wire(row: Any) -> dict[str, Any]:
-    # Rows stored before answers were capped are cut here, so no replay outgrows a frame.
-    return fit_stored(protocol.chat_message(
-        id=row.id,
-        seq=row.seq,
-        agent_id=row.agent_id,
-        sender=row.sender,
-        timestamp=row.created_at,
-        correlation_id=row.correlation_id,
-        text=row.text,
-        response=row.response,
-    ))
-

@@ -176,6 +176,9 @@ class Provider(LoggingConfigurable):
     # Whether its tool calls carry their own diffs; if not, the manager adds its before/after
     # of each text file the turn changed (`diff` parts, see manager/changes.py).
     reports_diffs: ClassVar[bool] = False
+    # Whether its turns can change the workspace's files: only then is it looked at around
+    # each turn (filesChanged, diffs).
+    changes_files: ClassVar[bool] = True
     # Whether its agents are handed the notebook tools (MCP) when the manager has them.
     gets_notebook_tools: ClassVar[bool] = False
 

@@ -12,6 +12,7 @@ class EchoProvider(Provider):
     name = "echo"
     description = "Answers 'Echo: <message>' (streamed word by word); no model, no runtime."
     capabilities = frozenset({"streaming", "cancel"})
+    changes_files = False  # it runs nothing
     example = {"delay": 1}
 
     @classmethod

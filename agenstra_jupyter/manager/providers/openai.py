@@ -42,6 +42,7 @@ class OpenAIProvider(Provider):
     name = "openai"
     description = "An OpenAI-compatible chat-completions API (streamed); config.model, baseUrl."
     capabilities = frozenset({"streaming", "cancel", "history"})
+    changes_files = False  # a model behind an HTTP API: it runs nothing here
     needs_network = True
     # The key is read from the manager's variable `apiKeyEnv` names (or config.env).
     example = {"model": "gpt-4o-mini", "baseUrl": DEFAULT_BASE_URL, "apiKeyEnv": "OPENAI_API_KEY"}

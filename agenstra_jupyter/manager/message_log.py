@@ -1,0 +1,190 @@
+"""The chat history's write path: one thread, one connection, group commit.
+
+Every turn stores two messages (the user's, the answer). Through the async engine each
+costs a transaction of several thread hops; here every message waiting while one write
+runs goes into the next, one transaction and one hop for all of them. A caller's message
+is committed when its `append` returns, so it is still persisted before it is announced
+and a chat is still acknowledged only after its commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, and_, create_engine, event, func, insert, select
+from sqlalchemy.engine import make_url
+
+from .. import protocol
+from ..db import sqlite_pragmas
+from .bounds import fit_stored
+from .models import messages
+
+MAX_BATCH = 500  # messages per transaction; more wait for the next one
+
+
+def _uuid4s() -> Iterator[str]:
+    """Random (version 4) UUIDs from one urandom call per 256: a syscall per message was
+    a visible share of a turn."""
+    while True:
+        pool = os.urandom(16 * 256)
+        for offset in range(0, len(pool), 16):
+            yield str(uuid.UUID(bytes=pool[offset:offset + 16], version=4))
+
+
+_message_ids = _uuid4s()
+
+
+@dataclass
+class _Append:
+    agent_id: str
+    sender: protocol.Sender
+    correlation_id: str
+    text: str | None
+    response: dict[str, Any] | None
+    once: bool  # a user message not stored again under its correlation id
+    id: str = field(default_factory=lambda: next(_message_ids))
+    timestamp: str = field(default_factory=protocol.utc_now)
+    future: asyncio.Future[tuple[dict[str, Any], bool]] | None = None
+
+
+def sync_url(url: str) -> str:
+    """The URL with its backend's default (blocking) driver: this runs in a thread."""
+    parsed = make_url(url)
+    return parsed.set(drivername=parsed.get_backend_name()).render_as_string(
+        hide_password=False)
+
+
+class MessageLog:
+    """Appends messages with the agent's next `seq`; at most one transaction in flight."""
+
+    def __init__(self, url: str) -> None:
+        self._engine: Engine = create_engine(sync_url(url))
+        if self._engine.dialect.name == "sqlite":
+            event.listen(self._engine, "connect", sqlite_pragmas)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="message-log")
+        self._pending: list[_Append] = []
+        self._writing: asyncio.Future[list[Any]] | None = None
+
+    async def append(
+        self,
+        agent_id: str,
+        sender: protocol.Sender,
+        correlation_id: str,
+        *,
+        text: str | None = None,
+        response: dict[str, Any] | None = None,
+        once: bool = False,
+    ) -> tuple[dict[str, Any], bool]:
+        """The message in wire form, committed, and whether it is new (False: `once` found
+        the user message stored under `correlation_id` already, which is returned)."""
+        entry = _Append(agent_id, sender, correlation_id, text, response, once)
+        loop = asyncio.get_running_loop()
+        entry.future = loop.create_future()
+        self._pending.append(entry)
+        self._write_next(loop)
+        return await entry.future
+
+    def _write_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start writing what waits, unless a write is in flight (its end calls again)."""
+        if self._writing is not None or not self._pending:
+            return
+        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        self._writing = loop.run_in_executor(self._thread, self._write_batch, batch)
+        self._writing.add_done_callback(lambda done: self._written(loop, batch, done))
+
+    def _written(self, loop: asyncio.AbstractEventLoop, batch: list[_Append],
+                 done: asyncio.Future[list[Any]]) -> None:
+        self._writing = None
+        results = done.result() if not done.cancelled() else None
+        for index, entry in enumerate(batch):
+            _settle(entry, results[index] if results else RuntimeError("write cancelled"))
+        self._write_next(loop)
+
+    def _write_batch(self, batch: list[_Append]) -> list[tuple[dict[str, Any], bool] | Exception]:
+        """In the thread. One bad message (its agent deleted meanwhile) must not fail the
+        others: a failed batch is written again one message per transaction."""
+        try:
+            return list(self._write(batch))
+        except Exception:
+            results: list[tuple[dict[str, Any], bool] | Exception] = []
+            for entry in batch:
+                try:
+                    results.extend(self._write([entry]))
+                except Exception as exc:
+                    results.append(exc)
+            return results
+
+    def _write(self, batch: list[_Append]) -> list[tuple[dict[str, Any], bool]]:
+        """In the thread: one transaction for the whole batch."""
+        results: list[tuple[dict[str, Any], bool]] = []
+        rows: list[dict[str, Any]] = []
+        seqs: dict[str, int] = {}
+        stored: dict[tuple[str, str], dict[str, Any]] = {}  # user messages of this batch
+        with self._engine.begin() as conn:
+            for entry in batch:
+                key = (entry.agent_id, entry.correlation_id)
+                if entry.once:
+                    existing = stored.get(key) or _stored_user_message(conn, *key)
+                    if existing is not None:
+                        results.append((existing, False))
+                        continue
+                if entry.agent_id not in seqs:
+                    seqs[entry.agent_id] = conn.execute(
+                        select(func.coalesce(func.max(messages.c.seq), 0))
+                        .where(messages.c.agent_id == entry.agent_id)).scalar_one()
+                seqs[entry.agent_id] += 1
+                rows.append({"id": entry.id, "agent_id": entry.agent_id,
+                             "seq": seqs[entry.agent_id], "sender": entry.sender,
+                             "text": entry.text, "response": entry.response,
+                             "correlation_id": entry.correlation_id,
+                             "created_at": entry.timestamp})
+                message = protocol.chat_message(
+                    id=entry.id, seq=seqs[entry.agent_id], agent_id=entry.agent_id,
+                    sender=entry.sender, timestamp=entry.timestamp,
+                    correlation_id=entry.correlation_id, text=entry.text,
+                    response=entry.response)
+                if entry.sender == "user":
+                    stored[key] = message
+                results.append((message, True))
+            if rows:
+                conn.execute(insert(messages), rows)
+        return results
+
+    async def close(self) -> None:
+        while self._writing is not None:
+            await asyncio.wait({self._writing})
+            await asyncio.sleep(0)  # its callback has run: the next batch started, if any
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
+        self._thread.shutdown(wait=True)
+
+
+def _settle(entry: _Append, result: tuple[dict[str, Any], bool] | Exception) -> None:
+    assert entry.future is not None
+    if entry.future.done():  # its caller was cancelled; the message is stored all the same
+        return
+    if isinstance(result, Exception):
+        entry.future.set_exception(result)
+    else:
+        entry.future.set_result(result)
+
+
+def _stored_user_message(conn: Any, agent_id: str, correlation_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(messages).where(and_(
+        messages.c.agent_id == agent_id, messages.c.correlation_id == correlation_id,
+        messages.c.sender == "user"))).first()
+    return wire_message(row) if row is not None else None
+
+
+def wire_message(row: Any) -> dict[str, Any]:
+    """A stored row in wire form. Rows stored before answers were capped are cut here, so
+    no replay outgrows a frame."""
+    return fit_stored(protocol.chat_message(
+        id=row.id, seq=row.seq, agent_id=row.agent_id, sender=row.sender,
+        timestamp=row.created_at, correlation_id=row.correlation_id, text=row.text,
+        response=row.response))
