@@ -56,9 +56,9 @@ class InlineManager(socketio.AsyncManager):
                     await self.server.eio.send_packet(eio_sid, frame)
 
 
-def socketio_handler(sio: socketio.AsyncServer) -> type:
+def socketio_handler(sio: socketio.AsyncServer, max_frame_bytes: int = MAX_FRAME_BYTES) -> type:
     """The engine.io tornado handler with TCP_NODELAY on its websockets, taking frames up
-    to MAX_FRAME_BYTES (tornado's default is 10 MiB; `sio` checks its own limit after),
+    to `max_frame_bytes` (tornado's default is 10 MiB; `sio` checks its own limit after),
     compressed only if the tornado settings' `websocket_compression_options` say so.
 
     A turn sends several small frames in a row (the user's message, events, the answer);
@@ -69,7 +69,7 @@ def socketio_handler(sio: socketio.AsyncServer) -> type:
     class NoDelayHandler(base):  # type: ignore[misc, valid-type]
         @property
         def max_message_size(self) -> int:
-            return MAX_FRAME_BYTES
+            return max_frame_bytes
 
         def get_compression_options(self) -> dict[str, Any] | None:
             # engine.io turns permessage-deflate on for every socket; we follow the server's

@@ -5,12 +5,21 @@ overtakes its agent's login."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
-from agenstra_jupyter.manager.ordering import MAX_EVENTS_IN_FLIGHT, SocketOrder
+from agenstra_jupyter.manager.auth import KeyGate
+from agenstra_jupyter.manager.gateway import AgentsNamespace
+from agenstra_jupyter.manager.ordering import (
+    MAX_BYTES_IN_FLIGHT,
+    MAX_EVENTS_IN_FLIGHT,
+    InFlight,
+    SocketOrder,
+)
 from agenstra_jupyter.protocol import AgenstraError, ErrorCode, ManagerEvent
 
 from .helpers import AgentsClient
@@ -122,3 +131,71 @@ async def test_the_seed_flow_chat_right_behind_its_login(manager):
     assert answer["response"]["result"] == "Echo: at once"
     assert client.log.of(ManagerEvent.ERROR) == []
     await client.close()
+
+
+async def test_what_waiting_events_hold_is_bounded_per_socket_and_in_all():
+    total = InFlight(limit=3 * MAX_BYTES_IN_FLIGHT // 2)
+    first, second = SocketOrder(total), SocketOrder(total)
+    gate = asyncio.Event()
+
+    async def hold(order: SocketOrder, size: int) -> None:
+        async with order.turn("a", size):
+            await gate.wait()
+
+    held = asyncio.ensure_future(hold(first, MAX_BYTES_IN_FLIGHT))
+    await asyncio.sleep(0)
+    for order, size in ((first, 1), (second, MAX_BYTES_IN_FLIGHT)):  # this socket; all
+        with pytest.raises(AgenstraError) as refused:
+            async with order.turn("b", size):
+                pass
+        assert refused.value.code == ErrorCode.RATE_LIMITED
+    gate.set()
+    await held
+    assert total.bytes == first.bytes == 0
+    async with second.turn("b", MAX_BYTES_IN_FLIGHT):
+        pass
+
+
+async def test_a_login_whose_socket_went_meanwhile_leaves_nothing():
+    """The socket closed while its password was checked: no login is kept for it."""
+    checking = asyncio.Event()
+    checked = asyncio.Event()
+
+    class Service:
+        outbox = None
+
+        async def authenticate(self, *args):
+            checking.set()
+            await checked.wait()
+            return SimpleNamespace(id="a1", name="a", owner=None)
+
+    namespace = AgentsNamespace(Service(), KeyGate("k", 0), 100, 1024, logging.getLogger())
+    namespace._callers["s1"] = await namespace._gate.identify("p", "k")
+    login = asyncio.ensure_future(namespace._login("s1", {"agentId": "a1", "password": "x"}))
+    await checking.wait()
+    await namespace.on_disconnect("s1")
+    checked.set()
+    await login
+    assert namespace._logged_in == {} and namespace._callers == {}
+
+
+async def test_the_manager_reads_no_frame_larger_than_a_chat_needs(manager):
+    """Events now wait in lanes while the socket is read on: a frame far over what a chat
+    may carry (max_message_bytes, 256 KiB here) drops its socket, not just the event; a chat
+    over the limit but within the frame is refused, and the socket stays."""
+    agent = await manager.create_agent(name="big", provider="echo")
+    attacker = await AgentsClient().connect(manager)
+    await attacker.login(agent)
+    refused = await attacker.sio.call(ManagerEvent.CHAT, {"message": "y" * 300_000},
+                                      namespace="/agents", timeout=30)
+    assert refused["error"]["code"] == ErrorCode.PAYLOAD_TOO_LARGE
+    await attacker.emit(ManagerEvent.CHAT, {"message": "z" * (2 * 1024 * 1024)})
+    for _ in range(300):
+        if not attacker.sio.connected:
+            break
+        await asyncio.sleep(0.05)
+    assert not attacker.sio.connected, "an oversize frame did not drop its socket"
+    bystander = await AgentsClient().connect(manager)
+    await bystander.login(agent)
+    assert (await bystander.chat("still here"))["response"]["result"] == "Echo: still here"
+    await bystander.close()

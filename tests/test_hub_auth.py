@@ -4,6 +4,7 @@ of wrong tokens, the cache)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 
@@ -84,6 +85,36 @@ async def test_a_flood_of_wrong_tokens_is_throttled_without_asking_the_hub(hub_a
         assert codes == [ErrorCode.UNAUTHORIZED] * 3 + [ErrorCode.RATE_LIMITED] * 3
         assert len(asked) == 3
         assert await gate.identify("someone-else", "alice-token")  # others are not held up
+    finally:
+        await gate.close()
+
+
+async def test_a_flood_from_a_shared_address_does_not_lock_out_known_users(hub_api):
+    """Every user's server may reach the manager from one address: alice's controller,
+    signed in before, still gets in while someone floods wrong tokens from there too, after
+    her cached answer has expired."""
+    url, _ = hub_api
+    gate = authenticator(url, failures_per_second=3, cache_seconds=0)
+    try:
+        assert await gate.identify("127.0.0.1", "alice-token") == Caller("alice", admin=False)
+        for attempt in range(6):
+            with pytest.raises(AgenstraError):
+                await gate.identify("127.0.0.1", f"wrong-{attempt}")
+        assert gate._limits.throttled("127.0.0.1")
+        assert await gate.identify("127.0.0.1", "alice-token") == Caller("alice", admin=False)
+        with pytest.raises(AgenstraError) as refused:  # one it never vouched for: held
+            await gate.identify("127.0.0.1", "admin-token")
+        assert refused.value.code == ErrorCode.RATE_LIMITED
+    finally:
+        await gate.close()
+
+
+async def test_one_hub_request_per_token_however_many_sockets_at_once(hub_api):
+    url, asked = hub_api
+    gate = authenticator(url)
+    try:
+        callers = await asyncio.gather(*(gate.identify("p", "alice-token") for _ in range(20)))
+        assert set(callers) == {Caller("alice", admin=False)} and len(asked) == 1
     finally:
         await gate.close()
 

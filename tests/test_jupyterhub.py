@@ -141,6 +141,7 @@ c.JupyterHub.load_roles = [
 ]
 c.Spawner.server_token_scopes = [
     "users:activity!user", "access:servers!server", "access:services!service={service}",
+    "tokens!user",  # to mint the manager's own, service-only token
 ]
 """
 
@@ -237,6 +238,19 @@ def _user(hub: Hub, name: str) -> User:
                 return user
         time.sleep(0.5)
     raise AssertionError(f"{name}'s server never became ready")
+
+
+def _manager_key_of(hub: Hub, name: str) -> str:
+    """The key `name`'s controller keeps (sealed) for the shared manager, client `local`."""
+    import sqlite3
+
+    from cryptography.fernet import Fernet
+
+    data_dir = next((hub.root / "home" / name).rglob("controller.sqlite")).parent
+    with sqlite3.connect(data_dir / "controller.sqlite") as registry:
+        sealed = registry.execute("select api_key from clients where id = 'local'").fetchone()
+    return Fernet((data_dir / "controller.key").read_bytes().strip()).decrypt(
+        sealed[0].encode()).decode()
 
 
 def _server_token(name: str) -> str:
@@ -435,6 +449,16 @@ def test_two_users_share_one_manager_and_never_see_each_others_agents(hub, brows
     assert "HOME=" in seen and "JUPYTERHUB" not in seen and secret not in seen
     assert secret not in alice.rest("GET", "clients").text
     assert secret not in (hub.root / "hub.log").read_text(errors="replace")
+    # The manager never holds the server's token, which could use alice's server: her
+    # controller signs in with a token of its own that may use the manager's service only.
+    key = _manager_key_of(hub, "alice")
+    assert key != secret
+    model = httpx.get(f"{hub.api}/user", headers={"Authorization": f"token {key}"},
+                      timeout=30).json()
+    assert model["name"] == "alice"
+    # The Hub adds the right to read one's own name and groups; nothing else comes with it.
+    beyond_reading = {s for s in model["scopes"] if not s.startswith("read:users:")}
+    assert beyond_reading == {f"access:services!service={SERVICE}"}, model["scopes"]
 
     # An admin (by the manager's admin scope) sees and reads everyone's agents.
     admin = User(ADMIN, _api_token(hub, ADMIN), hub)

@@ -10,6 +10,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import event
 
@@ -105,3 +106,20 @@ async def test_close_waits_for_messages_in_flight(tmp_path):
     assert all(w.done() and not w.exception() for w in writes)
     with sqlite3.connect(path) as db:
         assert db.execute("select count(*) from messages").fetchone() == (50,)
+
+
+async def test_a_write_failing_beyond_exception_fails_its_callers_not_the_log(tmp_path):
+    """SystemExit or the like in the writer thread: every waiting caller hears of it, and
+    the next write goes on (no caller left waiting forever on the agent's lock)."""
+    async with opened(tmp_path / "m.sqlite") as store:
+        log = store.message_log
+        real = log._write_batch
+
+        def broken(batch):
+            raise SystemExit("writer gone")
+
+        log._write_batch = broken
+        with pytest.raises(RuntimeError, match="writer gone"):
+            await asyncio.wait_for(store.append_message("a", "user", "x", text="t"), 10)
+        log._write_batch = real
+        assert (await store.append_message("a", "user", "y", text="t"))["seq"] == 1

@@ -21,6 +21,7 @@ from ..socketio_tornado import InlineManager, JSONPacket
 from . import provisioner, saves
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
+from .hub_token import HubTokens
 from .links import Backoff
 from .local import LocalManager
 from .manager_api import ManagerAPI, is_agents, is_created_agent, is_providers
@@ -57,10 +58,20 @@ class ControllerApp(ExtensionApp):
     manager_auth = Enum(
         ["key", "hub"], "key",
         help="How this server proves itself to manager_url: 'key' (manager_api_key) or "
-        "'hub' (this JupyterHub single-user server's own Hub token, JUPYTERHUB_API_TOKEN, "
-        "for a manager shared as a Hub service: docs/deploy/jupyterhub.md). "
-        "AGENSTRA_MANAGER_AUTH.",
+        "'hub' (a Hub token this JupyterHub single-user server mints for it, good for "
+        "the manager's service only: docs/deploy/jupyterhub.md). AGENSTRA_MANAGER_AUTH.",
     ).tag(config=True, env="AGENSTRA_MANAGER_AUTH")
+    hub_service = Unicode(
+        "agenstra-manager",
+        help="The shared manager's JupyterHub service name (manager_auth 'hub'): its token "
+        "is scoped to access:services!service=<it>. AGENSTRA_HUB_SERVICE.",
+    ).tag(config=True, env="AGENSTRA_HUB_SERVICE")
+    hub_token_scopes = Unicode(
+        "custom:agenstra:admin",
+        help="Scopes, comma-separated, the manager's token carries besides access to its "
+        "service, when this server's user holds them (the manager's admin scope). "
+        "AGENSTRA_HUB_TOKEN_SCOPES.",
+    ).tag(config=True, env="AGENSTRA_HUB_TOKEN_SCOPES")
     manager_args = List(
         Unicode(), help="Extra command-line arguments for the local manager."
     ).tag(config=True)
@@ -322,7 +333,8 @@ class Controller:
             for project in await self.registry.granted_projects():
                 provisioner.add_project(project)
         if app.manager_url:
-            await self.registry.set_local(app.manager_url.rstrip("/"), self._manager_key())
+            await self.registry.set_local(app.manager_url.rstrip("/"),
+                                          await self._manager_key())
         elif app.local_manager:
             if self.local is None:  # kept only once started: a retry starts it again
                 local = LocalManager(Path(app.data_dir) / "local-manager", app.manager_args,
@@ -339,15 +351,16 @@ class Controller:
         except Exception as exc:  # best effort: never a reason to refuse the user's requests
             self.log.warning("agenstra: the default agent was not created: %s", exc)
 
-    def _manager_key(self) -> str:
-        """What manager_url is sent as its key: the API key, or the Hub token (hub mode)."""
+    async def _manager_key(self) -> str:
+        """What manager_url is sent as its key: the API key, or (hub mode) a token of its
+        own for the manager's service, kept across restarts while the Hub honours it."""
         if self.app.manager_auth == "key":
             return self.app.manager_api_key
-        token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
-        if not token:
-            raise RuntimeError("AGENSTRA_MANAGER_AUTH=hub needs JUPYTERHUB_API_TOKEN: run "
-                               "inside a JupyterHub single-user server")
-        return token
+        kept = await self.registry.get_client(LOCAL_CLIENT_ID)
+        extra = [scope.strip() for scope in self.app.hub_token_scopes.split(",")
+                 if scope.strip()]
+        tokens = HubTokens(self.app.hub_service, extra)
+        return await tokens.token(kept.api_key if kept is not None else None)
 
     async def _ensure_default_agent(self) -> None:
         app = self.app

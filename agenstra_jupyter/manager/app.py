@@ -272,8 +272,10 @@ class ManagerApp(Application):
             serializer=JSONPacket,
             # Each event in a task of its own; the gateway orders them per agent (ordering.py).
             async_handlers=True,
-            # One limit for every tier's frames; chats are held to max_message_bytes once read.
-            max_http_buffer_size=protocol.MAX_FRAME_BYTES,
+            # What this manager reads is small (chats of max_message_bytes, JSON-escaped at
+            # most ~4x); it may send frames of MAX_FRAME_BYTES.
+            max_http_buffer_size=min(protocol.MAX_FRAME_BYTES,
+                                     4 * self.max_message_bytes + 64 * 1024),
             logger=False,
             engineio_logger=False,
         )

@@ -20,7 +20,7 @@ from ..socketio_tornado import socketio_handler
 from . import metrics
 from .auth import Authenticator, Caller, handshake_key
 from .channel import AgentChannel
-from .ordering import SocketOrder
+from .ordering import InFlight, SocketOrder
 from .providers import ProviderError
 from .service import AgentService
 
@@ -33,6 +33,13 @@ MAX_AGENTS_PER_SOCKET = 10_000
 
 def agent_room(agent_id: str) -> str:
     return f"agent:{agent_id}"
+
+
+def _waiting_size(data: Any) -> int:
+    """The bytes an event holds while it waits: its chat text (the frame bounds the rest).
+    A chat over max_message_bytes is refused in its turn, so refusals keep their order."""
+    message = data.get("message") if isinstance(data, dict) else None
+    return len(message) if isinstance(message, str) else 0
 
 
 def _lane_of(data: Any) -> str | None:
@@ -53,7 +60,7 @@ def bounded_socketio_handler(
     """The Socket.IO handler, bounded: at most `max_sockets` engine.io connections (a new
     one over that gets a 503 before any upgrade), and a connection that has not joined
     /agents `handshake_timeout` seconds after it opened (refused, or never tried) closed."""
-    base: Any = socketio_handler(sio)
+    base: Any = socketio_handler(sio, sio.eio.max_http_buffer_size)
     joined = sio.eio.handlers["connect"]  # python-socketio's own
     closing: set[asyncio.Task[None]] = set()
 
@@ -105,6 +112,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
         self._logged_in: dict[str, dict[str, None]] = {}
         self._callers: dict[str, Caller] = {}  # sid -> who its handshake named
         self._orders: dict[str, SocketOrder] = {}  # sid -> the order its events run in
+        self._in_flight = InFlight()  # bytes waiting, every socket's: bounded
         self._handlers: dict[str, Handler] = {
             ManagerEvent.LOGIN: self._login,
             ManagerEvent.CHAT: self._chat,
@@ -141,7 +149,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
             raise socketio.exceptions.ConnectionRefusedError(
                 refusal.message, {"code": refusal.code}) from None
         self._callers[sid] = caller
-        self._orders[sid] = SocketOrder()
+        self._orders[sid] = SocketOrder(self._in_flight)
         metrics.SOCKETS.inc()
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -161,8 +169,9 @@ class AgentsNamespace(socketio.AsyncNamespace):
             if len(args) > 2:
                 raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "Send one payload object")
             data = args[1] if len(args) > 1 else None
+            size = _waiting_size(data)  # counted against the in-flight budget while it waits
             # Taken now, as it arrives: see ordering.py.
-            async with self._order(sid).turn(_lane_of(data)):
+            async with self._order(sid).turn(_lane_of(data), size):
                 return await handler(sid, data)
         except AgenstraError as exc:
             metrics.ERRORS.labels(exc.code).inc()
@@ -180,7 +189,7 @@ class AgentsNamespace(socketio.AsyncNamespace):
 
     def _order(self, sid: str) -> SocketOrder:
         # A socket gone already (its events may still run): an order of its own, dropped.
-        return self._orders.get(sid) or SocketOrder()
+        return self._orders.get(sid) or SocketOrder(self._in_flight)
 
     # -- events --------------------------------------------------------------------------
 
@@ -197,6 +206,8 @@ class AgentsNamespace(socketio.AsyncNamespace):
         if agent is None:
             await self.emit(ManagerEvent.LOGIN_ERROR, protocol.login_error(), to=sid)
             return
+        if sid not in self._callers:
+            return  # the socket went while the password was checked: nothing to keep
         agents = self._logged_in.setdefault(sid, {})
         if agent.id in agents:  # logged in again: the history after afterSeq once more
             await self.leave(sid, agent.id)  # still logged in: its chats go on meanwhile

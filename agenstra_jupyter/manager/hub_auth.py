@@ -9,6 +9,7 @@ costs the Hub one request per token per `cache_seconds`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -24,6 +25,9 @@ from ..protocol import AgenstraError, ErrorCode
 from .auth import Authenticator, Caller, KeyGate
 
 MAX_CACHED = 10_000  # tokens remembered; the oldest go first
+# A token the Hub vouched for within this long still passes while its peer address is
+# throttled (by someone else's wrong tokens); a revoked one is refused at its next lookup.
+KNOWN_GOOD_SECONDS = 3600.0
 HUB_UNAVAILABLE = "The Hub cannot check credentials now; try again"
 
 
@@ -91,6 +95,8 @@ class HubAuthenticator(Authenticator, LoggingConfigurable):
                              "AGENSTRA_HUB_API_URL, AGENSTRA_HUB_SERVICE_NAME)")
         self._limits = KeyGate("", self.failures_per_second)  # only its failure budget
         self._cache: dict[str, tuple[float, Caller | None]] = {}
+        self._good: dict[str, tuple[float, Caller]] = {}  # tokens the Hub vouched for lately
+        self._lookups: dict[str, asyncio.Future[Caller | None]] = {}
         self._http = AsyncHTTPClient(force_instance=True)
 
     @classmethod
@@ -102,15 +108,31 @@ class HubAuthenticator(Authenticator, LoggingConfigurable):
             raise self._limits.refuse(peer)
         key = hashlib.sha256(token.encode()).hexdigest()  # no raw token kept in memory
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > time.monotonic():
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
             caller = cached[1]
         elif self._limits.throttled(peer):
-            raise self._limits.refuse(peer)
+            # Every user's controller may share one address (the Hub's host): another's
+            # wrong tokens must not lock out a token the Hub vouched for lately.
+            good = self._good.get(key)
+            if good is None or good[0] <= now:
+                raise self._limits.refuse(peer)
+            caller = good[1]
         else:
-            caller = await self._ask_hub(token)
-            self._remember(key, caller)
+            caller = await self._lookup(key, token)
         if caller is None:
             raise self._limits.refuse(peer)
+        return caller
+
+    async def _lookup(self, key: str, token: str) -> Caller | None:
+        """The Hub's answer about a token: one request per token at a time, however many
+        sockets present it at once."""
+        pending = self._lookups.get(key)
+        if pending is None:
+            pending = self._lookups[key] = asyncio.ensure_future(self._ask_hub(token))
+            pending.add_done_callback(lambda _: self._lookups.pop(key, None))
+        caller = await asyncio.shield(pending)
+        self._remember(key, caller)
         return caller
 
     async def _ask_hub(self, token: str) -> Caller | None:
@@ -134,11 +156,19 @@ class HubAuthenticator(Authenticator, LoggingConfigurable):
         return caller_of(model, self.service_name, self.admin_scope)
 
     def _remember(self, key: str, caller: Caller | None) -> None:
-        self._cache.pop(key, None)  # re-inserted last: the dict stays oldest-first
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = (time.monotonic() + self.cache_seconds, caller)
+        now = time.monotonic()
+        _put(self._cache, key, (now + self.cache_seconds, caller))
+        if caller is not None:
+            _put(self._good, key, (now + KNOWN_GOOD_SECONDS, caller))
+        else:
+            self._good.pop(key, None)  # the Hub disowned it: no grace any more
 
     async def close(self) -> None:
         self._http.close()
 
+
+def _put(cache: dict[str, Any], key: str, value: Any) -> None:
+    cache.pop(key, None)  # re-inserted last: the dict stays oldest-first
+    if len(cache) >= MAX_CACHED:
+        cache.pop(next(iter(cache)))
+    cache[key] = value

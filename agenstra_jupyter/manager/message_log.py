@@ -101,10 +101,16 @@ class MessageLog:
     def _written(self, loop: asyncio.AbstractEventLoop, batch: list[_Append],
                  done: asyncio.Future[list[Any]]) -> None:
         self._writing = None
-        results = done.result() if not done.cancelled() else None
-        for index, entry in enumerate(batch):
-            _settle(entry, results[index] if results else RuntimeError("write cancelled"))
-        self._write_next(loop)
+        try:
+            results: list[Any] = done.result()
+        except BaseException as exc:  # cancelled, or worse: every waiter must hear of it
+            failure = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+            results = [failure] * len(batch)
+        try:
+            for entry, result in zip(batch, results, strict=True):
+                _settle(entry, result)
+        finally:
+            self._write_next(loop)
 
     def _write_batch(self, batch: list[_Append]) -> list[tuple[dict[str, Any], bool] | Exception]:
         """In the thread. One bad message (its agent deleted meanwhile) must not fail the

@@ -18,24 +18,42 @@ from collections.abc import AsyncIterator
 
 from ..protocol import AgenstraError, ErrorCode
 
-MAX_EVENTS_IN_FLIGHT = 1000  # per socket: beyond, events are refused, not queued
+# Beyond these, events are refused (RATE_LIMITED), not queued: the socket is read on
+# while its events wait, so what they hold must be bounded.
+MAX_EVENTS_IN_FLIGHT = 1000  # per socket
+MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024  # chat text waiting, per socket
+MAX_TOTAL_BYTES_IN_FLIGHT = 64 * 1024 * 1024  # chat text waiting, all sockets together
+BUSY_MESSAGE = "Too many requests in flight on this socket; wait for answers"
+
+
+class InFlight:
+    """The bytes waiting events hold, across every socket of a manager."""
+
+    def __init__(self, limit: int = MAX_TOTAL_BYTES_IN_FLIGHT) -> None:
+        self.limit = limit
+        self.bytes = 0
 
 
 class SocketOrder:
     """One socket's lanes: the last event of each agent, and the last socket-wide one."""
 
-    def __init__(self) -> None:
+    def __init__(self, total: InFlight | None = None) -> None:
         self._lanes: dict[str, asyncio.Future[None]] = {}
         self._barrier: asyncio.Future[None] | None = None
+        self._total = total if total is not None else InFlight()
         self.in_flight = 0
+        self.bytes = 0
 
     @contextlib.asynccontextmanager
-    async def turn(self, lane: str | None) -> AsyncIterator[None]:
-        """Run the body in `lane` (an agent id; None: the whole socket). The lane is taken
-        on entry, before anything is awaited: call it as the event arrives."""
-        if self.in_flight >= MAX_EVENTS_IN_FLIGHT:
+    async def turn(self, lane: str | None, size: int = 0) -> AsyncIterator[None]:
+        """Run the body in `lane` (an agent id; None: the whole socket), holding `size`
+        bytes meanwhile. The lane is taken on entry, before anything is awaited: call it
+        as the event arrives."""
+        if self.in_flight >= MAX_EVENTS_IN_FLIGHT or self.bytes + size > MAX_BYTES_IN_FLIGHT:
+            raise AgenstraError(ErrorCode.RATE_LIMITED, BUSY_MESSAGE)
+        if self._total.bytes + size > self._total.limit:
             raise AgenstraError(ErrorCode.RATE_LIMITED,
-                                "Too many requests in flight on this socket; wait for answers")
+                                "The manager has too many requests waiting; try again")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if lane is None:
             before = [*self._lanes.values(), self._barrier]
@@ -44,6 +62,8 @@ class SocketOrder:
             before = [self._lanes.get(lane), self._barrier]
             self._lanes[lane] = done
         self.in_flight += 1
+        self.bytes += size
+        self._total.bytes += size
         try:
             for earlier in before:
                 if earlier is not None and not earlier.done():
@@ -51,6 +71,8 @@ class SocketOrder:
             yield
         finally:
             self.in_flight -= 1
+            self.bytes -= size
+            self._total.bytes -= size
             done.set_result(None)
             if lane is not None and self._lanes.get(lane) is done:
                 del self._lanes[lane]

@@ -55,8 +55,12 @@ class ApiHandler(JSONErrors, web.RequestHandler):
             raise AgenstraError(ErrorCode.INVALID_PAYLOAD, "Body must be JSON") from None
 
     async def _visible_agents(self) -> list[AgentRecord]:
-        return [agent for agent in await self.service.list_agents()
-                if self.caller.may_use(agent.owner)]
+        """The caller's agents (every agent for an admin), chosen by the store."""
+        if self.caller.admin:
+            return await self.service.list_agents()
+        if self.caller.user is None:
+            return []
+        return await self.service.list_agents(owner=self.caller.user)
 
     def send(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -165,8 +165,8 @@ class AgentService:
             raise AgenstraError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
         return str(path)
 
-    async def list_agents(self) -> list[AgentRecord]:
-        return await self.store.list_agents()
+    async def list_agents(self, owner: str | None = None) -> list[AgentRecord]:
+        return await self.store.list_agents(owner)
 
     async def get_agent(self, agent_id: str) -> AgentRecord:
         agent = await self.store.get_agent(agent_id)

@@ -177,10 +177,13 @@ class Store(Database):
             raise NameTaken(record.name) from None
         return record
 
-    async def list_agents(self) -> list[AgentRecord]:
+    async def list_agents(self, owner: str | None = None) -> list[AgentRecord]:
+        """Every agent, or only `owner`'s: filtered here, so no one else's config is opened."""
+        query = select(agents).order_by(agents.c.created_at)
+        if owner is not None:
+            query = query.where(agents.c.owner == owner)
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(agents).order_by(agents.c.created_at))
-            return [self._record(row) for row in rows]
+            return [self._record(row) for row in await conn.execute(query)]
 
     async def get_agent(self, agent_id: str) -> AgentRecord | None:
         return await self._one_agent(agents.c.id == agent_id)
