@@ -7,7 +7,7 @@ shapes from here; see DESIGN.md for the contract these constants spell out.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -205,7 +205,8 @@ def error_payload(code: str, message: str) -> dict[str, str]:
 
 def utc_now() -> str:
     """ISO 8601 UTC timestamp with millisecond precision, as on the wire."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    now = time.time()  # formatted by hand: datetime's isoformat was a visible cost per message
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
 
 
 # -- inbound payloads ------------------------------------------------------------------

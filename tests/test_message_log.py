@@ -123,3 +123,25 @@ async def test_a_write_failing_beyond_exception_fails_its_callers_not_the_log(tm
             await asyncio.wait_for(store.append_message("a", "user", "x", text="t"), 10)
         log._write_batch = real
         assert (await store.append_message("a", "user", "y", text="t"))["seq"] == 1
+
+
+async def test_a_seq_taken_behind_the_logs_back_is_read_again(tmp_path):
+    """Each agent's last seq is cached. Should another writer take the next one, the
+    write fails on the unique index once, is tried again with the seq read afresh, and
+    stores the message: no message lost, seq still dense."""
+    async with opened(tmp_path / "m.sqlite") as store:
+        first = await store.append_message("a", "user", "c1", text="one")
+        with sqlite3.connect(tmp_path / "m.sqlite") as db:
+            db.execute("insert into messages (id, agent_id, seq, sender, text, correlation_id,"
+                       " created_at) values ('x', 'a', 2, 'user', 'other', 'cx', ?)", (NOW,))
+        second = await store.append_message("a", "agent", "c1", response={"type": "text"})
+        assert (first["seq"], second["seq"]) == (1, 3)
+        assert [m["seq"] for m in await store.messages("a", 0, 10)] == [1, 2, 3]
+
+
+async def test_a_deleted_agents_cached_seq_is_forgotten(tmp_path):
+    async with opened(tmp_path / "m.sqlite") as store:
+        await store.append_message("b", "user", "c1", text="one")
+        await store.delete_agent("b")
+        await store.message_log.append("a", "user", "c2", text="flush the thread's queue")
+        assert "b" not in store.message_log._seqs

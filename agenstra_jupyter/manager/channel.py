@@ -229,7 +229,7 @@ class AgentChannel:
                 metrics.TURNS_IN_FLIGHT.dec()
             took = time.monotonic() - queued.stored_at
             metrics.TURN_SECONDS.observe(took)
-            self._log.info("turn end agent=%s correlationId=%s type=%s ms=%d", self.agent_id,
+            self._log.debug("turn end agent=%s correlationId=%s type=%s ms=%d", self.agent_id,
                            queued.correlation_id, response.get("type"), took * 1000)
 
     async def _answer(self, queued: _QueuedTurn) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, create_engine, event, func, insert, select
+from sqlalchemy import Engine, and_, bindparam, create_engine, event, func, insert, select
 from sqlalchemy.engine import make_url
 
 from .. import protocol
@@ -26,6 +26,16 @@ from .bounds import fit_stored
 from .models import messages
 
 MAX_BATCH = 500  # messages per transaction; more wait for the next one
+
+# Built once: SQLAlchemy compiles a statement built per call anew (~100 us a query, in the
+# thread but holding the GIL the event loop needs); these are looked up in its cache.
+_LAST_SEQ = select(func.coalesce(func.max(messages.c.seq), 0)).where(
+    messages.c.agent_id == bindparam("agent_id"))
+_USER_MESSAGE = select(messages).where(and_(
+    messages.c.agent_id == bindparam("agent_id"),
+    messages.c.correlation_id == bindparam("correlation_id"),
+    messages.c.sender == "user"))
+_INSERT = insert(messages)
 
 
 def _uuid4s() -> Iterator[str]:
@@ -70,6 +80,9 @@ class MessageLog:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="message-log")
         self._pending: list[_Append] = []
         self._writing: asyncio.Future[list[Any]] | None = None
+        # Each agent's last seq, read once: every message is written here. The thread alone
+        # touches it; a failed transaction forgets what it had advanced.
+        self._seqs: dict[str, int] = {}
 
     async def append(
         self,
@@ -120,17 +133,22 @@ class MessageLog:
         except Exception:
             results: list[tuple[dict[str, Any], bool] | Exception] = []
             for entry in batch:
+                self._seqs.pop(entry.agent_id, None)  # read again: it may be what failed
                 try:
                     results.extend(self._write([entry]))
                 except Exception as exc:
                     results.append(exc)
             return results
 
+    def forget(self, agent_id: str) -> None:
+        """Drop a deleted agent's cached seq (after the writes queued before this call)."""
+        self._thread.submit(self._seqs.pop, agent_id, None)
+
     def _write(self, batch: list[_Append]) -> list[tuple[dict[str, Any], bool]]:
         """In the thread: one transaction for the whole batch."""
         results: list[tuple[dict[str, Any], bool]] = []
         rows: list[dict[str, Any]] = []
-        seqs: dict[str, int] = {}
+        seqs: dict[str, int] = {}  # this batch's, into self._seqs once committed
         stored: dict[tuple[str, str], dict[str, Any]] = {}  # user messages of this batch
         with self._engine.begin() as conn:
             for entry in batch:
@@ -141,9 +159,7 @@ class MessageLog:
                         results.append((existing, False))
                         continue
                 if entry.agent_id not in seqs:
-                    seqs[entry.agent_id] = conn.execute(
-                        select(func.coalesce(func.max(messages.c.seq), 0))
-                        .where(messages.c.agent_id == entry.agent_id)).scalar_one()
+                    seqs[entry.agent_id] = self._last_seq(conn, entry.agent_id)
                 seqs[entry.agent_id] += 1
                 rows.append({"id": entry.id, "agent_id": entry.agent_id,
                              "seq": seqs[entry.agent_id], "sender": entry.sender,
@@ -159,8 +175,14 @@ class MessageLog:
                     stored[key] = message
                 results.append((message, True))
             if rows:
-                conn.execute(insert(messages), rows)
+                conn.execute(_INSERT, rows)
+        self._seqs.update(seqs)
         return results
+
+    def _last_seq(self, conn: Any, agent_id: str) -> int:
+        if agent_id not in self._seqs:
+            self._seqs[agent_id] = conn.execute(_LAST_SEQ, {"agent_id": agent_id}).scalar_one()
+        return self._seqs[agent_id]
 
     async def close(self) -> None:
         while self._writing is not None:
@@ -181,9 +203,8 @@ def _settle(entry: _Append, result: tuple[dict[str, Any], bool] | Exception) -> 
 
 
 def _stored_user_message(conn: Any, agent_id: str, correlation_id: str) -> dict[str, Any] | None:
-    row = conn.execute(select(messages).where(and_(
-        messages.c.agent_id == agent_id, messages.c.correlation_id == correlation_id,
-        messages.c.sender == "user"))).first()
+    row = conn.execute(_USER_MESSAGE, {"agent_id": agent_id,
+                                       "correlation_id": correlation_id}).first()
     return wire_message(row) if row is not None else None
 
 

@@ -213,7 +213,8 @@ class Store(Database):
             for table in (permission_requests, permission_rules):
                 await conn.execute(delete(table).where(table.c.agent_id == agent_id))
             result = await conn.execute(delete(agents).where(agents.c.id == agent_id))
-            return result.rowcount > 0
+        self.message_log.forget(agent_id)
+        return result.rowcount > 0
 
     # -- messages ------------------------------------------------------------------------
 

@@ -1,0 +1,114 @@
+"""python-socketio on tornado as both servers run it (socketio_tornado.py): frames sent in
+one pass of the loop go out in one write, whole and in order, whatever their size, and
+before the close that follows them; compression, when configured, still works."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import socketio
+from tornado import httpserver, iostream, netutil, web
+
+from agenstra_jupyter.socketio_tornado import InlineManager, JSONPacket, socketio_handler
+
+# Around every length boundary of a websocket frame header (7-bit, 16-bit, 64-bit).
+SIZES = [0, 1, 120, 125, 126, 127, 1000, 65_535 - 40, 65_535, 65_536, 300_000]
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: dict[str, Any] | None = None) -> AsyncIterator[tuple[Any, str]]:
+    sio = socketio.AsyncServer(async_mode="tornado", client_manager=InlineManager(),
+                               serializer=JSONPacket, logger=False, engineio_logger=False)
+    app = web.Application([("/socket.io/", socketio_handler(sio))], **(settings or {}))
+    server = httpserver.HTTPServer(app)
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    try:
+        yield sio, f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    finally:
+        server.stop()
+        await server.close_all_connections()
+
+
+async def burst_then_disconnect(settings: dict[str, Any] | None = None) -> list[str]:
+    """Every SIZES event emitted in one pass of the server's loop, then the client
+    disconnected by the server: what the client received, in order."""
+    async with serving(settings) as (sio, url):
+        connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        sio.on("connect", lambda sid, environ: connected.set_result(sid))
+        client = socketio.AsyncClient(reconnection=False)
+        received: list[str] = []
+        closed = asyncio.Event()
+        client.on("blob", received.append)
+        client.on("disconnect", lambda *reason: closed.set())
+        await client.connect(url, transports=["websocket"])
+        sid = await connected
+        for size in SIZES:
+            await sio.emit("blob", f"{size}:" + "é" * size, to=sid)
+        await sio.disconnect(sid)
+        await asyncio.wait_for(closed.wait(), 10)
+        return received
+
+
+async def test_a_burst_of_frames_of_every_size_arrives_whole_in_order_before_the_close():
+    received = await burst_then_disconnect()
+    assert received == [f"{size}:" + "é" * size for size in SIZES]
+
+
+async def test_a_server_configured_for_compression_writes_through_tornado():
+    received = await burst_then_disconnect({"websocket_compression_options": {}})
+    assert received == [f"{size}:" + "é" * size for size in SIZES]
+
+
+async def test_one_pass_of_the_loop_is_one_write(monkeypatch):
+    writes: list[int] = []
+    stock_write = iostream.BaseIOStream.write
+
+    def counted(stream: Any, data: Any) -> Any:
+        writes.append(len(data))
+        return stock_write(stream, data)
+
+    async with serving() as (sio, url):
+        connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        sio.on("connect", lambda sid, environ: connected.set_result(sid))
+        client = socketio.AsyncClient(reconnection=False)
+        received: list[int] = []
+        all_in = asyncio.Event()
+
+        def on_tick(n: int) -> None:
+            received.append(n)
+            if len(received) == 50:
+                all_in.set()
+
+        client.on("tick", on_tick)
+        await client.connect(url, transports=["websocket"])
+        sid = await connected
+        await asyncio.sleep(0.2)  # the handshake's own writes are done
+        monkeypatch.setattr(iostream.BaseIOStream, "write", counted)
+        for n in range(50):
+            await sio.emit("tick", n, to=sid)
+        await asyncio.wait_for(all_in.wait(), 10)
+        monkeypatch.undo()
+        await client.disconnect()
+    assert received == list(range(50))
+    # Stock engine.io on tornado writes each frame on its own: 50 writes.
+    assert len(writes) <= 2, writes
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_frame_headers_follow_rfc_6455(size):
+    from agenstra_jupyter.socketio_tornado import websocket_frame
+
+    frame = websocket_frame(b"x" * size)
+    assert frame[0] == 0x82  # FIN, binary
+    if size < 126:
+        assert (frame[1], len(frame)) == (size, 2 + size)
+    elif size <= 0xFFFF:
+        assert (frame[1], int.from_bytes(frame[2:4], "big")) == (126, size)
+    else:
+        assert (frame[1], int.from_bytes(frame[2:10], "big")) == (127, size)
+    assert frame.endswith(b"x" * size)
