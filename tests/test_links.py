@@ -174,7 +174,7 @@ class Frontend:
 def manager(monkeypatch) -> FakeManager:
     fake = FakeManager()
     FakeSocket.manager = fake
-    monkeypatch.setattr(links.socketio, "AsyncClient", FakeSocket)
+    monkeypatch.setattr(links, "InlineClient", FakeSocket)
     return fake
 
 

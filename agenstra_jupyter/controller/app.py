@@ -17,7 +17,7 @@ from ..config import apply_env
 from ..db import sqlite_url
 from ..protocol import AgenstraError, ErrorCode
 from ..secrets import SecretBox, private_dir
-from ..socketio_tornado import InlineManager, JSONPacket
+from ..socketio_tuned import InlineManager, JSONPacket
 from . import provisioner, saves
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers

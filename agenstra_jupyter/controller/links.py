@@ -31,7 +31,7 @@ import socketio
 
 from .. import protocol
 from ..protocol import AgenstraError, ControllerEvent, ErrorCode, ManagerEvent
-from ..socketio_tornado import JSONPacket
+from ..socketio_tuned import InlineClient, JSONPacket
 from . import metrics
 from .registry import Registry
 
@@ -219,7 +219,7 @@ class ManagerConnection:
         # aiohttp's default (4 MiB) would drop every larger answer, and the link with it.
         # handle_sigint=False: the client's own SIGINT handler cancels every task of the
         # loop and stops it, i.e. a Ctrl-C answered "n" would end the Jupyter server.
-        self._sio = socketio.AsyncClient(
+        self._sio = InlineClient(  # the handler only queues events for the frontends
             reconnection=False, handle_sigint=False, serializer=JSONPacket,
             websocket_extra_options={"max_msg_size": protocol.MAX_FRAME_BYTES},
         )

@@ -13,7 +13,7 @@ from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
 
-from ..socketio_tornado import socketio_handler
+from ..socketio_tuned import socketio_handler
 
 
 def jupyter_socketio_handler(sio: socketio.AsyncServer) -> type:

@@ -21,7 +21,7 @@ from .. import protocol
 from .._version import __version__
 from ..config import env_config
 from ..secrets import SecretBox, SecretKeyError, private_dir
-from ..socketio_tornado import InlineManager, JSONPacket
+from ..socketio_tuned import InlineManager, JSONPacket
 from .auth import Authenticator, KeyGate
 from .bounds import MAX_STORED_MESSAGE, QueueLimits, TurnLimits
 from .changes import FileWatch

@@ -16,7 +16,7 @@ import socketio
 
 from .. import protocol
 from ..protocol import AgenstraError, ErrorCode, ManagerEvent
-from ..socketio_tornado import socketio_handler
+from ..socketio_tuned import socketio_handler
 from . import metrics
 from .auth import Authenticator, Caller, handshake_key
 from .channel import AgentChannel

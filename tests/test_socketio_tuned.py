@@ -1,4 +1,4 @@
-"""python-socketio on tornado as both servers run it (socketio_tornado.py): frames sent in
+"""python-socketio on tornado as both servers run it (socketio_tuned.py): frames sent in
 one pass of the loop go out in one write, whole and in order, whatever their size, and
 before the close that follows them; compression, when configured, still works."""
 
@@ -13,7 +13,7 @@ import pytest
 import socketio
 from tornado import httpserver, iostream, netutil, web
 
-from agenstra_jupyter.socketio_tornado import InlineManager, JSONPacket, socketio_handler
+from agenstra_jupyter.socketio_tuned import InlineManager, JSONPacket, socketio_handler
 
 # Around every length boundary of a websocket frame header (7-bit, 16-bit, 64-bit).
 SIZES = [0, 1, 120, 125, 126, 127, 1000, 65_535 - 40, 65_535, 65_536, 300_000]
@@ -30,6 +30,7 @@ async def serving(settings: dict[str, Any] | None = None) -> AsyncIterator[tuple
     try:
         yield sio, f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
     finally:
+        await sio.shutdown()  # ends a long-poll the server holds open
         server.stop()
         await server.close_all_connections()
 
@@ -101,7 +102,7 @@ async def test_one_pass_of_the_loop_is_one_write(monkeypatch):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_frame_headers_follow_rfc_6455(size):
-    from agenstra_jupyter.socketio_tornado import websocket_frame
+    from agenstra_jupyter.socketio_tuned import websocket_frame
 
     frame = websocket_frame(b"x" * size)
     assert frame[0] == 0x82  # FIN, binary
@@ -112,3 +113,55 @@ def test_frame_headers_follow_rfc_6455(size):
     else:
         assert (frame[1], int.from_bytes(frame[2:10], "big")) == (127, size)
     assert frame.endswith(b"x" * size)
+
+
+async def receive_ticks(transports: list[str], queued_first: bool, count: int = 20) -> list[int]:
+    """Ticks 0..count-1 emitted in one pass, after a tick -1 left in the socket's engine.io
+    queue if `queued_first`: what the client received, in order."""
+    from engineio import packet as eio_packet
+
+    async with serving() as (sio, url):
+        connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        sio.on("connect", lambda sid, environ: connected.set_result(sid))
+        client = socketio.AsyncClient(reconnection=False)
+        received: list[int] = []
+        done = asyncio.Event()
+
+        def on_tick(n: int) -> None:
+            received.append(n)
+            if n == count - 1:
+                done.set()
+
+        client.on("tick", on_tick)
+        await client.connect(url, transports=transports)
+        sid = await connected
+        await asyncio.sleep(0.3)  # settled: upgraded, handshake written
+        if queued_first:
+            socket = sio.eio.sockets[sio.manager.eio_sid_from_sid(sid, "/")]
+            await socket.send(eio_packet.Packet(eio_packet.MESSAGE, '2["tick",-1]'))
+        for n in range(count):
+            await sio.emit("tick", n, to=sid)
+        await asyncio.wait_for(done.wait(), 10)
+        await client.disconnect()
+    return received
+
+
+async def test_frames_written_past_the_queue_never_overtake_what_waits_in_it():
+    assert await receive_ticks(["websocket"], queued_first=True) == list(range(-1, 20))
+
+
+async def test_long_polling_clients_are_sent_through_the_queue():
+    import httpx
+
+    async with serving() as (sio, url), httpx.AsyncClient(base_url=url, timeout=10) as http:
+        base = "/socket.io/?EIO=4&transport=polling"
+        opened = (await http.get(base)).text  # 0{"sid": ...}
+        eio_sid = opened[opened.index('"sid":"') + 7:].split('"')[0]
+        base += f"&sid={eio_sid}"
+        await http.post(base, content="40")
+        assert (await http.get(base)).text.startswith("40")
+        sid = sio.manager.sid_from_eio_sid(eio_sid, "/")
+        for n in range(20):
+            await sio.emit("tick", n, to=sid)
+        payload = (await http.get(base)).text
+        assert payload.split("\x1e") == [f'42["tick",{n}]' for n in range(20)]
