@@ -173,7 +173,7 @@ class ManagerLink:
             self.wanted = False
         elif event == ManagerEvent.LOGOUT_SUCCESS:
             self.wanted = False
-        metrics.FORWARDED.labels(metrics.event_label(event)).inc()
+        metrics.count_forwarded(event)
         await self._deliver(
             ControllerEvent.FORWARDED_EVENT,
             {"event": event, "payload": payload, "clientId": self.client_id,

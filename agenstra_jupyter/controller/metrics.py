@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..protocol import ERROR_CODES, MANAGER_EVENTS
@@ -21,6 +23,17 @@ TURN_SECONDS = Histogram(
 def event_label(event: str) -> str:
     """A label that a manager cannot multiply by sending made-up event names."""
     return event if event in MANAGER_EVENTS else "other"
+
+
+_forwarded: dict[str, Any] = {}  # FORWARDED's children by label: labels() per event showed
+
+
+def count_forwarded(event: str) -> None:
+    label = event_label(event)
+    child = _forwarded.get(label)
+    if child is None:
+        child = _forwarded[label] = FORWARDED.labels(label)
+    child.inc()
 
 
 def code_label(code: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import secrets
 import signal
@@ -55,6 +56,14 @@ class ManagerApp(Application):
         "Serve agents over Socket.IO (namespace /agents) and REST (/api/) for Jupyter "
         "controllers. Every option can also be set through the AGENSTRA_* variable it names."
     )
+
+    def get_default_logging_config(self) -> dict[str, Any]:
+        """traitlets' config, with the app's logger at log_level rather than DEBUG: it
+        leaves the dropping to the handler, so every debug line of a turn built a record."""
+        config: dict[str, Any] = super().get_default_logging_config()
+        for logger in config.get("loggers", {}).values():
+            logger["level"] = logging.getLevelName(self.log_level)
+        return config
 
     host = Unicode("127.0.0.1", help="Interface to listen on.").tag(
         config=True, env="AGENSTRA_HOST"

@@ -17,7 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, and_, bindparam, create_engine, event, func, insert, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.engine import make_url
 
 from .. import protocol
@@ -83,6 +93,8 @@ class MessageLog:
         # Each agent's last seq, read once: every message is written here. The thread alone
         # touches it; a failed transaction forgets what it had advanced.
         self._seqs: dict[str, int] = {}
+        # Held by the thread: a pool checkout per batch cost a rollback (its reset) too.
+        self._conn: Connection | None = None
 
     async def append(
         self,
@@ -146,38 +158,52 @@ class MessageLog:
 
     def _write(self, batch: list[_Append]) -> list[tuple[dict[str, Any], bool]]:
         """In the thread: one transaction for the whole batch."""
+        if self._conn is None:
+            self._conn = self._engine.connect()
+        conn = self._conn
+        try:
+            with conn.begin():
+                results, rows, seqs = self._prepare(conn, batch)
+                if rows:
+                    conn.execute(_INSERT, rows)
+        except BaseException:
+            self._conn = None  # a broken connection must not serve the next batch
+            conn.close()
+            raise
+        self._seqs.update(seqs)
+        return results
+
+    def _prepare(self, conn: Connection, batch: list[_Append]) -> tuple[
+            list[tuple[dict[str, Any], bool]], list[dict[str, Any]], dict[str, int]]:
+        """The batch's answers, its rows to insert and each agent's last seq after them."""
         results: list[tuple[dict[str, Any], bool]] = []
         rows: list[dict[str, Any]] = []
         seqs: dict[str, int] = {}  # this batch's, into self._seqs once committed
         stored: dict[tuple[str, str], dict[str, Any]] = {}  # user messages of this batch
-        with self._engine.begin() as conn:
-            for entry in batch:
-                key = (entry.agent_id, entry.correlation_id)
-                if entry.once:
-                    existing = stored.get(key) or _stored_user_message(conn, *key)
-                    if existing is not None:
-                        results.append((existing, False))
-                        continue
-                if entry.agent_id not in seqs:
-                    seqs[entry.agent_id] = self._last_seq(conn, entry.agent_id)
-                seqs[entry.agent_id] += 1
-                rows.append({"id": entry.id, "agent_id": entry.agent_id,
-                             "seq": seqs[entry.agent_id], "sender": entry.sender,
-                             "text": entry.text, "response": entry.response,
-                             "correlation_id": entry.correlation_id,
-                             "created_at": entry.timestamp})
-                message = protocol.chat_message(
-                    id=entry.id, seq=seqs[entry.agent_id], agent_id=entry.agent_id,
-                    sender=entry.sender, timestamp=entry.timestamp,
-                    correlation_id=entry.correlation_id, text=entry.text,
-                    response=entry.response)
-                if entry.sender == "user":
-                    stored[key] = message
-                results.append((message, True))
-            if rows:
-                conn.execute(_INSERT, rows)
-        self._seqs.update(seqs)
-        return results
+        for entry in batch:
+            key = (entry.agent_id, entry.correlation_id)
+            if entry.once:
+                existing = stored.get(key) or _stored_user_message(conn, *key)
+                if existing is not None:
+                    results.append((existing, False))
+                    continue
+            if entry.agent_id not in seqs:
+                seqs[entry.agent_id] = self._last_seq(conn, entry.agent_id)
+            seqs[entry.agent_id] += 1
+            rows.append({"id": entry.id, "agent_id": entry.agent_id,
+                         "seq": seqs[entry.agent_id], "sender": entry.sender,
+                         "text": entry.text, "response": entry.response,
+                         "correlation_id": entry.correlation_id,
+                         "created_at": entry.timestamp})
+            message = protocol.chat_message(
+                id=entry.id, seq=seqs[entry.agent_id], agent_id=entry.agent_id,
+                sender=entry.sender, timestamp=entry.timestamp,
+                correlation_id=entry.correlation_id, text=entry.text,
+                response=entry.response)
+            if entry.sender == "user":
+                stored[key] = message
+            results.append((message, True))
+        return results, rows, seqs
 
     def _last_seq(self, conn: Any, agent_id: str) -> int:
         if agent_id not in self._seqs:
@@ -188,8 +214,15 @@ class MessageLog:
         while self._writing is not None:
             await asyncio.wait({self._writing})
             await asyncio.sleep(0)  # its callback has run: the next batch started, if any
-        await asyncio.get_running_loop().run_in_executor(self._thread, self._engine.dispose)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._dispose)
         self._thread.shutdown(wait=True)
+
+
+    def _dispose(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._engine.dispose()
 
 
 def _settle(entry: _Append, result: tuple[dict[str, Any], bool] | Exception) -> None:
