@@ -14,47 +14,70 @@ LABELS = {"bare": "bare python-socketio echo server (the floor)", "direct": "cli
           "controller": "client → controller → manager", "relay": "client → Node relay → manager"}
 
 
-# Where the time goes: sampled with py-spy (`py-spy record -f raw -r 200`) on the manager and
-# the controller while the loadgen ran, 2026-12-02; kept here as text, not measured per run.
+# Where the time goes: sampled with py-spy (`py-spy record -f raw -r 200 -g`) on the manager
+# and the controller while the loadgen ran, 2026-12-02; kept here as text, not measured per run.
 COSTS = """
 ## Where a turn's time goes
 
 What issue #17 changed, each measured before and after on the same machine:
 
 - **Group commit** (`manager/message_log.py`): every message waiting while one write runs
-  goes into the next transaction, on one thread with one connection: one thread hop per
-  batch instead of about a dozen per turn through the async engine. The idempotency check
-  of a chat is in the same write. A message is still committed before it is announced,
-  and a chat acknowledged only after its commit. Direct turns: 135 → 650 per second at
-  10 frontends; p50 6.3 → 2.4 ms.
+  goes into the next transaction, on one thread with one connection it holds: one thread
+  hop per batch instead of about a dozen per turn through the async engine. The
+  idempotency check of a chat is in the same write. A message is still committed before
+  it is announced, and a chat acknowledged only after its commit. Direct turns: 135 → 650
+  per second at 10 frontends; p50 6.3 → 2.4 ms.
+- **Statements built once, each agent's last `seq` cached** (same module): SQLAlchemy
+  compiled every statement built per call anew, about 100 µs each, in the writer thread
+  but holding the GIL the event loop needs, a third of it. The cached `seq` is read again
+  after a failed write and forgotten when its agent is deleted. With the held connection
+  (no pool checkout and reset rollback per batch), direct turns at 10 frontends: 550 →
+  1150 per second; an append on an idle log 290 → 210 µs.
 - **Events ordered per agent, not per socket** (`manager/ordering.py`): the controller
   multiplexes every agent over one socket, and a manager handling that socket's events one
   at a time let one agent's store wait hold all the others. Controller turns at 100
   frontends: 250 → 790-900 per second.
+- **Frames of one pass of the loop in one write** (`CorkedWebSocket` in
+  `socketio_tuned.py`): engine.io has tornado write every frame with a syscall of its own,
+  the costliest step of a small event. Frames are gathered until the loop's next pass and
+  written together, in order, before any close. `InlineManager` hands an event straight
+  to the recipient's websocket when nothing waits in its engine.io queue (so order holds),
+  encoded once for all recipients, skipping the queue, the writer task's wake-up and its
+  `wait_for`. Long-polling sockets and servers configured for permessage-deflate go the
+  stock way.
+- **The controller's link reads without a task per message** (`InlineClient`): the
+  controller's handling of a manager's event only queues it for its frontends, so it runs
+  in the read loop. With the direct writes, streamed events through one controller with
+  100 frontends: 4300 → 5200 per second.
 - **No permessage-deflate** unless the server's `websocket_compression_options` ask for
   it, as for Jupyter's own websockets: a deflate context per socket was most of the
   controller's memory per frontend (132 → 30 KB) and CPU on every small frame.
-- **No task per event sent** (`InlineManager`), **no binary walk of every payload**
-  (`JSONPacket`), **no two tasks and a wait per acknowledged request** in the controller's
-  manager link, one urandom call per 256 message ids, no workspace scan around the turns
-  of providers that cannot change files (echo, OpenAI-compatible), the per-turn and
-  per-chat log lines at debug level.
+- **Smaller costs:** no task per event sent, no binary walk of every payload
+  (`JSONPacket`), one future per acknowledged request in the controller's link, one
+  urandom call per 256 message ids, timestamps formatted by hand, no workspace scan around
+  the turns of providers that cannot change files, the per-turn log lines at debug level
+  and a manager logger that drops them itself (traitlets leaves its logger at DEBUG and
+  filters in the handler, so every debug line built a record).
 
-What is left, from the profiles (share of the busy event loop, echo turns):
+What is left, from the profiles (samples holding the GIL, py-spy `-g`, echo turns):
 
 | where | manager | controller |
 |---|---|---|
-| writing frames to sockets (`write_to_fd`, one syscall per frame) | ~22% | ~12-25% |
-| engine.io/Socket.IO framing, parsing, JSON | ~25% | ~35% |
-| tasks the libraries create per received message | ~5% | ~8% |
-| agenstra's own code (channels, links, store calls, checks) | ~20% | ~15% |
+| asyncio: tasks, futures, `wait_for`, the loop itself | ~22% | ~30% |
+| tornado: reading frames, registering for reads, writing | ~16% | ~13% |
+| python-socketio and engine.io: packets, queues | ~9% | ~15% |
+| JSON encoding and decoding | ~9% | ~11% |
+| aiohttp (the link's websocket) | | ~5% |
+| agenstra's own code (channels, links, store calls, checks) | ~23% | ~10% |
 
-A turn costs the manager four frames (the chat in; the acknowledgement, the user's message
-and the answer out) where the bare echo costs two, and python-socketio pays roughly the
-same per frame whatever it carries. So `direct / bare` cannot fall much below 2-3, and the
-manager's turns per second stay well under half the bare floor's echoes per second. The
-Node relay does the controller's work with a cheaper runtime per frame. Streaming is
-bounded the same way: each delta is a frame in on the controller and one out.
+Most of what is left is per frame and in the libraries: engine.io's receive loop still
+starts a task and a `wait_for` for every frame it reads, tornado registers and
+unregisters the socket with epoll around every read, and a turn costs the manager four
+frames (the chat in; the acknowledgement, the user's message and the answer out) where
+the bare echo costs two, two of them after a thread hop each to the history's writer.
+That is why the manager's turns per second stay under half the bare floor's echoes, and
+why the controller's hop costs about what the Node relay's does rather than a fifth of a
+direct turn. Removing those would mean replacing engine.io's server loop, not tuning it.
 Deltas are not coalesced when a frontend reads slowly: that is not done.
 """
 
@@ -76,8 +99,9 @@ needs on 127.0.0.1, prints the target table below and writes `benchmarks/results
 `benchmarks/node` (socket.io and socket.io-client, pinned) on its first run.
 
 Machine: {m['cpus']} CPUs, Python {m['python']}, Node {m.get('node', '?')}, {m['platform']}.
-The figures below are from one run on a 2-core machine that other people were using at
-the same time: they are noisy; the ratios (same run, same manager) are what to read.
+The figures below are from one run on a shared 2-core virtual machine: they are noisy
+(latency p50s of one run to the next differ by 20%); the ratios (same run, same manager)
+are what to read.
 
 ## Method
 
