@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from typing import Any
 
 import engineio
@@ -39,8 +40,8 @@ class InlineManager(socketio.AsyncManager):
     The stock one encodes an event once and then sends it to each recipient in a task of
     its own, awaited together: every event a turn streams cost a task and a wait, though
     a send only queues the frame on its socket. Here the frame goes to each recipient in
-    turn: straight to its CorkedWebSocket when nothing waits in the socket's queue (order
-    holds), else through the queue. Events with a callback (an ack id per recipient) go
+    turn: straight to its CorkedWebSocket when engine.io's writer has nothing left to send
+    (order holds), else through the queue. Events with a callback (an ack id per recipient) go
     the stock way.
     """
 
@@ -93,6 +94,19 @@ def websocket_frame(message: str | bytes) -> bytes:
     return header + data
 
 
+def _queue_busy(socket: Any) -> bool:
+    """Whether engine.io's writer has packets still to send: queued, or taken off the queue
+    but not yet sent (on Python 3.11 `wait_for` gets them in a task of its own, a loop pass
+    or two before the writer resumes; the writer marks them done only then)."""
+    return getattr(socket.queue, "_unfinished_tasks", 1) > 0
+
+
+def _ping_overdue(socket: Any) -> bool:
+    """engine.io closes such a socket on its next queued send (check_ping_timeout)."""
+    last_ping = socket.last_ping
+    return bool(last_ping) and time.time() - last_ping > socket.server.ping_timeout
+
+
 class CorkedWebSocket(eio_tornado.WebSocket):
     """engine.io's tornado websocket, writing the frames of one pass of the loop at once.
 
@@ -137,7 +151,8 @@ class CorkedWebSocket(eio_tornado.WebSocket):
         connection = handler.ws_connection if handler is not None else None
         if (connection is None or connection.is_closing() or not socket.upgraded
                 or socket.upgrading or socket.closing or socket.closed
-                or not socket.queue.empty() or handler.get_compression_options() is not None):
+                or handler.get_compression_options() is not None
+                or _queue_busy(socket) or _ping_overdue(socket)):
             return False
         for message in messages:
             self._gather(message)
@@ -208,20 +223,40 @@ class InlineEngineIOClient(engineio.AsyncClient):
     keeps the messages in order. Everything but messages goes the stock way.
     """
 
+    _handling = 0  # handlers running now
+
+    def handling(self) -> bool:
+        """Whether a handler is running: whoever waits for the read loop now (a close)
+        waits for that handler too, and may be what it waits for."""
+        return self._handling > 0
+
     async def _receive_packet(self, pkt: eio_packet.Packet) -> None:
         handler = self.handlers.get("message")
         if pkt.packet_type != eio_packet.MESSAGE or handler is None:
             await super()._receive_packet(pkt)
             return
+        self._handling += 1
         try:
             await handler(pkt.data)
         except Exception:
             self.logger.exception("message handler error")
+        finally:
+            self._handling -= 1
+
+    async def disconnect(self, abort: bool = False, reason: Any = None) -> None:
+        # The stock disconnect waits for the read loop to end; while a handler runs (and
+        # perhaps waits for this very call) it does not wait. The loop ends on its own.
+        await super().disconnect(abort=abort or self.handling(), reason=reason)
 
 
 class InlineClient(socketio.AsyncClient):
     """A Socket.IO client on InlineEngineIOClient: its event handlers must not wait long
-    (they hold up the socket's reading), as the controller's link's do not."""
+    (they hold up the socket's reading), as the controller's link's do not, nor wait for
+    anything that waits for the read loop to end (`handling` says when that would be so).
+    """
 
     def _engineio_client_class(self) -> type:
         return InlineEngineIOClient
+
+    def handling(self) -> bool:
+        return bool(self.eio.handling())

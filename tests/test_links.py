@@ -64,6 +64,9 @@ class FakeSocket:
         self.eio = SimpleNamespace(disconnect=self._abort)
         self.manager.sockets.append(self)
 
+    def handling(self) -> bool:
+        return False  # the fake delivers from the test's own task
+
     def on(self, event: str, handler: Any, namespace: str | None = None) -> None:
         assert event == "*" and namespace == "/agents"
         self.handler = handler

@@ -115,9 +115,10 @@ def test_frame_headers_follow_rfc_6455(size):
     assert frame.endswith(b"x" * size)
 
 
-async def receive_ticks(transports: list[str], queued_first: bool, count: int = 20) -> list[int]:
-    """Ticks 0..count-1 emitted in one pass, after a tick -1 left in the socket's engine.io
-    queue if `queued_first`: what the client received, in order."""
+async def receive_ticks(transports: list[str], queued_first: bool, passes: int = 0) -> list[int]:
+    """Ticks 0..19 emitted in one pass, `passes` passes of the loop after a tick -1 sent
+    through the socket's engine.io queue (as an ack or a ping is) if `queued_first`: what
+    the client received, in order."""
     from engineio import packet as eio_packet
 
     async with serving() as (sio, url):
@@ -129,7 +130,7 @@ async def receive_ticks(transports: list[str], queued_first: bool, count: int = 
 
         def on_tick(n: int) -> None:
             received.append(n)
-            if n == count - 1:
+            if n == 19:
                 done.set()
 
         client.on("tick", on_tick)
@@ -139,15 +140,46 @@ async def receive_ticks(transports: list[str], queued_first: bool, count: int = 
         if queued_first:
             socket = sio.eio.sockets[sio.manager.eio_sid_from_sid(sid, "/")]
             await socket.send(eio_packet.Packet(eio_packet.MESSAGE, '2["tick",-1]'))
-        for n in range(count):
+        for _ in range(passes):
+            await asyncio.sleep(0)
+        for n in range(20):
             await sio.emit("tick", n, to=sid)
         await asyncio.wait_for(done.wait(), 10)
         await client.disconnect()
     return received
 
 
-async def test_frames_written_past_the_queue_never_overtake_what_waits_in_it():
-    assert await receive_ticks(["websocket"], queued_first=True) == list(range(-1, 20))
+@pytest.mark.parametrize("passes", [0, 1, 2, 3])
+async def test_frames_written_past_the_queue_never_overtake_what_waits_in_it(passes):
+    """Also while engine.io's writer holds the packet it took off the queue, not yet sent."""
+    assert await receive_ticks(["websocket"], True, passes) == list(range(-1, 20))
+
+
+@pytest.mark.parametrize("through_a_task", [False, True])
+async def test_an_inline_clients_handler_may_close_its_own_client(through_a_task):
+    """Handlers run in the read loop, which the stock disconnect waits for: closing from
+    one (directly, or through gather as the controller's link closes) must still end."""
+    from agenstra_jupyter.socketio_tuned import InlineClient
+
+    async with serving() as (sio, url):
+        connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        sio.on("connect", lambda sid, environ: connected.set_result(sid))
+        client = InlineClient(reconnection=False, handle_sigint=False)
+        inside: list[bool] = []
+
+        async def close() -> None:
+            inside.append(client.handling())
+            await client.disconnect()
+
+        async def on_bye(_: Any) -> None:
+            await (asyncio.gather(close()) if through_a_task else close())
+
+        client.on("bye", on_bye)
+        await client.connect(url, transports=["websocket"])
+        await sio.emit("bye", 1, to=await connected)
+        await asyncio.wait_for(client.wait(), 10)
+        assert (inside, client.eio.state) == ([True], "disconnected")
+        assert not client.handling()
 
 
 async def test_long_polling_clients_are_sent_through_the_queue():

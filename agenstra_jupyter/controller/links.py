@@ -234,6 +234,7 @@ class ManagerConnection:
         self._login_result: asyncio.Future[bool] | None = None
         self._login_for: list[ManagerLink] = []  # who hears the loginSuccess in flight
         self._state: str | None = None  # for the links-by-state gauge
+        self._closer: asyncio.Task[None] | None = None  # a close begun from the read loop
 
     @property
     def connected(self) -> bool:
@@ -354,6 +355,14 @@ class ManagerConnection:
             _fail(answer, ConnectionError("link dropped"))
 
     async def close(self) -> None:
+        if self._sio.handling():
+            # Perhaps a manager's event led here (its frontend gone, the last link closed):
+            # closing waits for the read loop, which waits for that event's handling.
+            self._closer = asyncio.create_task(self._close())
+            return
+        await self._close()
+
+    async def _close(self) -> None:
         self.closed = True
         self._forget(self)
         # Disconnect first, gracefully: cancelling a task blocked in `wait()` would cancel

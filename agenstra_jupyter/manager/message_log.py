@@ -10,6 +10,7 @@ and a chat is still acknowledged only after its commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -154,7 +155,8 @@ class MessageLog:
 
     def forget(self, agent_id: str) -> None:
         """Drop a deleted agent's cached seq (after the writes queued before this call)."""
-        self._thread.submit(self._seqs.pop, agent_id, None)
+        with contextlib.suppress(RuntimeError):  # closed: nothing is cached any more
+            self._thread.submit(self._seqs.pop, agent_id, None)
 
     def _write(self, batch: list[_Append]) -> list[tuple[dict[str, Any], bool]]:
         """In the thread: one transaction for the whole batch."""
