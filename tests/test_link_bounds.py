@@ -5,13 +5,17 @@ rate-limited, links to deleted clients and agents closed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
-from agenstra_jupyter.protocol import ControllerEvent, ErrorCode, ManagerEvent
+from agenstra_jupyter.controller.links import Backoff, ManagerLink
+from agenstra_jupyter.protocol import AgenstraError, ControllerEvent, ErrorCode, ManagerEvent
 
 from .helpers import WAIT, FrontendClient
 
@@ -152,3 +156,37 @@ async def test_refused_chats_are_not_remembered(jupyter, start_manager):
     (link,) = session.links.values()
     assert link._chats == {}  # refused: no answer will ever come to take them out
     await frontend.close()
+
+
+async def test_a_link_closed_by_the_handling_of_its_managers_event_closes(start_manager):
+    """The connection's events are handled in its read loop (InlineClient). A frontend
+    gone while one is delivered closes its links from inside that handling (through a
+    gather, as the gateway does); the connection's close waits for the read loop, so it
+    must not be waited for there, or the connection would hang open for good."""
+    remote = start_manager("closing")
+    agent = await remote.create_agent(name="a", provider="echo")
+
+    class Registry:
+        async def get_client(self, client_id: str) -> object:
+            return SimpleNamespace(endpoint=remote.url, api_key=remote.api_key)
+
+        async def password(self, client_id: str, agent_id: str) -> str:
+            return agent["password"]
+
+    closed = asyncio.Event()
+
+    async def deliver(event: str, payload: dict) -> None:
+        if payload.get("event") == ManagerEvent.CHAT_MESSAGE:
+            await asyncio.gather(link.close())
+            closed.set()
+
+    link = ManagerLink("m", agent["id"], Registry(), deliver, Backoff(0.01, 0.02),
+                       logging.getLogger("test"))
+    await link.open()
+    await link.login(None)
+    connection = link._pool.connection("m")
+    with contextlib.suppress(AgenstraError):  # closed before the chat's ack could arrive
+        await link.send(ManagerEvent.CHAT, {"message": "hi", "correlationId": "c1"})
+    await asyncio.wait_for(closed.wait(), WAIT)
+    await asyncio.wait_for(connection._closer, WAIT)  # the close ran to its end
+    assert connection.closed and connection._task.done()

@@ -264,20 +264,26 @@ const plugin: JupyterFrontEndPlugin<void> = {
     showNotebook();
 
     // The last selected agent, and how far each agent was read, come back with the page.
+    // A selection is saved at once; read positions at most once a second, within a second
+    // of a change: a debounce reset by every change never saved while an agent streamed.
     let saving = 0;
-    const remember = () => {
+    const save = () => {
       window.clearTimeout(saving);
-      saving = window.setTimeout(() => {
-        const saved: ISavedState = { ...model.selection, read: model.store.readPositions() };
-        void state?.save(STATE_KEY, saved as unknown as ReadonlyJSONObject);
-      }, 1000);
+      saving = 0;
+      const saved: ISavedState = { ...model.selection, read: model.store.readPositions() };
+      void state?.save(STATE_KEY, saved as unknown as ReadonlyJSONObject);
+    };
+    const remember = () => {
+      if (!saving) {
+        saving = window.setTimeout(save, 1000);
+      }
     };
     void Promise.all([app.restored, state?.fetch(STATE_KEY)]).then(([, value]) => {
       const saved = value as unknown as ISavedState | undefined;
       Object.entries(saved?.read ?? {}).forEach(([key, seq]) =>
         model.store.restoreReadSeq(key, seq)
       );
-      model.selected.connect(remember);
+      model.selected.connect(save);
       model.store.changed.connect(remember);
       return model.load(saved);
     });
