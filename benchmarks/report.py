@@ -100,8 +100,9 @@ needs on 127.0.0.1, prints the target table below and writes `benchmarks/results
 
 Machine: {m['cpus']} CPUs, Python {m['python']}, Node {m.get('node', '?')}, {m['platform']}.
 The figures below are from one run on a shared 2-core virtual machine: they are noisy
-(latency p50s of one run to the next differ by 20%); the ratios (same run, same manager)
-are what to read.
+(latency p50s and turns per second of one run to the next differ by 10-20%, so a ratio
+near its goal may land on either side); the ratios (same run, same manager) are what to
+read.
 
 ## Method
 
