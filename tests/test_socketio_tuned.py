@@ -35,19 +35,24 @@ async def serving(settings: dict[str, Any] | None = None) -> AsyncIterator[tuple
         await server.close_all_connections()
 
 
+async def connect(sio: Any, url: str, client: socketio.AsyncClient) -> str:
+    """`client` connected to `sio` over a websocket: its sid on the server."""
+    connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    sio.on("connect", lambda sid, environ: connected.set_result(sid))
+    await client.connect(url, transports=["websocket"])
+    return await connected
+
+
 async def burst_then_disconnect(settings: dict[str, Any] | None = None) -> list[str]:
     """Every SIZES event emitted in one pass of the server's loop, then the client
     disconnected by the server: what the client received, in order."""
     async with serving(settings) as (sio, url):
-        connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        sio.on("connect", lambda sid, environ: connected.set_result(sid))
         client = socketio.AsyncClient(reconnection=False)
         received: list[str] = []
         closed = asyncio.Event()
         client.on("blob", received.append)
         client.on("disconnect", lambda *reason: closed.set())
-        await client.connect(url, transports=["websocket"])
-        sid = await connected
+        sid = await connect(sio, url, client)
         for size in SIZES:
             await sio.emit("blob", f"{size}:" + "é" * size, to=sid)
         await sio.disconnect(sid)
@@ -74,8 +79,6 @@ async def test_one_pass_of_the_loop_is_one_write(monkeypatch):
         return stock_write(stream, data)
 
     async with serving() as (sio, url):
-        connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        sio.on("connect", lambda sid, environ: connected.set_result(sid))
         client = socketio.AsyncClient(reconnection=False)
         received: list[int] = []
         all_in = asyncio.Event()
@@ -86,8 +89,7 @@ async def test_one_pass_of_the_loop_is_one_write(monkeypatch):
                 all_in.set()
 
         client.on("tick", on_tick)
-        await client.connect(url, transports=["websocket"])
-        sid = await connected
+        sid = await connect(sio, url, client)
         await asyncio.sleep(0.2)  # the handshake's own writes are done
         monkeypatch.setattr(iostream.BaseIOStream, "write", counted)
         for n in range(50):
@@ -115,15 +117,13 @@ def test_frame_headers_follow_rfc_6455(size):
     assert frame.endswith(b"x" * size)
 
 
-async def receive_ticks(transports: list[str], queued_first: bool, passes: int = 0) -> list[int]:
+async def receive_ticks(queued_first: bool, passes: int = 0) -> list[int]:
     """Ticks 0..19 emitted in one pass, `passes` passes of the loop after a tick -1 sent
     through the socket's engine.io queue (as an ack or a ping is) if `queued_first`: what
     the client received, in order."""
     from engineio import packet as eio_packet
 
     async with serving() as (sio, url):
-        connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        sio.on("connect", lambda sid, environ: connected.set_result(sid))
         client = socketio.AsyncClient(reconnection=False)
         received: list[int] = []
         done = asyncio.Event()
@@ -134,8 +134,7 @@ async def receive_ticks(transports: list[str], queued_first: bool, passes: int =
                 done.set()
 
         client.on("tick", on_tick)
-        await client.connect(url, transports=transports)
-        sid = await connected
+        sid = await connect(sio, url, client)
         await asyncio.sleep(0.3)  # settled: upgraded, handshake written
         if queued_first:
             socket = sio.eio.sockets[sio.manager.eio_sid_from_sid(sid, "/")]
@@ -152,7 +151,7 @@ async def receive_ticks(transports: list[str], queued_first: bool, passes: int =
 @pytest.mark.parametrize("passes", [0, 1, 2, 3])
 async def test_frames_written_past_the_queue_never_overtake_what_waits_in_it(passes):
     """Also while engine.io's writer holds the packet it took off the queue, not yet sent."""
-    assert await receive_ticks(["websocket"], True, passes) == list(range(-1, 20))
+    assert await receive_ticks(True, passes) == list(range(-1, 20))
 
 
 @pytest.mark.parametrize("through_a_task", [False, True])
@@ -162,8 +161,6 @@ async def test_an_inline_clients_handler_may_close_its_own_client(through_a_task
     from agenstra_jupyter.socketio_tuned import InlineClient
 
     async with serving() as (sio, url):
-        connected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        sio.on("connect", lambda sid, environ: connected.set_result(sid))
         client = InlineClient(reconnection=False, handle_sigint=False)
         inside: list[bool] = []
 
@@ -175,8 +172,7 @@ async def test_an_inline_clients_handler_may_close_its_own_client(through_a_task
             await (asyncio.gather(close()) if through_a_task else close())
 
         client.on("bye", on_bye)
-        await client.connect(url, transports=["websocket"])
-        await sio.emit("bye", 1, to=await connected)
+        await sio.emit("bye", 1, to=await connect(sio, url, client))
         await asyncio.wait_for(client.wait(), 10)
         assert (inside, client.eio.state) == ([True], "disconnected")
         assert not client.handling()

@@ -355,16 +355,16 @@ class ManagerConnection:
             _fail(answer, ConnectionError("link dropped"))
 
     async def close(self) -> None:
+        self.closed = True
+        self._forget(self)  # no link joins it from now on
         if self._sio.handling():
             # Perhaps a manager's event led here (its frontend gone, the last link closed):
-            # closing waits for the read loop, which waits for that event's handling.
-            self._closer = asyncio.create_task(self._close())
+            # disconnecting waits for the read loop, which waits for that event's handling.
+            self._closer = asyncio.create_task(self._disconnect())
             return
-        await self._close()
+        await self._disconnect()
 
-    async def _close(self) -> None:
-        self.closed = True
-        self._forget(self)
+    async def _disconnect(self) -> None:
         # Disconnect first, gracefully: cancelling a task blocked in `wait()` would cancel
         # the client's own read loop and leave the websocket open on the manager's side.
         with contextlib.suppress(Exception):
