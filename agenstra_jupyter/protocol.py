@@ -203,10 +203,18 @@ def error_payload(code: str, message: str) -> dict[str, str]:
     return {"message": message, "code": code}
 
 
+_second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
+
+
 def utc_now() -> str:
     """ISO 8601 UTC timestamp with millisecond precision, as on the wire."""
-    now = time.time()  # formatted by hand: datetime's isoformat was a visible cost per message
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now))}.{int(now * 1000) % 1000:03d}Z"
+    # Formatted by hand, each second once: datetime's isoformat, then strftime, were a
+    # visible cost per message.
+    global _second
+    second, millis = divmod(int(time.time() * 1000), 1000)
+    if _second[0] != second:
+        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second[1]}.{millis:03d}Z"
 
 
 # -- inbound payloads ------------------------------------------------------------------

@@ -123,16 +123,87 @@ class CorkedWebSocket(eio_tornado.WebSocket):
         self._pending: list[bytes] = []
 
     async def __call__(self, environ: dict[str, Any]) -> None:
+        self.tornado_handler = environ["tornado.handler"]
+        self.environ = environ
         # `handler` is the engine.io socket's own method: the socket learns its websocket,
-        # for InlineManager to write to it past the socket's queue and writer task.
+        # for InlineManager and TunedEngineIOServer to write to it past the socket's queue
+        # and writer task.
         owner = getattr(self.handler, "__self__", None)
-        if owner is not None:
-            owner.corked_websocket = self
+        if owner is None:
+            await self.handler(self)
+            return
+        owner.corked_websocket = self
         try:
-            await super().__call__(environ)
+            if owner.connected:  # an upgrade from long-polling: engine.io's own handshake
+                await self.handler(self)
+            else:
+                await self._serve(owner)
         finally:
-            if owner is not None and getattr(owner, "corked_websocket", None) is self:
+            if getattr(owner, "corked_websocket", None) is self:
                 owner.corked_websocket = None
+
+    async def _serve(self, socket: Any) -> None:
+        """engine.io's websocket loop, reading without a task and a timeout per frame.
+
+        The stock loop wraps every read in a task and a `wait_for` (the ping interval and
+        timeout): a client that stops answering pings is closed by engine.io's service
+        task all the same (check_ping_timeout). Messages are handled in order, each awaited
+        before the next is read, as in the stock loop.
+        """
+        server = socket.server
+        inbox = self.tornado_handler.receive_queue  # filled by the handler's on_message
+        socket.connected = socket.upgraded = True
+        writer = asyncio.ensure_future(self._write(socket))
+        try:
+            while (message := await inbox.get()) is not None:
+                if len(message) > server.max_http_buffer_size:
+                    break  # as the stock loop does: the socket is closed
+                try:
+                    pkt = eio_packet.Packet(encoded_packet=message)
+                except Exception:
+                    break  # not engine.io: a broken or hostile client
+                if not await self._receive(socket, pkt):
+                    break
+        finally:
+            await socket.queue.put(None)  # the writer sends what is queued, then ends
+            await writer
+            await socket.close(wait=False, abort=True, reason=server.reason.TRANSPORT_CLOSE)
+
+    @staticmethod
+    async def _receive(socket: Any, pkt: eio_packet.Packet) -> bool:
+        """Handle one packet; False once the socket is closed."""
+        server = socket.server
+        handler = server.handlers.get("message")
+        try:
+            if pkt.packet_type == eio_packet.MESSAGE and handler is not None \
+                    and not server.async_handlers:  # python-socketio's: it runs inline
+                await handler(socket.sid, pkt.data)
+            else:
+                await socket.receive(pkt)
+        except eio_exceptions.UnknownPacketError:
+            pass
+        except eio_exceptions.SocketIsClosedError:
+            return False
+        except Exception:
+            server.logger.exception("message handler error")
+        return True
+
+    async def _write(self, socket: Any) -> None:
+        """Send what engine.io queues for the socket (what InlineManager could not write
+        at once, pings, the close), until its queue says the socket is done."""
+        while True:
+            try:
+                packets = await socket.poll()
+            except eio_exceptions.QueueEmpty:
+                break
+            if not packets:
+                break
+            try:
+                for pkt in packets:
+                    await self.send(pkt.encode())
+            except Exception:
+                break
+        await self.close()
 
     async def send(self, message: str | bytes) -> None:
         handler = self.tornado_handler
@@ -185,6 +256,37 @@ def cork_websockets(sio: socketio.AsyncServer) -> None:
     sio.eio._async = {**sio.eio._async, "websocket": CorkedWebSocket}
 
 
+class TunedEngineIOServer(engineio.AsyncServer):
+    """engine.io's server on CorkedWebSocket, sending a packet (an acknowledgement, an
+    event to one socket) straight to the websocket when nothing waits in the socket's
+    queue, as InlineManager does for events: no queue, no wake-up of the writer task."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._async = {**self._async, "websocket": CorkedWebSocket}
+
+    async def send_packet(self, sid: str, pkt: eio_packet.Packet) -> None:
+        socket = self.sockets.get(sid)
+        websocket = getattr(socket, "corked_websocket", None)
+        if websocket is not None and websocket.write_now(socket, [pkt.encode()]):
+            return
+        await super().send_packet(sid, pkt)
+
+
+class TunedServer(socketio.AsyncServer):
+    """python-socketio's server on tornado with the tunings here: InlineManager and
+    JSONPacket unless told otherwise, TunedEngineIOServer underneath. Serve it through
+    `socketio_handler`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("client_manager", InlineManager())
+        kwargs.setdefault("serializer", JSONPacket)
+        super().__init__(async_mode="tornado", **kwargs)
+
+    def _engineio_server_class(self) -> type:
+        return TunedEngineIOServer
+
+
 def socketio_handler(sio: socketio.AsyncServer, max_frame_bytes: int = MAX_FRAME_BYTES) -> type:
     """The engine.io tornado handler with TCP_NODELAY on its websockets, taking frames up
     to `max_frame_bytes` (tornado's default is 10 MiB; `sio` checks its own limit after),
@@ -210,6 +312,10 @@ def socketio_handler(sio: socketio.AsyncServer, max_frame_bytes: int = MAX_FRAME
         async def open(self, *args: Any, **kwargs: Any) -> None:
             self.set_nodelay(True)
             await super().open(*args, **kwargs)
+
+        def on_message(self, message: str | bytes) -> None:
+            # Not a coroutine: tornado wraps a coroutine's result in a task, per frame.
+            self.receive_queue.put_nowait(message)
 
     return NoDelayHandler
 

@@ -1,6 +1,8 @@
 """python-socketio on tornado as both servers run it (socketio_tuned.py): frames sent in
 one pass of the loop go out in one write, whole and in order, whatever their size, and
-before the close that follows them; compression, when configured, still works."""
+before the close that follows them; compression, when configured, still works; the
+websocket loop that reads without a task per frame still closes silent, oversized and
+garbled clients."""
 
 from __future__ import annotations
 
@@ -13,16 +15,16 @@ import pytest
 import socketio
 from tornado import httpserver, iostream, netutil, web
 
-from agenstra_jupyter.socketio_tuned import InlineManager, JSONPacket, socketio_handler
+from agenstra_jupyter.socketio_tuned import TunedServer, socketio_handler
 
 # Around every length boundary of a websocket frame header (7-bit, 16-bit, 64-bit).
 SIZES = [0, 1, 120, 125, 126, 127, 1000, 65_535 - 40, 65_535, 65_536, 300_000]
 
 
 @contextlib.asynccontextmanager
-async def serving(settings: dict[str, Any] | None = None) -> AsyncIterator[tuple[Any, str]]:
-    sio = socketio.AsyncServer(async_mode="tornado", client_manager=InlineManager(),
-                               serializer=JSONPacket, logger=False, engineio_logger=False)
+async def serving(settings: dict[str, Any] | None = None,
+                  **options: Any) -> AsyncIterator[tuple[Any, str]]:
+    sio = TunedServer(logger=False, engineio_logger=False, **options)
     app = web.Application([("/socket.io/", socketio_handler(sio))], **(settings or {}))
     server = httpserver.HTTPServer(app)
     sockets = netutil.bind_sockets(0, "127.0.0.1")
@@ -193,3 +195,103 @@ async def test_long_polling_clients_are_sent_through_the_queue():
             await sio.emit("tick", n, to=sid)
         payload = (await http.get(base)).text
         assert payload.split("\x1e") == [f'42["tick",{n}]' for n in range(20)]
+
+
+@contextlib.asynccontextmanager
+async def raw_socket(url: str, namespace: str = "/") -> AsyncIterator[Any]:
+    """An engine.io websocket joined to `namespace`, frames in and out by hand."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        ws_url = url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket"
+        async with session.ws_connect(ws_url, autoping=False) as ws:
+            assert (await ws.receive_str()).startswith("0{")  # engine.io's open packet
+            await ws.send_str("40" if namespace == "/" else f"40{namespace},")
+            assert (await ws.receive_str()).startswith("40")
+            yield ws
+
+
+async def closed_by_server(ws: Any) -> bool:
+    """Whether the server closes `ws` within 10 s (frames it sends meanwhile are read)."""
+    import aiohttp
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        async with asyncio.timeout(10):
+            while (await ws.receive()).type not in (aiohttp.WSMsgType.CLOSE,
+                                                    aiohttp.WSMsgType.CLOSED,
+                                                    aiohttp.WSMsgType.ERROR):
+                pass
+            return True
+    return False
+
+
+async def test_a_client_that_stops_answering_pings_is_closed():
+    """No read waits with a timeout any more: engine.io's ping check closes the socket."""
+    async with serving(ping_interval=0.2, ping_timeout=0.3) as (sio, url):
+        gone = asyncio.Event()
+        sio.on("disconnect", lambda sid, reason=None: gone.set())
+        async with raw_socket(url) as ws:
+            assert await closed_by_server(ws)  # the pings ("2") go unanswered
+        await asyncio.wait_for(gone.wait(), 5)
+        assert not sio.eio.sockets
+
+
+async def test_a_client_that_answers_pings_stays():
+    async with serving(ping_interval=0.1, ping_timeout=0.3) as (sio, url), \
+            raw_socket(url) as ws:
+        pings = 0
+        while pings < 8:  # about three ping timeouts
+            frame = await asyncio.wait_for(ws.receive_str(), 5)
+            if frame == "2":
+                pings += 1
+                await ws.send_str("3")
+        assert len(sio.eio.sockets) == 1
+
+
+@pytest.mark.parametrize("frame", ["4" + "x" * 2000, "zz", "", "9"],
+                         ids=["oversized", "garbled", "empty", "unknown type"])
+async def test_an_oversized_or_garbled_frame_closes_only_its_socket(frame):
+    async with serving(max_http_buffer_size=1000) as (sio, url):
+        sio.on("echo", lambda sid, data: data)
+        async with raw_socket(url) as bad, raw_socket(url) as good:
+            await bad.send_str(frame)
+            if frame == "9":  # not a known packet type: ignored, as engine.io does
+                await bad.send_str('421["echo","still here"]')
+                assert await asyncio.wait_for(bad.receive_str(), 5) == '431["still here"]'
+            else:
+                assert await closed_by_server(bad)
+            await good.send_str('427["echo","hi"]')  # the other socket is still served
+            assert await asyncio.wait_for(good.receive_str(), 5) == '437["hi"]'
+
+
+async def test_acknowledgements_skip_the_queue_and_follow_the_handlers_events():
+    async with serving() as (sio, url):
+        queued: list[Any] = []
+        watched: list[Any] = []
+
+        @sio.on("ask")
+        async def ask(sid: str, n: int) -> int:
+            socket = sio.eio.sockets[sio.manager.eio_sid_from_sid(sid, "/")]
+            if not watched:  # the first call watches what goes through engine.io's queue
+                watched.append(socket)
+                stock_put = socket.queue.put
+
+                async def put(pkt: Any) -> None:
+                    queued.append(pkt)
+                    await stock_put(pkt)
+                socket.queue.put = put
+            for k in range(3):
+                await sio.emit("step", [n, k], to=sid)
+            return n * 10
+
+        async with raw_socket(url) as ws:
+            await asyncio.sleep(0.2)  # settled: the handshake written
+            frames = []
+            for n in range(5):
+                await ws.send_str(f'42{n}["ask",{n}]')  # an event asking for ack id n
+                frames += [await asyncio.wait_for(ws.receive_str(), 5) for _ in range(4)]
+            assert queued == []  # (the close will queue its None)
+        expected = []
+        for n in range(5):
+            expected += [f'42["step",[{n},{k}]]' for k in range(3)] + [f"43{n}[{n * 10}]"]
+        assert frames == expected

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import socketio
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, Type, Unicode, default
@@ -17,7 +16,7 @@ from ..config import apply_env
 from ..db import sqlite_url
 from ..protocol import AgenstraError, ErrorCode
 from ..secrets import SecretBox, private_dir
-from ..socketio_tuned import InlineManager, JSONPacket
+from ..socketio_tuned import TunedServer
 from . import provisioner, saves
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
@@ -264,11 +263,8 @@ class Controller:
                         max_calls_per_agent=app.notebook_tools_calls_per_agent)
             if app.notebook_tools else None
         )
-        self.sio = socketio.AsyncServer(
-            async_mode="tornado",
+        self.sio = TunedServer(  # tuned for small events (socketio_tuned.py)
             cors_allowed_origins=[],  # origins are checked by Jupyter (JupyterHandler)
-            client_manager=InlineManager(),  # no task per event sent
-            serializer=JSONPacket,
             async_handlers=False,  # one socket's events in order: a chat never overtakes a login
             # One limit for every tier's frames; forward payloads are then held to
             # max_message_bytes.

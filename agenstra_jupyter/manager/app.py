@@ -22,7 +22,7 @@ from .. import protocol
 from .._version import __version__
 from ..config import env_config
 from ..secrets import SecretBox, SecretKeyError, private_dir
-from ..socketio_tuned import InlineManager, JSONPacket
+from ..socketio_tuned import TunedServer
 from .auth import Authenticator, KeyGate
 from .bounds import MAX_STORED_MESSAGE, QueueLimits, TurnLimits
 from .changes import FileWatch
@@ -275,10 +275,7 @@ class ManagerApp(Application):
             permission_timeout=self.permission_timeout,
             notebook_tools=self._notebook_tools(),
         )
-        sio = self.sio = socketio.AsyncServer(
-            async_mode="tornado",
-            client_manager=InlineManager(),  # no task per event sent
-            serializer=JSONPacket,
+        sio = self.sio = TunedServer(  # tuned for small events (socketio_tuned.py)
             # Each event in a task of its own; the gateway orders them per agent (ordering.py).
             async_handlers=True,
             # What this manager reads is small (chats of max_message_bytes, JSON-escaped at

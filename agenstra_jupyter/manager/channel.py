@@ -175,7 +175,7 @@ class AgentChannel:
             if not new:
                 self._queue_limits.release(size)
                 return announced
-            metrics.MESSAGES.labels("user").inc()
+            metrics.count_message("user")
             await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_MESSAGE, announced)
             queued = _QueuedTurn(message, correlation_id, stream, time.monotonic(), size,
                                  cancelled=self._held)
@@ -207,7 +207,7 @@ class AgentChannel:
         self, sender: protocol.Sender, correlation_id: str, **content: Any
     ) -> dict[str, Any]:
         message = await self._store.append_message(self.agent_id, sender, correlation_id, **content)
-        metrics.MESSAGES.labels(sender).inc()
+        metrics.count_message(sender)
         await self._outbox.to_agent(self.agent_id, ManagerEvent.CHAT_MESSAGE, message)
         return message
 

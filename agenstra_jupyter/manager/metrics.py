@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 SOCKETS = Gauge("agenstra_manager_sockets", "Connected controller sockets")
@@ -13,3 +15,13 @@ TURN_SECONDS = Histogram(
 MESSAGES = Counter("agenstra_manager_messages_total", "Messages stored", ["sender"])
 LOGINS = Counter("agenstra_manager_logins_total", "Agent logins", ["result"])
 ERRORS = Counter("agenstra_manager_errors_total", "Errors sent to clients", ["code"])
+
+
+_stored: dict[str, Any] = {}  # MESSAGES' children by sender: labels() per message showed
+
+
+def count_message(sender: str) -> None:
+    child = _stored.get(sender)
+    if child is None:
+        child = _stored[sender] = MESSAGES.labels(sender)
+    child.inc()
