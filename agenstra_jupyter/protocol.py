@@ -212,9 +212,10 @@ def utc_now() -> str:
     # visible cost per message.
     global _second
     second, millis = divmod(int(time.time() * 1000), 1000)
-    if _second[0] != second:
-        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{_second[1]}.{millis:03d}Z"
+    cached = _second  # read once: another thread may replace it meanwhile
+    if cached[0] != second:
+        cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{cached[1]}.{millis:03d}Z"
 
 
 # -- inbound payloads ------------------------------------------------------------------

@@ -171,7 +171,8 @@ class CorkedWebSocket(eio_tornado.WebSocket):
 
     @staticmethod
     async def _receive(socket: Any, pkt: eio_packet.Packet) -> bool:
-        """Handle one packet; False once the socket is closed."""
+        """Handle one packet; False once the socket is closed (nothing more is read: a
+        namespace joined on a closed socket would never hear of its disconnect)."""
         server = socket.server
         handler = server.handlers.get("message")
         try:
@@ -186,7 +187,7 @@ class CorkedWebSocket(eio_tornado.WebSocket):
             return False
         except Exception:
             server.logger.exception("message handler error")
-        return True
+        return not socket.closed
 
     async def _write(self, socket: Any) -> None:
         """Send what engine.io queues for the socket (what InlineManager could not write
