@@ -252,11 +252,6 @@ class CorkedWebSocket(eio_tornado.WebSocket):
         await super().close()
 
 
-def cork_websockets(sio: socketio.AsyncServer) -> None:
-    """Make `sio`'s engine.io server write its websocket frames with CorkedWebSocket."""
-    sio.eio._async = {**sio.eio._async, "websocket": CorkedWebSocket}
-
-
 class TunedEngineIOServer(engineio.AsyncServer):
     """engine.io's server on CorkedWebSocket, sending a packet (an acknowledgement, an
     event to one socket) straight to the websocket when nothing waits in the socket's
@@ -288,15 +283,15 @@ class TunedServer(socketio.AsyncServer):
         return TunedEngineIOServer
 
 
-def socketio_handler(sio: socketio.AsyncServer, max_frame_bytes: int = MAX_FRAME_BYTES) -> type:
-    """The engine.io tornado handler with TCP_NODELAY on its websockets, taking frames up
+def socketio_handler(sio: TunedServer, max_frame_bytes: int = MAX_FRAME_BYTES) -> type:
+    """The engine.io tornado handler of `sio` (a TunedServer: its websockets are
+    CorkedWebSockets) with TCP_NODELAY on its websockets, taking frames up
     to `max_frame_bytes` (tornado's default is 10 MiB; `sio` checks its own limit after),
     compressed only if the tornado settings' `websocket_compression_options` say so.
 
     A turn sends several small frames in a row (the user's message, events, the answer);
     with Nagle's algorithm the second one waits for the peer's delayed ACK, ~40 ms.
     """
-    cork_websockets(sio)
     base: Any = socketio.get_tornado_handler(sio)
 
     class NoDelayHandler(base):  # type: ignore[misc, valid-type]

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import socketio
 from jupyter_server.auth.decorator import ws_authenticated
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
 
-from ..socketio_tuned import socketio_handler
+from ..socketio_tuned import TunedServer, socketio_handler
 
 
-def jupyter_socketio_handler(sio: socketio.AsyncServer) -> type:
+def jupyter_socketio_handler(sio: TunedServer) -> type:
     engineio_handler: Any = socketio_handler(sio)
 
     class SocketIOHandler(engineio_handler, JupyterHandler):  # type: ignore[misc, valid-type]

@@ -16,7 +16,7 @@ import socketio
 
 from .. import protocol
 from ..protocol import AgenstraError, ErrorCode, ManagerEvent
-from ..socketio_tuned import socketio_handler
+from ..socketio_tuned import TunedServer, socketio_handler
 from . import metrics
 from .auth import Authenticator, Caller, handshake_key
 from .channel import AgentChannel
@@ -55,7 +55,7 @@ def _peer(environ: dict[str, Any]) -> str:
 
 
 def bounded_socketio_handler(
-    sio: socketio.AsyncServer, max_sockets: int, handshake_timeout: float
+    sio: TunedServer, max_sockets: int, handshake_timeout: float
 ) -> type:
     """The Socket.IO handler, bounded: at most `max_sockets` engine.io connections (a new
     one over that gets a 503 before any upgrade), and a connection that has not joined
