@@ -7,12 +7,15 @@ without changing what goes on the wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
 from typing import Any
 
+import aiohttp
 import engineio
 import socketio
+from engineio import base_client as eio_base_client
 from engineio import exceptions as eio_exceptions
 from engineio import packet as eio_packet
 from engineio.async_drivers import tornado as eio_tornado
@@ -20,6 +23,9 @@ from socketio import packet
 from tornado.iostream import StreamClosedError
 
 from .protocol import MAX_FRAME_BYTES
+
+# Closes a watchdog started: referenced until done, as the loop keeps only weak ones.
+_closing: set[asyncio.Future[Any]] = set()
 
 
 class JSONPacket(packet.Packet):
@@ -322,10 +328,15 @@ class InlineEngineIOClient(engineio.AsyncClient):
     The stock client starts a task per message; a manager link carries every event of
     every agent on its host. Socket.IO's handling of a message is short here (the
     controller only queues it for its frontends), so it runs in the read loop, which also
-    keeps the messages in order. Everything but messages goes the stock way.
+    keeps the messages in order. On websockets its loops read and write without a task
+    and a timer per packet (the stock ones await each under `wait_for`): a watchdog looks
+    once per ping period whether the server still talks. Everything else (long-polling,
+    packets other than messages) goes the stock way.
     """
 
     _handling = 0  # handlers running now
+    _last_read = 0.0  # loop time the websocket last brought a packet
+    _watchdog: asyncio.TimerHandle
 
     def handling(self) -> bool:
         """Whether a handler is running: whoever waits for the read loop now (a close)
@@ -344,6 +355,84 @@ class InlineEngineIOClient(engineio.AsyncClient):
             self.logger.exception("message handler error")
         finally:
             self._handling -= 1
+
+    async def _read_loop_websocket(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_read = loop.time()
+        self._watchdog = loop.call_later(self._silence_limit(), self._watch)
+        try:
+            while self.state == "connected" and self.write_loop_task:
+                if not await self._read_one(loop):
+                    await self.queue.put(None)  # ends the write loop
+                    break
+        finally:
+            self._watchdog.cancel()
+        if self.write_loop_task:
+            await self.write_loop_task
+        if self.state == "connected":  # the server went, not us: as the stock loop ends
+            await self._trigger_event("disconnect", self.reason.TRANSPORT_ERROR,
+                                      run_async=False)
+            with contextlib.suppress(ValueError):
+                eio_base_client.connected_clients.remove(self)
+            await self._reset()
+
+    async def _read_one(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """Read and handle one packet; False once the websocket is closed or broken."""
+        try:
+            message = await self.ws.receive()  # no timeout: the watchdog's
+        except Exception as exc:
+            self.logger.info('Unexpected error receiving packet: "%s", aborting', exc)
+            return False
+        if message.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            self.logger.info("Read loop: WebSocket connection was closed, aborting")
+            return False
+        self._last_read = loop.time()
+        try:
+            pkt = eio_packet.Packet(encoded_packet=message.data)
+        except Exception as exc:
+            self.logger.info('Unexpected error decoding packet: "%s", aborting', exc)
+            return False
+        await self._receive_packet(pkt)
+        return True
+
+    def _silence_limit(self) -> float:
+        """How long the server may say nothing: it pings every interval."""
+        return float(self.ping_interval + self.ping_timeout)
+
+    def _watch(self) -> None:
+        """Close a websocket that brought nothing for the silence limit (its read loop
+        then ends); else look again when it would be reached."""
+        loop = asyncio.get_running_loop()
+        left = self._last_read + self._silence_limit() - loop.time()
+        if left > 0:
+            self._watchdog = loop.call_later(left, self._watch)
+        elif self.state == "connected" and self.ws is not None:
+            self.logger.warning("Server has stopped communicating, aborting")
+            _closing.add(closing := asyncio.ensure_future(self.ws.close()))
+            closing.add_done_callback(_closing.discard)
+
+    async def _write_loop(self) -> None:
+        if self.current_transport != "websocket":
+            await super()._write_loop()
+            return
+        while self.state == "connected":
+            try:
+                pkt = await self.queue.get()
+            except asyncio.CancelledError:  # as the stock loop: it ends, nothing raised
+                break
+            try:
+                if pkt is None:  # the read loop ended, or a disconnect
+                    break
+                if pkt.binary:
+                    await self.ws.send_bytes(pkt.encode())
+                else:
+                    await self.ws.send_str(pkt.encode())
+            except (aiohttp.ClientError, OSError):
+                self.logger.info("Write loop: WebSocket connection was closed, aborting")
+                break
+            finally:
+                self.queue.task_done()
+        self.write_loop_task = None
 
     async def disconnect(self, abort: bool = False, reason: Any = None) -> None:
         # The stock disconnect waits for the read loop to end; while a handler runs (and

@@ -246,3 +246,30 @@ async def test_reconnected_means_logged_in_again(jupyter, start_manager):
     assert (await frontend.answer_to(agent["id"], "a"))["response"]["result"] == \
         "Echo: right after"
     await frontend.close()
+
+
+def test_the_per_chat_debug_line_is_built_only_when_a_handler_shows_it():
+    """traitlets' loggers stay at DEBUG and filter in their handlers: the gateway asks the
+    handlers, so an INFO server builds no record per chat and a --debug one still logs it."""
+    import logging
+
+    from agenstra_jupyter.controller.gateway import _emits
+
+    log = logging.getLogger("agenstra-test-emits")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    handler = logging.StreamHandler()
+    log.addHandler(handler)
+    try:
+        handler.setLevel(logging.INFO)
+        assert not _emits(log, logging.DEBUG) and _emits(log, logging.INFO)
+        handler.setLevel(logging.DEBUG)
+        assert _emits(log, logging.DEBUG)
+        log.setLevel(logging.INFO)  # the logger itself drops it
+        assert not _emits(log, logging.DEBUG)
+        child = log.getChild("child")  # a child propagates to its parent's handlers
+        child.setLevel(logging.DEBUG)
+        handler.setLevel(logging.NOTSET)
+        assert _emits(child, logging.DEBUG)
+    finally:
+        log.removeHandler(handler)

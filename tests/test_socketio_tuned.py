@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import socketio
-from tornado import httpserver, iostream, netutil, web
+from tornado import httpserver, iostream, netutil, web, websocket
 
 from agenstra_jupyter.socketio_tuned import TunedServer, socketio_handler
 
@@ -295,3 +296,66 @@ async def test_acknowledgements_skip_the_queue_and_follow_the_handlers_events():
         for n in range(5):
             expected += [f'42["step",[{n},{k}]]' for k in range(3)] + [f"43{n}[{n * 10}]"]
         assert frames == expected
+
+
+class _FallsSilent(websocket.WebSocketHandler):
+    """An engine.io server that opens a session (pinging every 200 ms, it says), lets the
+    client join, and then says nothing more."""
+
+    closed: asyncio.Event
+
+    def open(self, *args: Any) -> None:
+        self.write_message('0{"sid":"s","upgrades":[],"pingInterval":200,'
+                           '"pingTimeout":300,"maxPayload":1000000}')
+
+    def on_message(self, message: Any) -> None:
+        if message.startswith("40"):
+            self.write_message('40{"sid":"n"}')
+
+    def on_close(self) -> None:
+        self.closed.set()
+
+
+async def test_an_inline_client_leaves_a_server_that_falls_silent():
+    """Reads wait without a timeout now: the watchdog closes the link once the server has
+    said nothing for its ping interval and timeout, not before."""
+    from agenstra_jupyter.socketio_tuned import InlineClient
+
+    _FallsSilent.closed = asyncio.Event()
+    server = httpserver.HTTPServer(web.Application([("/socket.io/", _FallsSilent)]))
+    sockets = netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    client = InlineClient(reconnection=False, handle_sigint=False)
+    gone = asyncio.Event()
+    client.on("disconnect", lambda *reason: gone.set())
+    try:
+        await client.connect(f"http://127.0.0.1:{sockets[0].getsockname()[1]}",
+                             transports=["websocket"])
+        joined = time.monotonic()
+        await asyncio.wait_for(gone.wait(), 10)
+        silent_for = time.monotonic() - joined
+        await asyncio.wait_for(_FallsSilent.closed.wait(), 10)  # its websocket, closed
+    finally:
+        await client.disconnect()
+        server.stop()
+    assert 0.4 <= silent_for < 5, silent_for
+    assert client.eio.state == "disconnected"
+
+
+async def test_an_inline_client_stays_with_a_server_that_keeps_pinging():
+    """The watchdog looks again as long as packets come: pings over several of its limits
+    keep the link, and what is emitted still goes both ways."""
+    from agenstra_jupyter.socketio_tuned import InlineClient
+
+    async with serving(ping_interval=0.1, ping_timeout=0.2) as (sio, url):
+        sio.on("echo", lambda sid, data: data)
+        client = InlineClient(reconnection=False, handle_sigint=False)
+        dropped: list[Any] = []
+        client.on("disconnect", lambda *reason: dropped.append(reason))
+        await connect(sio, url, client)
+        await asyncio.sleep(1.5)  # five times the silence limit (0.3 s)
+        try:
+            assert await client.call("echo", "still here", timeout=5) == "still here"
+            assert dropped == [] and client.connected
+        finally:
+            await client.disconnect()

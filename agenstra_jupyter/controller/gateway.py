@@ -34,6 +34,22 @@ class Limits:
     links_per_user: int = 128
 
 
+def _emits(log: logging.Logger, level: int) -> bool:
+    """Whether a line at `level` reaches a handler. traitlets leaves an app's logger at
+    DEBUG and filters in its handlers, so every debug call built a record (a twentieth of
+    the controller's time per chat) that the handler then dropped."""
+    if not log.isEnabledFor(level):
+        return False
+    handlers: list[logging.Handler] = []
+    logger: logging.Logger | None = log
+    while logger is not None:
+        handlers += logger.handlers
+        logger = logger.parent if logger.propagate else None
+    if not handlers and logging.lastResort is not None:
+        handlers = [logging.lastResort]  # what logging falls back to
+    return any(handler.level <= level for handler in handlers)
+
+
 # Forwarded events that only read (log in and replay history, log out); any other event
 # makes an agent act, so it needs "execute".
 READ_EVENTS = frozenset({ManagerEvent.LOGIN, ManagerEvent.LOGOUT})
@@ -109,6 +125,7 @@ class ClientsNamespace(socketio.AsyncNamespace):
         self._backoff = backoff
         self._limits = limits
         self._log = log
+        self._trace = _emits(log, logging.DEBUG)  # the per-chat debug line
         self.sessions: dict[str, FrontendSession] = {}
         self._pool = ConnectionPool(registry, backoff, log)  # one socket per manager
 
@@ -232,7 +249,7 @@ class ClientsNamespace(socketio.AsyncNamespace):
         payload.pop("password", None)
         if request.event == ManagerEvent.PERMISSION_RESPONSE:
             payload["user"] = _name_of(session)  # who answered: Jupyter says, not the frontend
-        if request.event == ManagerEvent.CHAT:
+        if request.event == ManagerEvent.CHAT and self._trace:
             self._log.debug("forward chat client=%s agent=%s correlationId=%s", link.client_id,
                            link.agent_id, payload.get("correlationId"))
         await link.send(request.event, payload)
