@@ -386,6 +386,35 @@ def chat_event(
     }
 
 
+def delta_stream(event: str, data: Any) -> tuple[str, str] | None:
+    """(agentId, correlationId) when `event` carries a text delta of a turn, as the
+    manager's `chatEvent` or wrapped in the controller's `forwardedEvent`: what a socket
+    that reads slowly may get merged with the next delta of the same turn."""
+    if event == ControllerEvent.FORWARDED_EVENT and isinstance(data, dict):
+        event, data = data.get("event"), data.get("payload")
+    if event != ManagerEvent.CHAT_EVENT or not isinstance(data, dict) \
+            or data.get("kind") != ChatEventKind.ASSISTANT_DELTA:
+        return None
+    payload = data.get("payload")
+    if not (isinstance(payload, dict) and payload.keys() == {"delta"}
+            and isinstance(payload["delta"], str)):
+        return None
+    agent_id, correlation_id = data.get("agentId"), data.get("correlationId")
+    if not (isinstance(agent_id, str) and isinstance(correlation_id, str)):
+        return None
+    return agent_id, correlation_id
+
+
+def merge_deltas(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """One event for two deltas in a row of a turn (both `delta_stream`): `later` with
+    `earlier`'s text before its own. Its `sequence` is the later one's, so sequences still
+    only rise; the gap is the events merged. Neither argument is changed."""
+    if "event" in later:  # a forwardedEvent
+        return {**later, "payload": merge_deltas(earlier["payload"], later["payload"])}
+    text = earlier["payload"]["delta"] + later["payload"]["delta"]
+    return {**later, "payload": {"delta": text}}
+
+
 def chat_message(
     *,
     id: str,

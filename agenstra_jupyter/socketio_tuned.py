@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import struct
 import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -40,6 +42,15 @@ class JSONPacket(packet.Packet):
     uses_binary_events = False
 
 
+@dataclass(frozen=True)
+class Coalescing:
+    """Which events a socket that reads slowly may get merged: `key` names the stream an
+    event continues (None: not mergeable), `merge` makes one event of two in a row."""
+
+    key: Callable[[str, Any], Hashable | None]
+    merge: Callable[[Any, Any], Any]
+
+
 class InlineManager(socketio.AsyncManager):
     """python-socketio's client manager, emitting without a task per recipient.
 
@@ -48,8 +59,13 @@ class InlineManager(socketio.AsyncManager):
     a send only queues the frame on its socket. Here the frame goes to each recipient in
     turn: straight to its CorkedWebSocket when engine.io's writer has nothing left to send
     (order holds), else through the queue. Events with a callback (an ack id per recipient) go
-    the stock way.
+    the stock way. With `coalescing`, an event a recipient's websocket still holds unwritten
+    (its peer reads slower than events come) takes the next one of its stream into it.
     """
+
+    def __init__(self, coalescing: Coalescing | None = None) -> None:
+        super().__init__()
+        self.coalescing = coalescing
 
     async def emit(self, event: str, data: Any, namespace: str, room: Any = None,
                    skip_sid: Any = None, callback: Any = None, to: Any = None,
@@ -71,17 +87,51 @@ class InlineManager(socketio.AsyncManager):
                   for part in (encoded if isinstance(encoded, list) else [encoded])]
         wire: list[str | bytes] = []  # encoded once for every recipient
         eio = self.server.eio
+        key = self._stream_of(event, args, encoded)
         for sid, eio_sid in list(self.get_participants(namespace, to or room)):
             if sid in skip:
                 continue
             socket = eio.sockets.get(eio_sid)
             websocket = getattr(socket, "corked_websocket", None)
             if websocket is not None:
+                if key is not None and websocket.behind and websocket.hold(
+                        socket, key, args[0], self._encoder(event, namespace),
+                        self.coalescing.merge):  # type: ignore[union-attr]
+                    continue
                 wire = wire or [frame.encode() for frame in frames]
                 if websocket.write_now(socket, wire):
                     continue
             for frame in frames:
                 await eio.send_packet(eio_sid, frame)
+
+
+    def _stream_of(self, event: str, args: list[Any], encoded: Any) -> Hashable | None:
+        """The coalescing key of an event of one JSON argument, if it has one."""
+        if self.coalescing is None or len(args) != 1 or not isinstance(encoded, str):
+            return None
+        return self.coalescing.key(event, args[0])
+
+    def _encoder(self, event: str, namespace: str) -> _Held.Encoder:
+        packet_class = self.server.packet_class
+
+        def encode(data: Any) -> str:
+            sio_packet = packet_class(packet.EVENT, namespace=namespace, data=[event, data])
+            return eio_packet.Packet(eio_packet.MESSAGE, sio_packet.encode()).encode()
+        return encode
+
+
+class _Held:
+    """An event a websocket holds while its peer reads slowly, encoded when written: the
+    next one of its stream is merged into it meanwhile."""
+
+    Encoder = Callable[[Any], str]
+    __slots__ = ("data", "encode", "key")
+
+    def __init__(self, key: Hashable, data: Any, encode: Encoder) -> None:
+        self.key, self.data, self.encode = key, data, encode
+
+    def frame(self) -> bytes:
+        return websocket_frame(self.encode(self.data))
 
 
 def websocket_frame(message: str | bytes) -> bytes:
@@ -126,7 +176,8 @@ class CorkedWebSocket(eio_tornado.WebSocket):
 
     def __init__(self, handler: Any, server: Any) -> None:
         super().__init__(handler, server)
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | _Held] = []
+        self._writing: asyncio.Future[None] | None = None  # tornado's last write
 
     async def __call__(self, environ: dict[str, Any]) -> None:
         self.tornado_handler = environ["tornado.handler"]
@@ -225,36 +276,70 @@ class CorkedWebSocket(eio_tornado.WebSocket):
     def write_now(self, socket: Any, messages: list[str | bytes]) -> bool:
         """Send encoded engine.io packets on `socket`'s websocket at once, unless the socket
         is not plainly open or something waits in its queue (that must go out first)."""
-        handler = self.tornado_handler
-        connection = handler.ws_connection if handler is not None else None
-        if (connection is None or connection.is_closing() or not socket.upgraded
-                or socket.upgrading or socket.closing or socket.closed
-                or handler.get_compression_options() is not None
-                or _queue_busy(socket) or _ping_overdue(socket)):
+        if not self._direct(socket):
             return False
         for message in messages:
             self._gather(message)
         return True
 
+    @property
+    def behind(self) -> bool:
+        """Whether tornado still holds the last write: the peer reads slower than it is
+        sent to. What is sent meanwhile waits here, and is written once tornado is done."""
+        return self._writing is not None and not self._writing.done()
+
+    def hold(self, socket: Any, key: Hashable, data: Any, encode: _Held.Encoder,
+             merge: Callable[[Any, Any], Any]) -> bool:
+        """Send an event of stream `key` (see Coalescing) as write_now does; merged into
+        the last event waiting unwritten when that one is of the same stream."""
+        if not self._direct(socket):
+            return False
+        last = self._pending[-1] if self._pending else None
+        if isinstance(last, _Held) and last.key == key:
+            last.data = merge(last.data, data)
+        else:
+            self._append(_Held(key, data, encode))
+        return True
+
+    def _direct(self, socket: Any) -> bool:
+        """Whether frames may go to this websocket past the socket's queue and writer."""
+        handler = self.tornado_handler
+        connection = handler.ws_connection if handler is not None else None
+        return not (connection is None or connection.is_closing() or not socket.upgraded
+                    or socket.upgrading or socket.closing or socket.closed
+                    or handler.get_compression_options() is not None
+                    or _queue_busy(socket) or _ping_overdue(socket))
+
     def _gather(self, message: str | bytes) -> None:
+        self._append(websocket_frame(message))
+
+    def _append(self, item: bytes | _Held) -> None:
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(websocket_frame(message))
+        self._pending.append(item)
 
-    def _flush(self) -> None:
-        frames, self._pending = self._pending, []
+    def _flush(self, force: bool = False) -> None:
+        if self.behind and not force:
+            return  # _written writes it, when tornado is done with the last write
+        items, self._pending = self._pending, []
         connection = self.tornado_handler.ws_connection
-        if not frames or connection is None or connection.is_closing():
+        if not items or connection is None or connection.is_closing():
             return
+        data = b"".join(item if isinstance(item, bytes) else item.frame() for item in items)
         try:
-            written = connection.stream.write(b"".join(frames))
+            self._writing = connection.stream.write(data)
         except StreamClosedError:
             return
-        # A peer gone mid-write fails the future; engine.io notices the closed socket.
-        written.add_done_callback(lambda done: done.exception())
+        self._writing.add_done_callback(self._written)
+
+    def _written(self, done: asyncio.Future[None]) -> None:
+        done.exception()  # a peer gone mid-write fails it; engine.io notices the closed socket
+        if self._pending and not self.behind:
+            self._flush()
 
     async def close(self) -> None:
-        self._flush()  # what was sent before the close goes out before the close frame
+        # What was sent before the close goes out before the close frame, behind or not.
+        self._flush(force=True)
         await super().close()
 
 
@@ -276,12 +361,12 @@ class TunedEngineIOServer(engineio.AsyncServer):
 
 
 class TunedServer(socketio.AsyncServer):
-    """python-socketio's server on tornado with the tunings here: InlineManager and
-    JSONPacket unless told otherwise, TunedEngineIOServer underneath. Serve it through
-    `socketio_handler`."""
+    """python-socketio's server on tornado with the tunings here: InlineManager (merging
+    what `coalescing` says for slow readers) and JSONPacket unless told otherwise,
+    TunedEngineIOServer underneath. Serve it through `socketio_handler`."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("client_manager", InlineManager())
+    def __init__(self, coalescing: Coalescing | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("client_manager", InlineManager(coalescing))
         kwargs.setdefault("serializer", JSONPacket)
         super().__init__(async_mode="tornado", **kwargs)
 

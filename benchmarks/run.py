@@ -44,6 +44,44 @@ BARE_SERVER = textwrap.dedent("""
 """)
 
 
+# A coroutine's round trip through a one-thread executor, as the manager's history writer
+# makes (`run_in_executor`), with the two threads free to run on any CPU and then both on
+# one: on a virtual machine a wake-up across CPUs is dear, and the manager pays a few per
+# batch of messages (the writer's, the GIL's).
+THREAD_HOP = textwrap.dedent("""
+    import asyncio, json, os, time
+    from concurrent.futures import ThreadPoolExecutor
+
+    async def hops(executor, n=5000):
+        loop = asyncio.get_running_loop()
+        for _ in range(500):
+            await loop.run_in_executor(executor, int)
+        started, cpu = time.perf_counter(), time.process_time()
+        for _ in range(n):
+            await loop.run_in_executor(executor, int)
+        return ((time.perf_counter() - started) / n * 1e6,
+                (time.process_time() - cpu) / n * 1e6)
+
+    async def main():
+        executor = ThreadPoolExecutor(max_workers=1)
+        free, free_cpu = await hops(executor)
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+        executor.submit(os.sched_setaffinity, 0, {cpu}).result()
+        pinned, pinned_cpu = await hops(executor)
+        print(json.dumps({"free_us": free, "free_cpu_us": free_cpu, "pinned_us": pinned,
+                          "pinned_cpu_us": pinned_cpu}))
+
+    asyncio.run(main())
+""")
+
+
+def thread_hop() -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", THREAD_HOP], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)
+
+
 WARMUP = 20
 
 
@@ -429,6 +467,8 @@ async def main(quick: bool) -> dict[str, Any]:
         "python": platform.python_version(), "node": node_version.strip(),
         "platform": platform.platform(), "cpus": os.cpu_count(), "nofile": hard,
         "quick": quick}}
+    print("thread hop ...", file=sys.stderr)
+    results["thread_hop"] = thread_hop()
     bare_port, relay_port = free_port(), free_port()
     bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)],
                             stdout=subprocess.PIPE, text=True)

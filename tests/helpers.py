@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -411,3 +412,63 @@ async def answer_requests(client: AgentsClient, option_id: str, count: int) -> l
         await client.emit(ManagerEvent.PERMISSION_RESPONSE, {
             "requestId": requests[n]["payload"]["requestId"], "optionId": option_id})
     return permission_requests(client)[asked:]
+
+
+class SlowReader:
+    """A websocket client by hand, joined to a Socket.IO namespace, that reads only when
+    told to (a small receive buffer): its peer's writes back up, as for a frontend on a
+    slow link."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.sid = ""
+
+    @classmethod
+    async def connect(cls, url: str, path: str = "/socket.io/", query: str = "",
+                      namespace: str = "/") -> SlowReader:
+        import base64
+        import socket as sockets
+
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        sock = sockets.socket()
+        sock.setsockopt(sockets.SOL_SOCKET, sockets.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(f"GET {path}?EIO=4&transport=websocket{query} HTTP/1.1\r\n"
+                     f"Host: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+        client = cls(reader, writer)
+        assert (await client.read()).startswith("0{")  # engine.io's open packet
+        joined = "40" if namespace == "/" else f"40{namespace},"
+        client.send(joined)
+        reply = await client.read()
+        assert reply.startswith(joined), reply
+        client.sid = json.loads(reply[len(joined):])["sid"]  # the Socket.IO sid
+        return client
+
+    def send(self, text: str) -> None:
+        """One text frame, masked with a zero key (as a client must mask)."""
+        data = text.encode()
+        if len(data) < 126:
+            header = bytes([0x81, 0x80 | len(data)])
+        elif len(data) < 1 << 16:
+            header = bytes([0x81, 0x80 | 126]) + len(data).to_bytes(2, "big")
+        else:
+            header = bytes([0x81, 0x80 | 127]) + len(data).to_bytes(8, "big")
+        self.writer.write(header + b"\0\0\0\0" + data)
+
+    async def read(self) -> str:
+        head = await self.reader.readexactly(2)
+        size = head[1] & 0x7F
+        if size == 126:
+            size = int.from_bytes(await self.reader.readexactly(2), "big")
+        elif size == 127:
+            size = int.from_bytes(await self.reader.readexactly(8), "big")
+        return (await self.reader.readexactly(size)).decode()
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()

@@ -273,3 +273,60 @@ def test_the_per_chat_debug_line_is_built_only_when_a_handler_shows_it():
         assert _emits(child, logging.DEBUG)
     finally:
         log.removeHandler(handler)
+
+
+async def test_a_frontend_that_reads_slowly_gets_the_answers_text_whole_and_merged(jupyter):
+    """A streamed answer of 30,000 words to a frontend that does not read meanwhile: the
+    controller merges the turn's deltas it holds for that socket rather than piling them
+    up, and once it reads, the frontend has the whole text once, in order, the answer
+    last."""
+    import socket as sockets
+
+    from .helpers import SlowReader
+
+    async with jupyter.http() as http:
+        agent = (await http.post("/clients/local/agents",
+                                 json={"name": "streamer", "provider": "echo"})).json()
+    client = await SlowReader.connect(jupyter.url, f"{jupyter.base_url}agenstra/socket.io/",
+                                      f"&token={jupyter.token}", "/clients")
+    sio = jupyter.controller.sio
+    websocket = sio.eio.sockets[sio.manager.eio_sid_from_sid(client.sid, "/clients")] \
+        .corked_websocket
+    websocket.tornado_handler.ws_connection.stream.socket.setsockopt(
+        sockets.SOL_SOCKET, sockets.SO_SNDBUF, 4096)  # the link is slow from the start
+
+    async def acked(ack_id: int, data: dict) -> None:
+        client.send(f"42/clients,{ack_id}" + json.dumps(["forward", data] if "event" in data
+                                                        else ["setClient", data]))
+        while not (frame := await client.read()).startswith(f"43/clients,{ack_id}"):
+            pass
+        assert json.loads(frame[len(f"43/clients,{ack_id}"):]) == [{"ok": True}], frame
+
+    await acked(1, {"clientId": "local"})
+    await acked(2, {"event": ManagerEvent.LOGIN, "agentId": agent["id"]})
+    words = [f"w{n}" for n in range(30_000)]
+    await acked(3, {"event": ManagerEvent.CHAT, "agentId": agent["id"], "payload": {
+        "message": " ".join(words), "stream": True, "correlationId": "slow"}})
+    async with jupyter.http() as http:  # the turn ends while the frontend reads nothing
+        for _ in range(600):
+            stored = (await http.get(f"/clients/local/agents/{agent['id']}/messages")).json()
+            if any(m["from"] == "agent" for m in stored):
+                break
+            await asyncio.sleep(0.1)
+    deltas, sequences = [], []
+    while True:
+        frame = await asyncio.wait_for(client.read(), 30)
+        if not frame.startswith("42/clients,"):
+            continue
+        name, forwarded = json.loads(frame[len("42/clients,"):])
+        assert name == ControllerEvent.FORWARDED_EVENT
+        inner = forwarded["payload"]
+        if forwarded["event"] == ManagerEvent.CHAT_EVENT and inner["kind"] == "assistantDelta":
+            deltas.append(inner["payload"]["delta"])
+            sequences.append(inner["sequence"])
+        elif forwarded["event"] == ManagerEvent.CHAT_MESSAGE and inner["from"] == "agent":
+            break
+    await client.close()
+    assert "".join(deltas) == "Echo: " + " ".join(words)
+    assert sequences == sorted(set(sequences))  # rising: merged ones leave gaps
+    assert len(deltas) < len(words) / 2  # what waited for the slow frontend was merged

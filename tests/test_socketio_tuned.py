@@ -18,6 +18,8 @@ from tornado import httpserver, iostream, netutil, web, websocket
 
 from agenstra_jupyter.socketio_tuned import TunedServer, socketio_handler
 
+from .helpers import SlowReader
+
 # Around every length boundary of a websocket frame header (7-bit, 16-bit, 64-bit).
 SIZES = [0, 1, 120, 125, 126, 127, 1000, 65_535 - 40, 65_535, 65_536, 300_000]
 
@@ -359,3 +361,107 @@ async def test_an_inline_client_stays_with_a_server_that_keeps_pinging():
             assert dropped == [] and client.connected
         finally:
             await client.disconnect()
+
+
+def _delta(n: int, text: str) -> dict[str, Any]:
+    return {"agentId": "a", "correlationId": "c", "kind": "assistantDelta",
+            "payload": {"delta": text}, "sequence": n}
+
+
+async def _stream_to(slow: bool) -> tuple[list[Any], str, int]:
+    """3000 deltas of one turn with a toolCall after the 1000th, then the answer, to one
+    socket that reads slowly (or at once): what it received, the text sent before the
+    toolCall, and how many events were sent."""
+    import json
+    import socket as sockets
+
+    from agenstra_jupyter import protocol
+    from agenstra_jupyter.socketio_tuned import Coalescing
+
+    coalescing = Coalescing(protocol.delta_stream, protocol.merge_deltas)
+    async with serving(coalescing=coalescing) as (sio, url):
+        joined: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        sio.on("connect", lambda sid, environ: joined.set_result(sid))
+        client = await SlowReader.connect(url)
+        sid = await joined
+        websocket = sio.eio.sockets[sio.manager.eio_sid_from_sid(sid, "/")].corked_websocket
+        stream = websocket.tornado_handler.ws_connection.stream
+        stream.socket.setsockopt(sockets.SOL_SOCKET, sockets.SO_SNDBUF, 4096)
+        received: list[Any] = []
+
+        async def read_all() -> None:
+            while not received or received[-1][0] != "chatMessage":
+                frame = await client.read()
+                if frame.startswith("42"):
+                    received.append(json.loads(frame[2:]))
+
+        reading = None if slow else asyncio.ensure_future(read_all())
+        before_tool, sent, was_behind = "", 0, False
+        for n in range(1, 3001):
+            await sio.emit("chatEvent", _delta(n if n <= 1000 else n + 1, f"w{n} "), to=sid)
+            sent += 1
+            if n == 1000:
+                before_tool = "".join(f"w{k} " for k in range(1, 1001))
+                await sio.emit("chatEvent", {**_delta(n, ""), "kind": "toolCall",
+                                             "payload": {"name": "t"}, "sequence": 1001}, to=sid)
+            if n % 50 == 0:
+                await asyncio.sleep(0.001)  # written meanwhile, as far as the reader lets
+                was_behind = was_behind or websocket.behind
+        await sio.emit("chatMessage", {"seq": 2, "from": "agent"}, to=sid)
+        assert was_behind == slow
+        await asyncio.wait_for(reading or read_all(), 30)
+        gone = asyncio.Event()
+        sio.on("disconnect", lambda sid, reason=None: gone.set())
+        await client.close()
+        await asyncio.wait_for(gone.wait(), 10)
+        return received, before_tool, sent
+
+
+def _check_stream(received: list[Any], before_tool: str) -> None:
+    """Every delta's text once and in order, the toolCall where it was, sequences rising."""
+    kinds = [(event, data.get("kind")) for event, data in received]
+    assert kinds.count(("chatEvent", "toolCall")) == 1 and kinds[-1] == ("chatMessage", None)
+    tool = kinds.index(("chatEvent", "toolCall"))
+    text = [data["payload"]["delta"] for _, data in received[:tool]]
+    assert "".join(text) == before_tool
+    rest = [data["payload"]["delta"] for _, data in received[tool + 1:-1]]
+    assert "".join(rest) == "".join(f"w{k} " for k in range(1001, 3001))
+    sequences = [data["sequence"] for _, data in received[:-1]]
+    assert sequences == sorted(set(sequences)) and sequences[-1] == 3001
+
+
+async def test_a_slow_reader_gets_a_turns_deltas_merged_in_order():
+    received, before_tool, sent = await _stream_to(slow=True)
+    _check_stream(received, before_tool)
+    assert len(received) < sent / 10  # merged while it did not read
+
+
+async def test_a_reader_that_keeps_up_gets_every_delta_as_sent():
+    received, before_tool, sent = await _stream_to(slow=False)
+    _check_stream(received, before_tool)
+    assert len(received) == sent + 2  # the toolCall and the answer
+
+
+@pytest.mark.parametrize("shape", ["chatEvent", "forwardedEvent"])
+def test_only_a_turns_plain_text_deltas_are_merged(shape):
+    from agenstra_jupyter.protocol import delta_stream, merge_deltas
+
+    def sent(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        if shape == "chatEvent":
+            return "chatEvent", event
+        return "forwardedEvent", {"event": "chatEvent", "payload": event, "clientId": "local",
+                                  "agentId": event["agentId"]}
+
+    first, second = sent(_delta(1, "Hel")), sent(_delta(2, "lo"))
+    assert delta_stream(*first) == delta_stream(*second) == ("a", "c")
+    merged = merge_deltas(first[1], second[1])
+    inner = merged if shape == "chatEvent" else merged["payload"]
+    assert inner["payload"] == {"delta": "Hello"} and inner["sequence"] == 2
+    assert first[1] == sent(_delta(1, "Hel"))[1]  # neither argument changed
+    assert second[1] == sent(_delta(2, "lo"))[1]
+    others = [{**_delta(3, "x"), "kind": "toolCall"},
+              {**_delta(3, "x"), "payload": {"delta": "x", "more": 1}},
+              {**_delta(3, "x"), "payload": {"delta": 7}},
+              {**_delta(3, "x"), "correlationId": None}]
+    assert [delta_stream(*sent(other)) for other in others] == [None] * len(others)
+    assert delta_stream("chatMessage", _delta(3, "x")) is None

@@ -16,7 +16,7 @@ from ..config import apply_env
 from ..db import sqlite_url
 from ..protocol import AgenstraError, ErrorCode
 from ..secrets import SecretBox, private_dir
-from ..socketio_tuned import TunedServer
+from ..socketio_tuned import Coalescing, TunedServer
 from . import provisioner, saves
 from .gateway import ClientsNamespace, Limits
 from .handlers import api_handlers
@@ -264,6 +264,8 @@ class Controller:
             if app.notebook_tools else None
         )
         self.sio = TunedServer(  # tuned for small events (socketio_tuned.py)
+            # A frontend that reads slowly gets a turn's text deltas merged, not piled up.
+            coalescing=Coalescing(protocol.delta_stream, protocol.merge_deltas),
             cors_allowed_origins=[],  # origins are checked by Jupyter (JupyterHandler)
             async_handlers=False,  # one socket's events in order: a chat never overtakes a login
             # One limit for every tier's frames; forward payloads are then held to

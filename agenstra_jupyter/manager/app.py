@@ -22,7 +22,7 @@ from .. import protocol
 from .._version import __version__
 from ..config import env_config
 from ..secrets import SecretBox, SecretKeyError, private_dir
-from ..socketio_tuned import TunedServer
+from ..socketio_tuned import Coalescing, TunedServer
 from .auth import Authenticator, KeyGate
 from .bounds import MAX_STORED_MESSAGE, QueueLimits, TurnLimits
 from .changes import FileWatch
@@ -276,6 +276,8 @@ class ManagerApp(Application):
             notebook_tools=self._notebook_tools(),
         )
         sio = self.sio = TunedServer(  # tuned for small events (socketio_tuned.py)
+            # A controller that reads slowly gets a turn's text deltas merged.
+            coalescing=Coalescing(protocol.delta_stream, protocol.merge_deltas),
             # Each event in a task of its own; the gateway orders them per agent (ordering.py).
             async_handlers=True,
             # What this manager reads is small (chats of max_message_bytes, JSON-escaped at
