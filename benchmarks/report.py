@@ -62,6 +62,23 @@ What issue #17 changed, each measured before and after on the same machine:
   direct turns at 10 frontends measured side by side with the bare floor: 0.21 → 0.28 of
   its turns per second; in two full runs after it, 0.22 and 0.28 at 10 frontends and 0.42
   and 0.48 at 100 (0.31 before).
+- **The controller's link loops without a task and a timer per packet**
+  (`InlineEngineIOClient`): engine.io's client reads each frame under `wait_for` (a task
+  and a timer) and takes each packet to send off its queue under another; here the read
+  waits without a timeout (a watchdog looks once per ping period whether the manager
+  still talks, and closes a silent link) and the write loop awaits the queue itself. With
+  the per-chat debug line built only when a handler would show it (traitlets leaves the
+  Jupyter server's logger at DEBUG and filters in the handler: a twentieth of the
+  controller's time), the controller's CPU per turn at 10 frontends: ~510 → ~380 µs (the
+  Node relay's: ~210 µs); controller / relay turns per second 0.82-0.98 → 1.09-1.14 at 10
+  frontends and 0.87-0.90 → 1.02-1.07 at 100 (two full runs each).
+- **Deltas merged for slow readers** (`Coalescing` in `socketio_tuned.py`, the rule in
+  `protocol.delta_stream`): while tornado still holds a websocket's last write (its peer
+  reads slower than events come), what is sent to it waits in order, and a turn's text
+  delta merges into the delta of the same turn waiting last (texts joined, the later
+  `sequence`): nothing dropped, order kept, and a frontend that reads nothing during a
+  30,000-word answer is left ~700 events to read instead of 30,000. Readers that keep up
+  get every event as before.
 - **Smaller costs:** the history's insert and idempotency check run on sqlite3's cursor
   with statements compiled once (SQLAlchemy's execute was ~30 µs of Python each, in the
   writer thread: 212 → 152 µs of writing per turn), no task per event sent, no binary
@@ -72,28 +89,48 @@ What issue #17 changed, each measured before and after on the same machine:
   manager logger that drops them itself (traitlets leaves its logger at DEBUG and filters
   in the handler, so every debug line built a record).
 
-What is left, from the profiles (samples holding the GIL, py-spy `-g`, echo turns; taken
-before the read loop above, which took most of engine.io's share):
+What is left, from the profiles (samples holding the GIL, py-spy `-g`, echo turns, 10
+frontends, after all of the above; "tuned" is `socketio_tuned.py`'s frame handling):
 
 | where | manager | controller |
 |---|---|---|
-| asyncio: tasks, futures, `wait_for`, the loop itself | ~22% | ~30% |
-| tornado: reading frames, registering for reads, writing | ~16% | ~13% |
-| python-socketio and engine.io: packets, queues | ~9% | ~15% |
-| JSON encoding and decoding | ~9% | ~11% |
-| aiohttp (the link's websocket) | | ~5% |
-| agenstra's own code (channels, links, store calls, checks) | ~23% | ~10% |
+| asyncio: tasks, futures, the loop itself, the executor | ~31% | ~15% |
+| tornado: reading frames, registering for reads, writing | ~16% | ~16% |
+| python-socketio and engine.io: packets, queues | ~8% | ~16% |
+| JSON encoding and decoding | ~8% | ~14% |
+| agenstra's frame handling (`socketio_tuned.py`) | ~12% | ~17% |
+| agenstra's own code (channels, links, store calls, checks) | ~21% | ~13% |
+| aiohttp (the link's websocket), SQLite, other | ~5% | ~9% |
 
-Most of what is left is per frame and in the libraries: tornado reads a frame in three
-awaited reads and registers and unregisters the socket with epoll around them,
-python-socketio still starts a task per event (the manager's events must run
-concurrently), and a turn costs the manager four frames (the chat in; the
-acknowledgement, the user's message and the answer out) where the bare echo costs two,
-two of them after a thread hop each to the history's writer. That is why the manager's
-turns per second stay under half the bare floor's echoes, and why the controller's hop
-costs about what the Node relay's does rather than a fifth of a direct turn: the
-remaining steps are python-socketio's and tornado's own, per frame.
-Deltas are not coalesced when a frontend reads slowly: that is not done.
+**The manager's turns per second (goal: half the bare floor's).** The samples above hold
+the GIL; a turn also costs the manager thread hand-overs that no profile of Python shows.
+Measured by hand on this machine (2026-12-02, 10 frontends, each variant side by side with
+the bare floor in one run), a manager turn reaches of the floor's turns per second:
+
+| manager variant | of the bare floor |
+|---|---|
+| everything but the history's writes (messages announced, not stored) | ~0.78 |
+| the history writer's thread hand-over kept, SQLite taken out | ~0.41 |
+| the manager as it is (SQLite in the writer thread) | ~0.25-0.29 |
+| the same, its threads pinned to one CPU (`taskset`) | ~0.33 |
+| SQLite run on the event loop, no thread (not an option: it blocks the loop) | ~0.32 |
+
+So what keeps the manager under half the floor is the durable write: about half of its
+cost is the hand-over to the writer thread and back, half SQLite's writing (with the GIL
+passing between the threads around each SQLite call). On this virtual machine waking a
+thread on the other CPU costs ~{free_us:.0f} µs a round trip ({pinned_us:.0f} µs with both
+threads on one CPU; `thread_hop` in results.json, measured each run). Group commit already
+puts about two turns in each batch at 10 frontends; a batch written as one statement
+(`json_each`) instead of `executemany` measured the same. Writing on the loop would save
+the hop but block the loop on disk, and would still not reach half the floor; pinning the
+manager to one CPU is an operator's choice, not a default.
+
+**The controller's hop (goal: at most 1.2 times a direct turn).** The Node relay's hop
+costs about as much as the controller's (p50 1.4-1.5 times a direct turn in the runs
+above): a turn through either wakes one more process for the chat and for each of the
+manager's two writes (the acknowledgement with the user's message, then the answer),
+which is most of the ~0.6-0.8 ms a hop adds here, whatever the relay is written in. The
+goal asks for ~0.25 ms.
 """
 
 
@@ -106,6 +143,9 @@ def main() -> None:
                            f"| {t['turns_per_s']:.0f} | {t['events_per_s']:.0f} |"
                            for t in r["throughput"])
     fan = r["fan_in"]
+    hop = r.get("thread_hop") or {"free_us": float("nan"), "pinned_us": float("nan")}
+    costs = COSTS.replace("{free_us:.0f}", f"{hop['free_us']:.0f}").replace(
+        "{pinned_us:.0f}", f"{hop['pinned_us']:.0f}")
     text = f"""# Benchmarks
 
 `python benchmarks/run.py` (a few minutes; `--quick` for about one) starts everything it
@@ -163,7 +203,7 @@ events by `sequence`); a non-zero count fails the run.
 the agents), grew by
 **{fan['controller_kb_per_frontend']:.0f} KB** per frontend; the manager by
 **{fan['manager_kb_per_agent']:.1f} KB** per logged-in agent.
-{COSTS}"""
+{costs}"""
     (HERE.parent / "BENCHMARKS.md").write_text(text)
 
 
